@@ -1,0 +1,180 @@
+"""Command-line plumbing shared by every pipeline: flags with one-line errors,
+the local runner choice, and what Dataflow needs from us."""
+
+import argparse
+import logging
+import os
+import sys
+
+from apache_beam.options.pipeline_options import DirectOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import SetupOptions
+from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.options.pipeline_options import TestOptions
+from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+_LOG = logging.getLogger(__name__)
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOCAL_RUNNERS = ('DirectRunner', 'direct', 'Direct', 'directrunner')
+DATAFLOW_RUNNERS = ('DataflowRunner', 'dataflow', 'Dataflow', 'dataflowrunner')
+LOOPBACK_METADATA = '127.0.0.1:9'
+
+
+class UsageError(Exception):
+  """A bad command line or input location: printed on one line, exit 2."""
+
+
+class _OneLineParser(_BeamArgumentParser):
+  def error(self, message):
+    raise UsageError(message)
+
+
+class CommonOptions(PipelineOptions):
+  """Flags every pipeline of ours takes."""
+  TITLE = 'logging'
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument(
+        '--log_file', default=None,
+        help='Also write DEBUG-level logs to this file (the console gets INFO).')
+
+
+class BigQueryOutputOptions(PipelineOptions):
+  """Flags shared by pipelines that can write to BigQuery."""
+  TITLE = 'BigQuery output'
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument(
+        '--output_table', default=None,
+        help='Also write results to this BigQuery table, PROJECT:DATASET.TABLE '
+        '(created from the schema in code if missing). wordcount also takes '
+        'a local DuckDB file here (*.duckdb), table word_counts.')
+    parser.add_argument(
+        '--bigquery_method', default='default',
+        choices=['default', 'streaming_inserts', 'storage_write_api',
+                 'file_loads'],
+        help='How rows reach BigQuery. default: file loads for batch, '
+        'streaming inserts for streaming. storage_write_api needs a Java '
+        'expansion service at pipeline construction.')
+
+
+def _beam_option_classes(ours):
+  """Every registered PipelineOptions class except other pipelines' own."""
+  import apache_beam.runners.render  # noqa: F401  registers --render_output
+  seen = {}
+  for cls in PipelineOptions.__subclasses__():
+    if cls in ours or cls.__module__.startswith('pipelines.'):
+      continue
+    seen.setdefault(str(cls), cls)
+  return list(seen.values())
+
+
+def parse_options(argv, option_classes, prog, description):
+  """Checks argv against our flags and Beam's; returns PipelineOptions.
+
+  Unknown or malformed flags raise UsageError with argparse's one-line
+  message (Beam itself would only warn and drop them).
+  """
+  parser = _OneLineParser(
+      prog=prog, description=description, allow_abbrev=False,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  ours = [CommonOptions] + list(option_classes)
+  groups = []
+  for cls in ours:
+    group = parser.add_argument_group(getattr(cls, 'TITLE', cls.__name__))
+    cls._add_argparse_args(group)  # pylint: disable=protected-access
+    groups.append(group)
+  beam_group = parser.add_argument_group('Beam and runner options')
+  for cls in _beam_option_classes(ours):
+    cls._add_argparse_args(parser)  # pylint: disable=protected-access
+  # Show our flags first, Beam's after them.
+  parser._action_groups = groups + [  # pylint: disable=protected-access
+      g for g in parser._action_groups if g not in groups and g is not beam_group]
+  _, unknown = parser.parse_known_args(argv)
+  if unknown:
+    raise UsageError('unrecognized argument: %s' % unknown[0])
+  return PipelineOptions(argv)
+
+
+def runner_name(options):
+  runner = options.view_as(StandardOptions).runner
+  return runner if isinstance(runner, str) or runner is None else type(
+      runner).__name__
+
+
+def is_dataflow(options):
+  return runner_name(options) in DATAFLOW_RUNNERS
+
+
+def is_dry_run(options):
+  return str(options.view_as(TestOptions).dry_run).lower() in (
+      'true', '1', 'yes')
+
+
+def choose_local_runner(options, argv, streaming):
+  """Plain DirectRunner tries to download Prism first; pick the local runner
+  that behaves the same online and offline. Batch runs use both cores unless
+  --direct_num_workers says otherwise."""
+  standard = options.view_as(StandardOptions)
+  if standard.runner is None or runner_name(options) in LOCAL_RUNNERS:
+    standard.runner = 'BundleBasedDirectRunner' if streaming else 'FnApiRunner'
+  if (not streaming and runner_name(options) == 'FnApiRunner' and
+      not any(a.startswith('--direct_num_workers') for a in argv)):
+    direct = options.view_as(DirectOptions)
+    direct.direct_num_workers = min(os.cpu_count() or 1, 4)
+    if direct.direct_num_workers > 1:
+      direct.direct_running_mode = 'multi_processing'
+
+
+def prepare_for_dataflow(options):
+  """Ships our packages to Dataflow workers: setup.py unless the user gave one."""
+  setup = options.view_as(SetupOptions)
+  if not setup.setup_file and os.path.exists(
+      os.path.join(PROJECT_ROOT, 'setup.py')):
+    setup.setup_file = os.path.join(PROJECT_ROOT, 'setup.py')
+  cloud = options.view_as(GoogleCloudOptions)
+  missing = [
+      flag for flag, value in (
+          ('--project', cloud.project), ('--region', cloud.region),
+          ('--temp_location', cloud.temp_location)) if not value
+  ]
+  if missing:
+    raise UsageError('DataflowRunner needs %s' % ', '.join(missing))
+
+
+def keep_auth_on_loopback():
+  """Google auth probes a link-local metadata server; send it to loopback
+  instead when nothing says otherwise (local runs and tests)."""
+  os.environ.setdefault('NO_GCE_CHECK', 'true')
+  os.environ.setdefault('GCE_METADATA_HOST', LOOPBACK_METADATA)
+  os.environ.setdefault('GCE_METADATA_IP', LOOPBACK_METADATA)
+
+
+def fail(prog, message):
+  """Prints a one-line error and exits 2."""
+  print('%s: error: %s' % (prog, message), file=sys.stderr)
+  sys.exit(2)
+
+
+def use_render_runner_if_asked(options):
+  """--render_output FILE draws the graph with Beam's RenderRunner instead of running."""
+  from apache_beam.runners.render import RenderOptions
+  if not options.view_as(RenderOptions).render_output:
+    return False
+  import shutil
+  if not shutil.which('dot'):
+    raise UsageError(
+        '--render_output needs graphviz (dot); ./run.sh installs it, or '
+        'apt-get install graphviz')
+  options.view_as(StandardOptions).runner = (
+      'apache_beam.runners.render.RenderRunner')
+  return True
+
+
+def flag_values(options):
+  """All flag values, ours and Beam's, as one namespace (``view_as`` shows one class at a time)."""
+  return argparse.Namespace(**options.get_all_options())

@@ -1,0 +1,188 @@
+"""Batch wordcount: text (local or gs://, compressed or not) -> word counts in
+text shards (local or gs://) and, optionally, a BigQuery table or DuckDB file.
+
+Counts equal those of Beam's ``apache_beam.examples.wordcount`` on any UTF-8
+input, several times faster: see ``transforms.text``.
+"""
+
+import logging
+import os
+import re
+import time
+
+import apache_beam as beam
+from apache_beam.io import WriteToText
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.gcp.bigquery import BigQueryDisposition
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines import cli
+from transforms import schemas
+from transforms import text
+from transforms import warehouse
+
+_LOG = logging.getLogger(__name__)
+
+PROG = 'main.py wordcount'
+SAMPLE_INPUT = os.path.join(cli.PROJECT_ROOT, 'data', 'devils_dictionary.txt')
+DESCRIPTION = __doc__
+
+
+class WordcountOptions(PipelineOptions):
+  """Flags of the wordcount pipeline."""
+  TITLE = 'wordcount'
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument(
+        '--input', default=SAMPLE_INPUT,
+        help='File, glob or gs:// pattern to read; .gz/.bz2/.zst/.deflate '
+        'files are decompressed. Default: the bundled sample text.')
+    parser.add_argument(
+        '--output', default='output/wordcount/counts',
+        help='Prefix of the text shards to write, local or gs://.')
+    parser.add_argument(
+        '--num_shards', type=int, default=0,
+        help='Number of output shards; 1 writes a single file, 0 lets the '
+        'runner decide.')
+    parser.add_argument(
+        '--pattern', default=text.DEFAULT_WORD_PATTERN,
+        help='Regex that finds words in a line (default %(default)r, as in '
+        "Beam's wordcount example).")
+    parser.add_argument(
+        '--lowercase', action='store_true', default=False,
+        help='Fold case with str.casefold() before counting.')
+    parser.add_argument(
+        '--write_disposition', default='truncate',
+        choices=['truncate', 'append'],
+        help='What --output_table does with rows already there.')
+
+
+def format_count(word_count):
+  word, count = word_count
+  return '%s: %d' % (word, count)
+
+
+class FormatCounts(beam.DoFn):
+  """(word, count) -> 'word: count' lines; counts distinct words on the way."""
+  def __init__(self):
+    self.distinct = Metrics.counter('wordcount', 'distinct_words')
+
+  def process(self, word_count):
+    self.distinct.inc()
+    yield format_count(word_count)
+
+
+def count_rows(word_count):
+  return {'word': word_count[0], 'count': word_count[1]}
+
+
+def build(pipeline, opts, hold_connection=False):
+  """Adds the wordcount graph to ``pipeline``; returns the (word, count) PCollection."""
+  counts = (
+      pipeline
+      | 'ReadText' >> text.ReadLineBlocks(opts.input)
+      | 'CountWords' >> text.CountWords(opts.pattern, opts.lowercase))
+  _ = (
+      counts
+      | 'FormatCounts' >> beam.ParDo(FormatCounts())
+      | 'WriteCounts' >> WriteToText(opts.output, num_shards=opts.num_shards))
+  if opts.output_table:
+    rows = counts | 'ToTableRows' >> beam.Map(count_rows)
+    if warehouse.is_local_warehouse(opts.output_table):
+      _ = rows | 'WriteToDuckDB' >> warehouse.WriteToDuckDB(
+          opts.output_table, schemas.WORD_COUNTS,
+          hold_connection=hold_connection)
+    else:
+      _ = rows | 'WriteToBigQuery' >> warehouse.WriteRowsToBigQuery(
+          opts.output_table, schemas.WORD_COUNTS, opts.bigquery_method,
+          write_disposition=(
+              BigQueryDisposition.WRITE_TRUNCATE
+              if opts.write_disposition == 'truncate' else
+              BigQueryDisposition.WRITE_APPEND))
+  return counts
+
+
+def check(options):
+  """Fails fast, before any work, on inputs and flags that cannot work."""
+  opts = cli.flag_values(options)
+  try:
+    re.compile(opts.pattern)
+  except re.error as e:
+    raise cli.UsageError('--pattern: invalid regex %r: %s' % (opts.pattern, e))
+  if opts.num_shards < 0:
+    raise cli.UsageError('--num_shards must be 0 or more, not %d' %
+                         opts.num_shards)
+  if opts.output_table:
+    try:
+      warehouse.check_table_spec(opts.output_table, '--output_table')
+    except ValueError as e:
+      raise cli.UsageError(str(e))
+    if cli.is_dataflow(options) and warehouse.is_local_warehouse(
+        opts.output_table):
+      raise cli.UsageError(
+          '--output_table: a local DuckDB file cannot be written from '
+          'Dataflow; give a BigQuery table')
+  if cli.is_dry_run(options):
+    return  # a dry run must not touch gs:// (or the network)
+  FileSystems.set_options(options)  # e.g. --no_auth for the GCS emulator
+  try:
+    matched = FileSystems.match([opts.input])[0].metadata_list
+  except Exception as e:  # pylint: disable=broad-except
+    raise cli.UsageError('--input: cannot list %r: %s' % (
+        opts.input, str(e).splitlines()[0]))
+  if not matched:
+    raise cli.UsageError('--input: no file matches %r' % opts.input)
+
+
+def summarize(result, opts, elapsed):
+  """One short report from Beam's metrics after a local run."""
+  counters = {
+      r.key.metric.name: r.committed if r.committed is not None else r.attempted
+      for r in result.metrics().query(
+          MetricsFilter().with_namespace('wordcount'))['counters']
+  }
+  outputs = sorted(
+      m.path for m in FileSystems.match([opts.output + '*'])[0].metadata_list)
+  lines = [
+      'wordcount finished in %.1f s' % elapsed,
+      '  lines read:        %d' % counters.get('lines_read', 0),
+      '  undecodable lines: %d' % counters.get('undecodable_lines', 0),
+      '  words:             %d' % counters.get('words', 0),
+      '  distinct words:    %d' % counters.get('distinct_words', 0),
+      '  output:            %s' % (', '.join(outputs) or opts.output),
+  ]
+  if opts.output_table:
+    lines.append('  table:             %s' % opts.output_table)
+  return '\n'.join(lines)
+
+
+def run(argv=None):
+  """Parses flags, runs the pipeline, prints a summary; returns the result."""
+  argv = list(argv or [])
+  options = cli.parse_options(
+      argv, [WordcountOptions, cli.BigQueryOutputOptions], PROG, DESCRIPTION)
+  check(options)
+  opts = cli.flag_values(options)
+  dataflow = cli.is_dataflow(options)
+  if dataflow:
+    cli.prepare_for_dataflow(options)
+  else:
+    cli.keep_auth_on_loopback()
+    cli.choose_local_runner(options, argv, streaming=False)
+  rendering = cli.use_render_runner_if_asked(options)
+  if (opts.output_table and warehouse.is_local_warehouse(opts.output_table)
+      and not rendering):
+    warehouse.prepare_duckdb_table(
+        opts.output_table, schemas.WORD_COUNTS,
+        truncate=opts.write_disposition == 'truncate')
+  started = time.monotonic()
+  pipeline = beam.Pipeline(options=options)
+  build(pipeline, opts)
+  result = pipeline.run()
+  result.wait_until_finish()
+  if not dataflow and not rendering:
+    print(summarize(result, opts, time.monotonic() - started))
+  return result

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The local loop. ./run.sh demo | test [pytest args] | bench | help
+# Creates the virtualenv on first use and reinstalls only when the
+# requirements or setup.py change (a hash stamp), so later runs start at once.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+ROOT=$PWD
+VENV=${VENV:-$ROOT/.venv}
+PY=$VENV/bin/python
+OUT=$ROOT/output
+
+# Local runs and tests talk to loopback only: Google auth must not probe the
+# link-local metadata server, and gcloud must not look for updates.
+export NO_GCE_CHECK=true GCE_METADATA_HOST=127.0.0.1:9 GCE_METADATA_IP=127.0.0.1:9
+export CLOUDSDK_CORE_DISABLE_PROMPTS=1 CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK=true
+export CLOUDSDK_CORE_DISABLE_USAGE_REPORTING=true
+export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
+
+say() { printf '\n== %s\n' "$*"; }
+
+ensure_venv() {
+  local stamp
+  stamp=$(cat requirements.txt requirements-test.txt setup.py | sha256sum | cut -c1-16)
+  if [ -x "$PY" ] && [ "$(cat "$VENV/.requirements-stamp" 2>/dev/null)" = "$stamp" ]; then
+    return
+  fi
+  say "installing into $VENV (first run: a few minutes; apache-beam[gcp] is large)"
+  [ -x "$PY" ] || python3 -m venv "$VENV"
+  "$PY" -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
+  echo "$stamp" > "$VENV/.requirements-stamp"
+}
+
+ensure_graphviz() {
+  command -v dot >/dev/null && return
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing graphviz (dot) for --render_output"
+    (apt-get install -y -qq graphviz >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq graphviz >/dev/null; }) ||
+      echo "could not install graphviz: --render_output will not work" >&2
+  else
+    echo "graphviz (dot) is missing: install it for --render_output" >&2
+  fi
+}
+
+demo_wordcount() {
+  say "wordcount on the bundled sample text (data/devils_dictionary.txt)"
+  rm -rf "$OUT/wordcount"
+  "$PY" main.py wordcount --output "$OUT/wordcount/counts" \
+    --output_table "$OUT/wordcount/word_counts.duckdb"
+  say "top 10 words (SQL on the local DuckDB table)"
+  "$PY" - "$OUT/wordcount/word_counts.duckdb" <<'PYEOF'
+import sys, duckdb
+con = duckdb.connect(sys.argv[1], read_only=True)
+for word, count in con.sql(
+    'SELECT word, count FROM word_counts ORDER BY count DESC, word LIMIT 10').fetchall():
+  print('%8d  %s' % (count, word))
+PYEOF
+}
+
+usage() {
+  cat <<'USAGE'
+usage: ./run.sh COMMAND
+  demo              run the pipelines on the bundled sample data, locally
+  test [ARGS]       run the test suite (ARGS go to pytest)
+  bench [ARGS]      run the wordcount benchmark (see benchmarks/README.md)
+USAGE
+}
+
+cmd=${1:-help}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  demo)
+    ensure_venv
+    demo_wordcount
+    ;;
+  test)
+    ensure_venv
+    ensure_graphviz
+    exec "$PY" -m pytest "$@"
+    ;;
+  bench)
+    ensure_venv
+    exec "$PY" benchmarks/wordcount_bench.py "$@"
+    ;;
+  help|-h|--help) usage ;;
+  *) usage >&2; exit 2 ;;
+esac

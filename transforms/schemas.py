@@ -1,0 +1,121 @@
+"""One definition per table, from which the BigQuery schema, the DuckDB DDL and
+the Arrow schema used for local bulk inserts are all derived."""
+
+import base64
+import dataclasses
+import datetime
+from typing import Optional, Tuple
+
+_DUCKDB_TYPES = {
+    'STRING': 'VARCHAR',
+    'INTEGER': 'BIGINT',
+    'TIMESTAMP': 'TIMESTAMPTZ',
+    'BYTES': 'BLOB',
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+  """A column: BigQuery type names and modes (REQUIRED, NULLABLE, REPEATED)."""
+  name: str
+  type: str
+  mode: str = 'NULLABLE'
+  description: str = ''
+  fields: Tuple['Field', ...] = ()  # for type RECORD
+
+  def bigquery(self):
+    field = {'name': self.name, 'type': self.type, 'mode': self.mode}
+    if self.description:
+      field['description'] = self.description
+    if self.fields:
+      field['fields'] = [f.bigquery() for f in self.fields]
+    return field
+
+  def duckdb_type(self):
+    if self.type == 'RECORD':
+      inner = ', '.join(
+          '"%s" %s' % (f.name, f.duckdb_type()) for f in self.fields)
+      base = 'STRUCT(%s)' % inner
+    else:
+      base = _DUCKDB_TYPES[self.type]
+    return base + '[]' if self.mode == 'REPEATED' else base
+
+  def arrow_type(self):
+    import pyarrow as pa
+    if self.type == 'RECORD':
+      base = pa.struct([(f.name, f.arrow_type()) for f in self.fields])
+    else:
+      base = {
+          'STRING': pa.string(),
+          'INTEGER': pa.int64(),
+          'TIMESTAMP': pa.timestamp('us', tz='UTC'),
+          'BYTES': pa.binary(),
+      }[self.type]
+    return pa.list_(base) if self.mode == 'REPEATED' else base
+
+  def to_bigquery_json(self, value):
+    """A Python value (datetime, bytes, dict) -> what BigQuery's JSON API takes."""
+    if value is None:
+      return None
+    if self.mode == 'REPEATED':
+      return [self._scalar_json(v) for v in value]
+    return self._scalar_json(value)
+
+  def _scalar_json(self, value):
+    if self.type == 'TIMESTAMP':
+      return value.astimezone(datetime.timezone.utc).strftime(
+          '%Y-%m-%d %H:%M:%S.%f UTC')
+    if self.type == 'BYTES':
+      return base64.b64encode(value).decode('ascii')
+    if self.type == 'RECORD':
+      return {f.name: f.to_bigquery_json(value.get(f.name)) for f in self.fields}
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class TableSchema:
+  """A table's columns plus, for local DuckDB tables, the key that makes
+  redelivered rows a no-op."""
+  name: str
+  fields: Tuple[Field, ...]
+  primary_key: Tuple[str, ...] = ()
+  description: Optional[str] = None
+
+  @property
+  def column_names(self):
+    return [f.name for f in self.fields]
+
+  def bigquery_schema(self):
+    """The schema dict WriteToBigQuery takes."""
+    return {'fields': [f.bigquery() for f in self.fields]}
+
+  def duckdb_ddl(self, table=None):
+    columns = [
+        '"%s" %s%s' % (
+            f.name, f.duckdb_type(), ' NOT NULL' if f.mode == 'REQUIRED' else '')
+        for f in self.fields
+    ]
+    if self.primary_key:
+      columns.append(
+          'PRIMARY KEY (%s)' % ', '.join('"%s"' % k for k in self.primary_key))
+    return 'CREATE TABLE IF NOT EXISTS "%s" (%s)' % (
+        table or self.name, ', '.join(columns))
+
+  def arrow_schema(self):
+    import pyarrow as pa
+    return pa.schema([
+        pa.field(f.name, f.arrow_type(), nullable=f.mode != 'REQUIRED')
+        for f in self.fields
+    ])
+
+  def to_bigquery_json(self, row):
+    return {f.name: f.to_bigquery_json(row.get(f.name)) for f in self.fields}
+
+
+WORD_COUNTS = TableSchema(
+    name='word_counts',
+    fields=(
+        Field('word', 'STRING', 'REQUIRED'),
+        Field('count', 'INTEGER', 'REQUIRED'),
+    ),
+    description='Word counts from the wordcount pipeline.')

@@ -1,0 +1,227 @@
+"""Sinks chosen by where the output goes: a BigQuery table spec goes to
+``WriteToBigQuery``; a local file goes to DuckDB, with the same schema.
+
+Both return the rows the warehouse refused, as ``(row, error message)`` pairs,
+so a pipeline can turn them into dead letters instead of losing them.
+"""
+
+import logging
+import os
+import re
+import threading
+import time
+
+import apache_beam as beam
+from apache_beam.io.gcp.bigquery import BigQueryDisposition
+from apache_beam.io.gcp.bigquery import WriteToBigQuery
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
+
+_LOG = logging.getLogger(__name__)
+
+_BIGQUERY_SPEC = re.compile(
+    r'^(?:[a-z][a-z0-9.:-]*[a-z0-9][:.])?[A-Za-z0-9_]+\.[A-Za-z0-9_$-]+$')
+LOCAL_SUFFIXES = ('.duckdb', '.db')
+
+BIGQUERY_METHODS = {
+    'streaming_inserts': WriteToBigQuery.Method.STREAMING_INSERTS,
+    'storage_write_api': WriteToBigQuery.Method.STORAGE_WRITE_API,
+    'file_loads': WriteToBigQuery.Method.FILE_LOADS,
+    'default': WriteToBigQuery.Method.DEFAULT,
+}
+
+
+def is_local_warehouse(spec):
+  """True for a DuckDB file path, False for a BigQuery table spec."""
+  return spec.endswith(LOCAL_SUFFIXES) or os.sep in spec
+
+
+def check_table_spec(spec, flag):
+  """Raises ValueError naming ``flag`` unless spec is a BigQuery table or a DuckDB file."""
+  if is_local_warehouse(spec) or _BIGQUERY_SPEC.match(spec):
+    return spec
+  raise ValueError(
+      '%s: %r is neither a BigQuery table (PROJECT:DATASET.TABLE) nor a '
+      'local DuckDB file (*.duckdb)' % (flag, spec))
+
+
+class _DuckDBFiles(object):
+  """DuckDB connections kept for the life of the process, one per file.
+
+  On the local streaming runner DoFn.setup() runs once per bundle of at most
+  ten messages, so connections must not live on the DoFn.
+  """
+  _lock = threading.Lock()
+  _open = {}
+
+  @classmethod
+  def connect(cls, path):
+    import duckdb
+    path = os.path.abspath(path)
+    with cls._lock:
+      con = cls._open.get(path)
+      if con is None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        con = cls._open[path] = _connect_waiting_for_lock(duckdb, path)
+      return con
+
+  @classmethod
+  def close(cls, path):
+    with cls._lock:
+      con = cls._open.pop(os.path.abspath(path), None)
+      if con is not None:
+        con.close()
+
+
+def _connect_waiting_for_lock(duckdb, path, timeout=120):
+  """Opens a DuckDB file, waiting while another process holds its write lock."""
+  deadline = time.monotonic() + timeout
+  delay = 0.02
+  while True:
+    try:
+      return duckdb.connect(path)
+    except duckdb.IOException as e:
+      if 'lock' not in str(e).lower() or time.monotonic() > deadline:
+        raise
+      time.sleep(delay)
+      delay = min(delay * 2, 0.5)
+
+
+def prepare_duckdb_table(path, schema, table=None, truncate=False):
+  """Creates the table if needed (and empties it for truncate), before a run."""
+  con = _DuckDBFiles.connect(path)
+  con.execute(schema.duckdb_ddl(table))
+  if truncate:
+    con.execute('DELETE FROM "%s"' % (table or schema.name))
+  _DuckDBFiles.close(path)
+
+
+class _InsertIntoDuckDB(beam.DoFn):
+  """Buffers rows per bundle and inserts them with one Arrow bulk insert.
+
+  Rows whose key is already stored are skipped (redelivery is a no-op). A
+  batch that fails is retried row by row; rows still refused go to the
+  ``rejected`` output with the error.
+  """
+  REJECTED = 'rejected'
+  MAX_BUFFER = 20000
+
+  def __init__(self, path, schema, table, hold_connection):
+    self._path = path
+    self._schema = schema
+    self._table = table or schema.name
+    self._hold = hold_connection
+
+  def start_bundle(self):
+    self._buffer = []
+
+  def process(self, row, timestamp=beam.DoFn.TimestampParam,
+              window=beam.DoFn.WindowParam):
+    self._buffer.append(WindowedValue(row, timestamp, [window]))
+    if len(self._buffer) >= self.MAX_BUFFER:
+      yield from self._flush()
+
+  def finish_bundle(self):
+    yield from self._flush()
+
+  def _flush(self):
+    buffered, self._buffer = self._buffer, []
+    if not buffered:
+      return
+    con = _DuckDBFiles.connect(self._path)
+    try:
+      con.execute(self._schema.duckdb_ddl(self._table))
+      try:
+        self._insert(con, [wv.value for wv in buffered])
+      except Exception as e:  # pylint: disable=broad-except
+        _LOG.warning('DuckDB batch insert failed (%s); retrying row by row', e)
+        for wv in buffered:
+          try:
+            self._insert(con, [wv.value])
+          except Exception as row_error:  # pylint: disable=broad-except
+            yield beam.pvalue.TaggedOutput(
+                self.REJECTED,
+                wv.with_value((wv.value, '%s: %s' % (
+                    type(row_error).__name__, row_error))))
+    finally:
+      if not self._hold:
+        _DuckDBFiles.close(self._path)
+
+  def _insert(self, con, rows):
+    import pyarrow as pa
+    key = self._schema.primary_key
+    if key:
+      unique = {}
+      for row in rows:
+        unique.setdefault(tuple(row.get(k) for k in key), row)
+      rows = list(unique.values())
+    names = self._schema.column_names
+    data = pa.Table.from_pylist(
+        [{n: row.get(n) for n in names} for row in rows],
+        schema=self._schema.arrow_schema())
+    columns = ', '.join('"%s"' % n for n in names)
+    con.register('_incoming_rows', data)
+    try:
+      con.execute(
+          'INSERT INTO "%s" (%s) SELECT %s FROM _incoming_rows%s' % (
+              self._table, columns, columns,
+              ' ON CONFLICT DO NOTHING' if key else ''))
+    finally:
+      con.unregister('_incoming_rows')
+
+
+class WriteToDuckDB(beam.PTransform):
+  """Rows (dicts) -> a table in a local DuckDB file. Returns refused rows.
+
+  ``hold_connection`` keeps the file open for the life of the process (the
+  single-process streaming runner); batch runs with several worker processes
+  open it per bundle so that the workers take turns with its write lock.
+  """
+  def __init__(self, path, schema, table=None, hold_connection=False):
+    super().__init__()
+    self._args = (path, schema, table, hold_connection)
+
+  def expand(self, rows):
+    results = rows | 'InsertIntoDuckDB' >> beam.ParDo(
+        _InsertIntoDuckDB(*self._args)).with_outputs(
+            _InsertIntoDuckDB.REJECTED, main='inserted')
+    return results[_InsertIntoDuckDB.REJECTED]
+
+
+class WriteRowsToBigQuery(beam.PTransform):
+  """Rows (dicts with datetimes and bytes) -> a BigQuery table, schema from code.
+
+  Returns the rows BigQuery refused as ``(row, error message)`` pairs where
+  the method reports them (streaming inserts and the Storage Write API).
+  """
+  def __init__(self, table, schema, method='default',
+               write_disposition=BigQueryDisposition.WRITE_APPEND):
+    super().__init__()
+    self._table = table
+    self._schema = schema
+    self._method = method
+    self._write_disposition = write_disposition
+
+  def expand(self, rows):
+    schema = self._schema
+    result = (
+        rows
+        | 'ToBigQueryJson' >> beam.Map(schema.to_bigquery_json)
+        | 'WriteToBigQuery' >> WriteToBigQuery(
+            table=self._table,
+            schema=schema.bigquery_schema(),
+            create_disposition=BigQueryDisposition.CREATE_IF_NEEDED,
+            write_disposition=self._write_disposition,
+            method=BIGQUERY_METHODS[self._method]))
+    if self._method in ('file_loads', 'default') and not rows.pipeline._options.view_as(
+        beam.options.pipeline_options.StandardOptions).streaming:
+      return rows.pipeline | 'NoRefusedRows' >> beam.Create([])
+    return (
+        result.failed_rows_with_errors
+        | 'RefusedRows' >> beam.Map(_refused_row))
+
+
+def _refused_row(failure):
+  """BigQuery's (destination, row, errors) -> (row, error message)."""
+  _, row, errors = failure
+  return row, str(errors)
