@@ -56,7 +56,7 @@ class BigQueryOutputOptions(PipelineOptions):
     parser.add_argument(
         '--bigquery_method', default='default',
         choices=['default', 'streaming_inserts', 'storage_write_api',
-                 'file_loads'],
+                 'file_loads'],  # transforms.warehouse.BIGQUERY_METHODS
         help='How rows reach BigQuery. default: file loads for batch, '
         'streaming inserts for streaming. storage_write_api needs a Java '
         'expansion service at pipeline construction.')
@@ -115,14 +115,16 @@ def is_dry_run(options):
       'true', '1', 'yes')
 
 
-def choose_local_runner(options, argv, streaming):
+def choose_local_runner(options, argv, streaming, parallel=False):
   """Plain DirectRunner tries to download Prism first; pick the local runner
-  that behaves the same online and offline. Batch runs use both cores unless
-  --direct_num_workers says otherwise."""
+  that behaves the same online and offline. ``parallel`` batch runs use one
+  worker process per core (up to 4) unless --direct_num_workers says
+  otherwise: worker processes cost ~2 s to start, so small inputs run faster
+  in-process (see benchmarks/README.md)."""
   standard = options.view_as(StandardOptions)
   if standard.runner is None or runner_name(options) in LOCAL_RUNNERS:
     standard.runner = 'BundleBasedDirectRunner' if streaming else 'FnApiRunner'
-  if (not streaming and runner_name(options) == 'FnApiRunner' and
+  if (parallel and not streaming and runner_name(options) == 'FnApiRunner' and
       not any(a.startswith('--direct_num_workers') for a in argv)):
     direct = options.view_as(DirectOptions)
     direct.direct_num_workers = min(os.cpu_count() or 1, 4)

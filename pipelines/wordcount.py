@@ -13,7 +13,6 @@ import time
 import apache_beam as beam
 from apache_beam.io import WriteToText
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.gcp.bigquery import BigQueryDisposition
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -26,6 +25,8 @@ from transforms import warehouse
 _LOG = logging.getLogger(__name__)
 
 PROG = 'main.py wordcount'
+# Below this much input, worker processes cost more than they save.
+PARALLEL_INPUT_BYTES = 256 << 20
 SAMPLE_INPUT = os.path.join(cli.PROJECT_ROOT, 'data', 'devils_dictionary.txt')
 DESCRIPTION = __doc__
 
@@ -98,15 +99,14 @@ def build(pipeline, opts, hold_connection=False):
     else:
       _ = rows | 'WriteToBigQuery' >> warehouse.WriteRowsToBigQuery(
           opts.output_table, schemas.WORD_COUNTS, opts.bigquery_method,
-          write_disposition=(
-              BigQueryDisposition.WRITE_TRUNCATE
-              if opts.write_disposition == 'truncate' else
-              BigQueryDisposition.WRITE_APPEND))
+          truncate=opts.write_disposition == 'truncate')
   return counts
 
 
 def check(options):
-  """Fails fast, before any work, on inputs and flags that cannot work."""
+  """Fails fast, before any work, on inputs and flags that cannot work.
+
+  Returns the input's total size in bytes (None on a dry run)."""
   opts = cli.flag_values(options)
   try:
     re.compile(opts.pattern)
@@ -126,7 +126,7 @@ def check(options):
           '--output_table: a local DuckDB file cannot be written from '
           'Dataflow; give a BigQuery table')
   if cli.is_dry_run(options):
-    return  # a dry run must not touch gs:// (or the network)
+    return None  # a dry run must not touch gs:// (or the network)
   FileSystems.set_options(options)  # e.g. --no_auth for the GCS emulator
   try:
     matched = FileSystems.match([opts.input])[0].metadata_list
@@ -135,6 +135,7 @@ def check(options):
         opts.input, str(e).splitlines()[0]))
   if not matched:
     raise cli.UsageError('--input: no file matches %r' % opts.input)
+  return sum(m.size_in_bytes for m in matched)
 
 
 def summarize(result, opts, elapsed):
@@ -164,14 +165,16 @@ def run(argv=None):
   argv = list(argv or [])
   options = cli.parse_options(
       argv, [WordcountOptions, cli.BigQueryOutputOptions], PROG, DESCRIPTION)
-  check(options)
+  input_bytes = check(options)
   opts = cli.flag_values(options)
   dataflow = cli.is_dataflow(options)
   if dataflow:
     cli.prepare_for_dataflow(options)
   else:
     cli.keep_auth_on_loopback()
-    cli.choose_local_runner(options, argv, streaming=False)
+    cli.choose_local_runner(
+        options, argv, streaming=False,
+        parallel=(input_bytes or 0) >= PARALLEL_INPUT_BYTES)
   rendering = cli.use_render_runner_if_asked(options)
   if (opts.output_table and warehouse.is_local_warehouse(opts.output_table)
       and not rendering):

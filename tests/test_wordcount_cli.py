@@ -45,6 +45,12 @@ def test_counts_equal_beams_own_example(tmp_path):
   with open(SAMPLE, 'rb') as f:
     lines = f.read().count(b'\n')
   assert 'lines read:        %d' % lines in ours.stdout
+  # Two worker processes, each reading its own byte ranges, agree too.
+  parallel = run_main(
+      'wordcount', '--input', SAMPLE, '--output', tmp_path / 'par',
+      '--direct_num_workers=2', '--direct_running_mode=multi_processing')
+  assert parallel.returncode == 0, parallel.stderr
+  assert read_counts(str(tmp_path / 'par')) == expected
 
 
 def test_compressed_glob_and_single_shard(tmp_path):

@@ -119,3 +119,56 @@ WORD_COUNTS = TableSchema(
         Field('count', 'INTEGER', 'REQUIRED'),
     ),
     description='Word counts from the wordcount pipeline.')
+
+
+SIGNINS = TableSchema(
+    name='signins',
+    fields=(
+        Field('userid', 'STRING', 'REQUIRED', 'Who signed in.'),
+        Field('date', 'TIMESTAMP', 'REQUIRED', 'When, normalised to UTC.'),
+        Field('message_id', 'STRING', 'NULLABLE',
+              'Pub/Sub message id, or file:PATH:LINE for file replays.'),
+        Field('publish_time', 'TIMESTAMP', 'NULLABLE',
+              'When Pub/Sub received the message; null for file replays.'),
+    ),
+    primary_key=('message_id',),
+    description='One row per valid sign-in message.')
+
+SIGNIN_ERRORS = TableSchema(
+    name='signin_errors',
+    # The fields of the error table of Google's Pub/Sub-to-BigQuery template,
+    # plus our message_id and a stable reason code.
+    fields=(
+        Field('timestamp', 'TIMESTAMP', 'REQUIRED', 'When the message failed.'),
+        Field('payloadString', 'STRING', 'NULLABLE',
+              'The payload as text (undecodable bytes replaced); a prefix '
+              'for too_large.'),
+        Field('payloadBytes', 'BYTES', 'NULLABLE',
+              'The raw payload; a prefix for too_large.'),
+        Field('attributes', 'RECORD', 'REPEATED', 'Pub/Sub attributes.',
+              fields=(Field('key', 'STRING'), Field('value', 'STRING'))),
+        Field('errorMessage', 'STRING', 'NULLABLE', 'What was wrong.'),
+        Field('stacktrace', 'STRING', 'NULLABLE',
+              'Traceback, for unexpected errors only.'),
+        Field('message_id', 'STRING', 'NULLABLE', 'As in signins.'),
+        Field('reason', 'STRING', 'REQUIRED', 'Stable reason code.'),
+    ),
+    primary_key=('message_id',),
+    description='Dead letters: every sign-in message that is not a row.')
+
+SIGNIN_COUNTS = TableSchema(
+    name='signin_counts',
+    fields=(
+        Field('window_start', 'TIMESTAMP', 'REQUIRED'),
+        Field('window_end', 'TIMESTAMP', 'REQUIRED'),
+        Field('userid', 'STRING', 'REQUIRED'),
+        Field('signins', 'INTEGER', 'REQUIRED',
+              'Sign-ins of this user in this event-time window so far '
+              '(panes accumulate: the latest pane is the total).'),
+        Field('pane_timing', 'STRING', 'NULLABLE',
+              'EARLY, ON_TIME or LATE: which firing of the window this is.'),
+        Field('pane_index', 'INTEGER', 'NULLABLE',
+              'Firing number of the window, from 0.'),
+    ),
+    primary_key=('window_start', 'userid'),
+    description='Sign-ins per user per event-time window.')

@@ -25,7 +25,14 @@ _LOG = logging.getLogger(__name__)
 DEFAULT_WORD_PATTERN = r"[\w']+"
 
 RANGE_BYTES = 8 << 20  # how much of an uncompressed file one reader takes
-BLOCK_BYTES = 4 << 20  # how much text one regex pass sees
+BLOCK_BYTES = 256 << 10  # how much text one counting pass sees
+
+# For ASCII text, DEFAULT_WORD_PATTERN's matches are exactly the runs left by
+# mapping every other byte to a space and splitting: ~2x faster than the regex.
+_ASCII_WORD_BYTES = frozenset(
+    b'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_\'')
+_ASCII_NON_WORD_TO_SPACE = bytes(
+    c if c in _ASCII_WORD_BYTES else 0x20 for c in range(256))
 _READ_MORE_BYTES = 1 << 20
 
 
@@ -159,13 +166,25 @@ class WordCounter(object):
   """Counts words in text with a regex, the way Beam's wordcount example does.
 
   The default pattern cannot match a line break, so it runs over a whole block
-  at once; any other pattern runs line by line, as it would after ReadFromText.
+  at once (and over ASCII blocks as a byte split, same result); any other
+  pattern runs line by line, as it would after ReadFromText.
   """
   def __init__(self, pattern=DEFAULT_WORD_PATTERN, lowercase=False):
     self.pattern = pattern
     self.lowercase = lowercase
     self._regex = re.compile(pattern)
     self._per_line = pattern != DEFAULT_WORD_PATTERN
+
+  def count_block_into(self, counts, ascii_counts, block):
+    """Adds the words of a UTF-8 block to ``counts`` (str keys) or, for ASCII
+    blocks under the default pattern, to ``ascii_counts`` (bytes keys).
+    Returns how many lines were not valid UTF-8."""
+    if not self._per_line and block.isascii():
+      ascii_counts.update(block.translate(_ASCII_NON_WORD_TO_SPACE).split())
+      return 0
+    text, bad = decode_block(block)
+    self.count_into(counts, text)
+    return bad
 
   def words(self, text):
     """The words in ``text``, in order (empty matches dropped)."""
@@ -188,8 +207,12 @@ class WordCounter(object):
     else:
       counts.update(self.words(text))
 
-  def finish(self, counts):
-    """Applies case folding (once per distinct word, not per word)."""
+  def finish(self, counts, ascii_counts=None):
+    """Merges byte-keyed counts and applies case folding (once per distinct
+    word, not per word)."""
+    if ascii_counts:
+      for word, n in ascii_counts.items():
+        counts[word.decode('ascii')] += n
     if not self.lowercase:
       return counts
     folded = collections.Counter()
@@ -214,20 +237,20 @@ class CountWordsInBlocks(beam.DoFn):
 
   def start_bundle(self):
     self._counts = collections.Counter()
+    self._ascii_counts = collections.Counter()
+    self._words = 0
 
   def process(self, block):
-    text, bad = decode_block(block)
     self.lines.inc(count_lines(block))
+    bad = self._counter.count_block_into(self._counts, self._ascii_counts, block)
     if bad:
       self.undecodable.inc(bad)
       _LOG.debug('%d undecodable line(s) read with replacement', bad)
-    before = self._counts.total()
-    self._counter.count_into(self._counts, text)
-    self.words.inc(self._counts.total() - before)
 
   def finish_bundle(self):
-    counts = self._counter.finish(self._counts)
-    self._counts = collections.Counter()
+    counts = self._counter.finish(self._counts, self._ascii_counts)
+    self._counts, self._ascii_counts = None, None
+    self.words.inc(counts.total())
     for pair in counts.items():
       yield WindowedValue(pair, GlobalWindow().max_timestamp(), [GlobalWindow()])
 

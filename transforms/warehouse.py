@@ -12,9 +12,6 @@ import threading
 import time
 
 import apache_beam as beam
-from apache_beam.io.gcp.bigquery import BigQueryDisposition
-from apache_beam.io.gcp.bigquery import WriteToBigQuery
-from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 _LOG = logging.getLogger(__name__)
@@ -23,12 +20,8 @@ _BIGQUERY_SPEC = re.compile(
     r'^(?:[a-z][a-z0-9.:-]*[a-z0-9][:.])?[A-Za-z0-9_]+\.[A-Za-z0-9_$-]+$')
 LOCAL_SUFFIXES = ('.duckdb', '.db')
 
-BIGQUERY_METHODS = {
-    'streaming_inserts': WriteToBigQuery.Method.STREAMING_INSERTS,
-    'storage_write_api': WriteToBigQuery.Method.STORAGE_WRITE_API,
-    'file_loads': WriteToBigQuery.Method.FILE_LOADS,
-    'default': WriteToBigQuery.Method.DEFAULT,
-}
+BIGQUERY_METHODS = ('default', 'streaming_inserts', 'storage_write_api',
+                    'file_loads')
 
 
 def is_local_warehouse(spec):
@@ -45,7 +38,7 @@ def check_table_spec(spec, flag):
       'local DuckDB file (*.duckdb)' % (flag, spec))
 
 
-class _DuckDBFiles(object):
+class DuckDBFiles(object):
   """DuckDB connections kept for the life of the process, one per file.
 
   On the local streaming runner DoFn.setup() runs once per bundle of at most
@@ -64,6 +57,13 @@ class _DuckDBFiles(object):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         con = cls._open[path] = _connect_waiting_for_lock(duckdb, path)
       return con
+
+  @classmethod
+  def close_all(cls):
+    with cls._lock:
+      for con in cls._open.values():
+        con.close()
+      cls._open.clear()
 
   @classmethod
   def close(cls, path):
@@ -89,11 +89,11 @@ def _connect_waiting_for_lock(duckdb, path, timeout=120):
 
 def prepare_duckdb_table(path, schema, table=None, truncate=False):
   """Creates the table if needed (and empties it for truncate), before a run."""
-  con = _DuckDBFiles.connect(path)
+  con = DuckDBFiles.connect(path)
   con.execute(schema.duckdb_ddl(table))
   if truncate:
     con.execute('DELETE FROM "%s"' % (table or schema.name))
-  _DuckDBFiles.close(path)
+  DuckDBFiles.close(path)
 
 
 class _InsertIntoDuckDB(beam.DoFn):
@@ -106,11 +106,12 @@ class _InsertIntoDuckDB(beam.DoFn):
   REJECTED = 'rejected'
   MAX_BUFFER = 20000
 
-  def __init__(self, path, schema, table, hold_connection):
+  def __init__(self, path, schema, table, hold_connection, replace):
     self._path = path
     self._schema = schema
     self._table = table or schema.name
     self._hold = hold_connection
+    self._replace = replace
 
   def start_bundle(self):
     self._buffer = []
@@ -128,7 +129,7 @@ class _InsertIntoDuckDB(beam.DoFn):
     buffered, self._buffer = self._buffer, []
     if not buffered:
       return
-    con = _DuckDBFiles.connect(self._path)
+    con = DuckDBFiles.connect(self._path)
     try:
       con.execute(self._schema.duckdb_ddl(self._table))
       try:
@@ -145,15 +146,17 @@ class _InsertIntoDuckDB(beam.DoFn):
                     type(row_error).__name__, row_error))))
     finally:
       if not self._hold:
-        _DuckDBFiles.close(self._path)
+        DuckDBFiles.close(self._path)
 
   def _insert(self, con, rows):
     import pyarrow as pa
     key = self._schema.primary_key
-    if key:
+    if key:  # one row per key: the first (keep) or the last (replace)
       unique = {}
       for row in rows:
-        unique.setdefault(tuple(row.get(k) for k in key), row)
+        k = tuple(row.get(k) for k in key)
+        if self._replace or k not in unique:
+          unique[k] = row
       rows = list(unique.values())
     names = self._schema.column_names
     data = pa.Table.from_pylist(
@@ -163,9 +166,10 @@ class _InsertIntoDuckDB(beam.DoFn):
     con.register('_incoming_rows', data)
     try:
       con.execute(
-          'INSERT INTO "%s" (%s) SELECT %s FROM _incoming_rows%s' % (
-              self._table, columns, columns,
-              ' ON CONFLICT DO NOTHING' if key else ''))
+          'INSERT %sINTO "%s" (%s) SELECT %s FROM _incoming_rows%s' % (
+              'OR REPLACE ' if key and self._replace else '', self._table,
+              columns, columns,
+              ' ON CONFLICT DO NOTHING' if key and not self._replace else ''))
     finally:
       con.unregister('_incoming_rows')
 
@@ -176,10 +180,13 @@ class WriteToDuckDB(beam.PTransform):
   ``hold_connection`` keeps the file open for the life of the process (the
   single-process streaming runner); batch runs with several worker processes
   open it per bundle so that the workers take turns with its write lock.
+  With a primary key, a row whose key is stored already is skipped, or with
+  ``replace`` replaces the stored one (for accumulating window panes).
   """
-  def __init__(self, path, schema, table=None, hold_connection=False):
+  def __init__(self, path, schema, table=None, hold_connection=False,
+               replace=False):
     super().__init__()
-    self._args = (path, schema, table, hold_connection)
+    self._args = (path, schema, table, hold_connection, replace)
 
   def expand(self, rows):
     results = rows | 'InsertIntoDuckDB' >> beam.ParDo(
@@ -194,15 +201,18 @@ class WriteRowsToBigQuery(beam.PTransform):
   Returns the rows BigQuery refused as ``(row, error message)`` pairs where
   the method reports them (streaming inserts and the Storage Write API).
   """
-  def __init__(self, table, schema, method='default',
-               write_disposition=BigQueryDisposition.WRITE_APPEND):
+  def __init__(self, table, schema, method='default', truncate=False):
     super().__init__()
     self._table = table
     self._schema = schema
     self._method = method
-    self._write_disposition = write_disposition
+    self._truncate = truncate
 
   def expand(self, rows):
+    # Imported here: BigQuery's client libraries cost memory and start-up
+    # time that runs writing only text or DuckDB need not pay.
+    from apache_beam.io.gcp.bigquery import BigQueryDisposition
+    from apache_beam.io.gcp.bigquery import WriteToBigQuery
     schema = self._schema
     result = (
         rows
@@ -211,10 +221,13 @@ class WriteRowsToBigQuery(beam.PTransform):
             table=self._table,
             schema=schema.bigquery_schema(),
             create_disposition=BigQueryDisposition.CREATE_IF_NEEDED,
-            write_disposition=self._write_disposition,
-            method=BIGQUERY_METHODS[self._method]))
-    if self._method in ('file_loads', 'default') and not rows.pipeline._options.view_as(
-        beam.options.pipeline_options.StandardOptions).streaming:
+            write_disposition=(
+                BigQueryDisposition.WRITE_TRUNCATE if self._truncate else
+                BigQueryDisposition.WRITE_APPEND),
+            method=self._method.upper()))
+    if self._method == 'file_loads' or (
+        self._method == 'default' and rows.is_bounded):
+      # File loads report no per-row failures: a load job fails as a whole.
       return rows.pipeline | 'NoRefusedRows' >> beam.Create([])
     return (
         result.failed_rows_with_errors

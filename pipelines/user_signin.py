@@ -1,0 +1,343 @@
+"""Streaming user sign-ins: JSON from Pub/Sub (or a JSON-lines replay) ->
+validated rows, dead letters with a reason, and per-user event-time counts,
+in BigQuery (``--output_table``) or a local DuckDB file (``--warehouse``).
+
+Every message ends in exactly one place: the rows table or the dead-letter
+table, each keyed by the message id.
+"""
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import StandardOptions
+
+from pipelines import cli
+from transforms import message_files
+from transforms import pubsub_message
+from transforms import schemas
+from transforms import signin_counts
+from transforms import tally
+from transforms import warehouse
+
+_LOG = logging.getLogger(__name__)
+
+PROG = 'main.py user_signin'
+DESCRIPTION = __doc__
+SOURCE_FLAGS = ('--input_subscription', '--input_topic', '--input_file')
+
+
+class SigninOptions(PipelineOptions):
+  """Flags of the user_signin pipeline."""
+  TITLE = 'user_signin'
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument(
+        '--input_subscription', default=None,
+        help='Read this Pub/Sub subscription, projects/P/subscriptions/S '
+        '(streaming).')
+    parser.add_argument(
+        '--input_topic', default=None,
+        help='Read this Pub/Sub topic, projects/P/topics/T, through a '
+        'temporary subscription (streaming).')
+    parser.add_argument(
+        '--input_file', default=None,
+        help='Replay JSON lines from files (glob, local or gs://), one message '
+        'per line, through the same transforms (batch).')
+    parser.add_argument(
+        '--warehouse', default='output/warehouse.duckdb',
+        help='Local DuckDB file for tables signins, signin_errors and '
+        'signin_counts, used when --output_table is not given.')
+    parser.add_argument(
+        '--dead_letter_table', default=None,
+        help='BigQuery table for dead letters (default: --output_table with '
+        'suffix _error_records, as Google\'s Pub/Sub-to-BigQuery template).')
+    parser.add_argument(
+        '--counts_table', default=None,
+        help='BigQuery table for windowed counts (default: --output_table '
+        'with suffix _counts).')
+    parser.add_argument(
+        '--window_seconds', type=int, default=60,
+        help='Length of the fixed event-time windows counted per user.')
+    parser.add_argument(
+        '--allowed_lateness_seconds', type=int, default=300,
+        help='How long after a window closes late sign-ins still update its '
+        'count (their rows are stored whatever their lateness).')
+    parser.add_argument(
+        '--default_timezone', default='UTC',
+        help='Time zone of dates without an offset (IANA name, e.g. '
+        'Europe/Paris).')
+    parser.add_argument(
+        '--max_message_bytes', type=int,
+        default=pubsub_message.MAX_MESSAGE_BYTES,
+        help='Larger payloads become too_large dead letters (a prefix kept).')
+    parser.add_argument(
+        '--progress_seconds', type=float, default=5,
+        help='Local streaming runs log progress this often.')
+    parser.add_argument(
+        '--status_file', default=None,
+        help='Local runs also write their progress here as JSON, each time '
+        'they log it.')
+
+
+def table_specs(opts):
+  """Where rows, dead letters and counts go: BigQuery tables or one DuckDB file."""
+  if opts.output_table:
+    return {
+        'rows': opts.output_table,
+        'dead_letters': opts.dead_letter_table or
+                        opts.output_table + '_error_records',
+        'counts': opts.counts_table or opts.output_table + '_counts',
+    }
+  return {'rows': opts.warehouse, 'dead_letters': opts.warehouse,
+          'counts': opts.warehouse}
+
+
+def read_messages(pipeline, opts):
+  """The source named by the flags, as PubsubMessages."""
+  if opts.input_file:
+    return pipeline | 'ReadMessageFiles' >> message_files.ReadMessagesFromFiles(
+        opts.input_file)
+  return pipeline | 'ReadFromPubSub' >> beam.io.ReadFromPubSub(
+      subscription=opts.input_subscription, topic=opts.input_topic,
+      with_attributes=True)
+
+
+class WriteTable(beam.PTransform):
+  """Rows -> the table named by ``spec`` (BigQuery or DuckDB); returns refused rows."""
+  def __init__(self, spec, schema, bigquery_method='default', replace=False):
+    super().__init__()
+    self._spec = spec
+    self._schema = schema
+    self._method = bigquery_method
+    self._replace = replace
+
+  def expand(self, rows):
+    if warehouse.is_local_warehouse(self._spec):
+      return rows | 'WriteToDuckDB' >> warehouse.WriteToDuckDB(
+          self._spec, self._schema, hold_connection=True,
+          replace=self._replace)
+    return rows | 'WriteToBigQuery' >> warehouse.WriteRowsToBigQuery(
+        self._spec, self._schema, self._method)
+
+
+def build(pipeline, opts, messages=None):
+  """Adds the sign-in graph; ``messages`` replaces the flag-chosen source (tests)."""
+  if messages is None:
+    messages = read_messages(pipeline, opts)
+  parsed = messages | 'ParseSignins' >> pubsub_message.ParseSignins(
+      opts.default_timezone, opts.max_message_bytes)
+  rows, dead = parsed.rows, parsed[pubsub_message.DEAD_LETTERS]
+  specs = table_specs(opts)
+  method = opts.bigquery_method
+  refused_rows = rows | 'WriteRows' >> WriteTable(
+      specs['rows'], schemas.SIGNINS, method)
+  refused_dead = (
+      refused_rows
+      | 'RefusedRowsToDeadLetters' >> beam.Map(
+          pubsub_message.refused_row_dead_letter))
+  all_dead = (dead, refused_dead) | 'AllDeadLetters' >> beam.Flatten()
+  lost = all_dead | 'WriteDeadLetters' >> WriteTable(
+      specs['dead_letters'], schemas.SIGNIN_ERRORS, method)
+  _ = lost | 'LogRefusedDeadLetters' >> beam.Map(_log_refused_dead_letter)
+  counts = rows | 'CountPerWindow' >> signin_counts.CountSigninsPerWindow(
+      opts.window_seconds, opts.allowed_lateness_seconds)
+  _ = counts | 'WriteCounts' >> WriteTable(
+      specs['counts'], schemas.SIGNIN_COUNTS, method, replace=True)
+  return {'rows': rows, 'dead_letters': all_dead, 'counts': counts}
+
+
+def _log_refused_dead_letter(refused):
+  row, error = refused
+  _LOG.error('the dead-letter table refused message %s (%s): %s',
+             row.get('message_id'), row.get('reason'), error)
+
+
+def check(options, opts):
+  """One-line errors, before any work, for flags that cannot work."""
+  given = [f for f in SOURCE_FLAGS if getattr(opts, f[2:])]
+  if len(given) != 1:
+    raise cli.UsageError('give exactly one of %s (got %s)' % (
+        ', '.join(SOURCE_FLAGS), ', '.join(given) or 'none'))
+  for flag, value in (('--window_seconds', opts.window_seconds),
+                      ('--max_message_bytes', opts.max_message_bytes),
+                      ('--progress_seconds', opts.progress_seconds)):
+    if value <= 0:
+      raise cli.UsageError('%s must be positive, not %s' % (flag, value))
+  if opts.allowed_lateness_seconds < 0:
+    raise cli.UsageError('--allowed_lateness_seconds must be 0 or more')
+  try:
+    pubsub_message.resolve_timezone(opts.default_timezone)
+  except ValueError as e:
+    raise cli.UsageError('--default_timezone: %s' % e)
+  for flag in ('--output_table', '--dead_letter_table', '--counts_table'):
+    value = getattr(opts, flag[2:])
+    if value:
+      try:
+        warehouse.check_table_spec(value, flag)
+      except ValueError as e:
+        raise cli.UsageError(str(e))
+      if warehouse.is_local_warehouse(value):
+        raise cli.UsageError('%s takes a BigQuery table; use --warehouse for '
+                             'a local DuckDB file' % flag)
+  if (opts.dead_letter_table or opts.counts_table) and not opts.output_table:
+    raise cli.UsageError('--dead_letter_table and --counts_table go with '
+                         '--output_table')
+  if cli.is_dataflow(options):
+    if not opts.output_table:
+      raise cli.UsageError('DataflowRunner needs --output_table (BigQuery); '
+                           '--warehouse is a local file')
+    return
+  if opts.input_file and not cli.is_dry_run(options):
+    FileSystems.set_options(options)
+    if not FileSystems.match([opts.input_file])[0].metadata_list:
+      raise cli.UsageError('--input_file: no file matches %r' % opts.input_file)
+
+
+class Progress(object):
+  """Counts what the local run has stored, for the log and the status file.
+
+  Reads the DuckDB tables (what is committed) through its own cursor, and
+  the process-wide tally for messages read.
+  """
+  def __init__(self, opts):
+    self._opts = opts
+    self._local = not opts.output_table
+    self._started = time.monotonic()
+    self._last = (self._started, 0)
+
+  def stored(self):
+    if not self._local or not os.path.exists(self._opts.warehouse):
+      return None
+    con = warehouse.DuckDBFiles.connect(self._opts.warehouse).cursor()
+    try:
+      tables = {r[0] for r in con.execute('SHOW TABLES').fetchall()}
+
+      def count(sql, table):
+        return con.execute(sql).fetchall() if table in tables else []
+      rows = count('SELECT count(*) FROM signins', 'signins')
+      dead = count('SELECT reason, count(*) FROM signin_errors GROUP BY 1 '
+                   'ORDER BY 1', 'signin_errors')
+      windows = count('SELECT count(*) FROM signin_counts', 'signin_counts')
+    finally:
+      con.close()
+    return {
+        'rows': rows[0][0] if rows else 0,
+        'dead_letters': dict(dead),
+        'count_rows': windows[0][0] if windows else 0,
+    }
+
+  def report(self, final=False):
+    now = time.monotonic()
+    seen = tally.snapshot().get('messages_in', 0)
+    last_time, last_seen = self._last
+    rate = (seen - last_seen) / max(now - last_time, 1e-6)
+    self._last = (now, seen)
+    status = {'messages_in': seen, 'rate_per_s': round(rate, 1),
+              'elapsed_s': round(now - self._started, 1), 'final': final}
+    stored = self.stored()
+    if stored is not None:
+      status.update(stored)
+      status['stored_total'] = stored['rows'] + sum(
+          stored['dead_letters'].values())
+    _LOG.info('progress: %s', json.dumps(status, sort_keys=True))
+    if self._opts.status_file:
+      tmp = self._opts.status_file + '.tmp'
+      with open(tmp, 'w') as f:
+        json.dump(status, f, sort_keys=True)
+      os.replace(tmp, self._opts.status_file)
+    return status
+
+
+def summary(status, opts):
+  lines = ['user_signin: %d messages read in %.1f s' % (
+      status['messages_in'], status['elapsed_s'])]
+  if 'rows' in status:
+    lines.append('  rows:         %d  (%s, table signins)' % (
+        status['rows'], opts.warehouse))
+    dead = status['dead_letters']
+    lines.append('  dead letters: %d  %s' % (sum(dead.values()), ', '.join(
+        '%s=%d' % kv for kv in sorted(dead.items()))))
+    lines.append('  count rows:   %d  (table signin_counts)' %
+                 status['count_rows'])
+  return '\n'.join(lines)
+
+
+def run_streaming_locally(pipeline, opts):
+  """Runs until SIGINT/SIGTERM (or failure), logging progress; stops cleanly."""
+  stop = threading.Event()
+  failure = []
+  previous = {
+      sig: signal.signal(sig, lambda *_: stop.set())
+      for sig in (signal.SIGINT, signal.SIGTERM)
+  }
+  progress = Progress(opts)
+  result = pipeline.run()
+
+  def wait():
+    try:
+      result.wait_until_finish()
+    except Exception as e:  # pylint: disable=broad-except
+      failure.append(e)
+    stop.set()
+  threading.Thread(target=wait, daemon=True, name='wait-pipeline').start()
+  try:
+    while not stop.wait(opts.progress_seconds):
+      progress.report()
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+  if not failure:
+    _LOG.info('stopping: no new bundles start; committed rows stay committed')
+    try:
+      result.cancel()
+    except Exception as e:  # pylint: disable=broad-except
+      _LOG.debug('cancel: %s', e)
+  status = progress.report(final=True)
+  print(summary(status, opts))
+  if failure:
+    raise RuntimeError('the pipeline failed: %s' % failure[0])
+  return result
+
+
+def run(argv=None):
+  """Parses flags and runs; local streaming runs until SIGINT or SIGTERM."""
+  argv = list(argv or [])
+  options = cli.parse_options(
+      argv, [SigninOptions, cli.BigQueryOutputOptions], PROG, DESCRIPTION)
+  opts = cli.flag_values(options)
+  check(options, opts)
+  streaming = not opts.input_file
+  options.view_as(StandardOptions).streaming = streaming
+  dataflow = cli.is_dataflow(options)
+  if dataflow:
+    cli.prepare_for_dataflow(options)
+  else:
+    cli.keep_auth_on_loopback()
+    cli.choose_local_runner(options, argv, streaming=streaming)
+  rendering = cli.use_render_runner_if_asked(options)
+  pipeline = beam.Pipeline(options=options)
+  build(pipeline, opts)
+  if dataflow or rendering:
+    result = pipeline.run()
+    if not streaming:
+      result.wait_until_finish()
+    return result
+  tally.reset()
+  try:
+    if streaming:
+      return run_streaming_locally(pipeline, opts)
+    progress = Progress(opts)
+    result = pipeline.run()
+    result.wait_until_finish()
+    print(summary(progress.report(final=True), opts))
+    return result
+  finally:
+    warehouse.DuckDBFiles.close_all()

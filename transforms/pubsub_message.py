@@ -1,0 +1,223 @@
+"""Sign-in messages -> validated rows or dead letters with a stable reason.
+
+``ParseSignins`` is the seed's ``MessageExtractingFn`` grown up: every input
+message yields exactly one output, a row on the main output or a dead letter
+on ``dead_letters``, and never raises. Bad input is data, not an exception.
+
+Accepted ``date`` forms:
+- a string in ISO 8601 / RFC 3339 (python-dateutil's ``isoparse``): with an
+  offset or ``Z``; naive means ``default_timezone`` (UTC unless told); a date
+  alone means its midnight; any single separator between date and time;
+- a JSON number of seconds since the Unix epoch, or of milliseconds when its
+  absolute value is 1e11 or more (1e11 s is the year 5138; 1e11 ms is 1973).
+The result is UTC and must fit BigQuery's TIMESTAMP (years 0001-9999).
+"""
+
+import datetime
+import json
+import math
+import traceback
+
+import apache_beam as beam
+from apache_beam.io.gcp.pubsub import PubsubMessage
+from apache_beam.metrics import Metrics
+from apache_beam.utils.timestamp import Timestamp
+from dateutil import parser as date_parser
+from dateutil import tz
+
+from transforms import tally
+
+DEAD_LETTERS = 'dead_letters'
+MAX_MESSAGE_BYTES = 1 << 20
+PAYLOAD_PREFIX_BYTES = 1024  # what a too_large dead letter keeps
+EPOCH_MILLIS_FROM = 1e11
+UTC = datetime.timezone.utc
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
+
+REASONS = (
+    'too_large', 'not_utf8', 'not_json', 'not_object', 'missing_userid',
+    'bad_userid', 'missing_date', 'bad_date', 'date_out_of_range',
+    'sink_rejected', 'internal_error')
+
+
+class Invalid(Exception):
+  """A message that cannot become a row: ``reason`` is a stable code."""
+  def __init__(self, reason, message):
+    super().__init__(message)
+    self.reason = reason
+
+
+def parse_userid(value):
+  """JSON value -> non-empty trimmed string; integers become their decimal string."""
+  if value is None:
+    raise Invalid('missing_userid', 'userid is missing')
+  if isinstance(value, int) and not isinstance(value, bool):
+    return str(value)
+  if not isinstance(value, str):
+    raise Invalid('bad_userid', 'userid must be a string or an integer, not %s'
+                  % type(value).__name__)
+  userid = value.strip()
+  if not userid:
+    raise Invalid('bad_userid', 'userid is empty')
+  return userid
+
+
+def parse_date(value, default_tz=UTC):
+  """JSON value -> aware UTC datetime (see the module docstring for the rules)."""
+  if value is None:
+    raise Invalid('missing_date', 'date is missing')
+  if isinstance(value, (int, float)) and not isinstance(value, bool):
+    return _from_epoch(value)
+  if not isinstance(value, str):
+    raise Invalid('bad_date', 'date must be a string or a number, not %s'
+                  % type(value).__name__)
+  try:
+    parsed = date_parser.isoparse(value.strip())
+  except (ValueError, OverflowError) as e:
+    raise Invalid('bad_date', 'date %r is not ISO 8601: %s' % (_clip(value), e))
+  if parsed.tzinfo is None:
+    parsed = parsed.replace(tzinfo=default_tz)
+  try:
+    return parsed.astimezone(UTC)
+  except (OverflowError, ValueError):
+    raise Invalid('date_out_of_range',
+                  'date %r is outside years 0001-9999 in UTC' % _clip(value))
+
+
+def _from_epoch(number):
+  if not math.isfinite(number):
+    raise Invalid('bad_date', 'date %r is not a finite number' % number)
+  seconds = number / 1000.0 if abs(number) >= EPOCH_MILLIS_FROM else number
+  try:
+    return _EPOCH + datetime.timedelta(seconds=seconds)
+  except OverflowError:
+    raise Invalid('date_out_of_range',
+                  'epoch %r is outside years 0001-9999' % number)
+
+
+def _clip(text, limit=100):
+  return text if len(text) <= limit else text[:limit] + '...'
+
+
+def attribute_list(attributes):
+  """{'k': 'v'} -> [{'key': 'k', 'value': 'v'}], BigQuery's REPEATED RECORD form."""
+  return [{'key': str(k), 'value': None if v is None else str(v)}
+          for k, v in sorted((attributes or {}).items())]
+
+
+def dead_letter(message, reason, error, stacktrace=None, now=None):
+  """The dead-letter row for a message (the raw payload kept, a prefix if too large)."""
+  data = message.data or b''
+  if reason == 'too_large':
+    data = data[:PAYLOAD_PREFIX_BYTES]
+  return {
+      'timestamp': now or datetime.datetime.now(UTC),
+      'payloadString': data.decode('utf-8', errors='replace'),
+      'payloadBytes': bytes(data),
+      'attributes': attribute_list(message.attributes),
+      'errorMessage': str(error),
+      'stacktrace': stacktrace,
+      'message_id': message.message_id,
+      'reason': reason,
+  }
+
+
+def parse_signin(message, default_tz=UTC, max_bytes=MAX_MESSAGE_BYTES):
+  """PubsubMessage -> row dict; raises Invalid for a bad message."""
+  data = message.data or b''
+  if len(data) > max_bytes:
+    raise Invalid('too_large', 'payload is %d bytes, over the limit of %d'
+                  % (len(data), max_bytes))
+  try:
+    text = bytes(data).decode('utf-8')
+  except UnicodeDecodeError as e:
+    raise Invalid('not_utf8', 'payload is not UTF-8: %s' % e)
+  try:
+    payload = json.loads(text)
+  except (ValueError, RecursionError) as e:
+    raise Invalid('not_json', 'payload is not JSON: %s' % e)
+  if not isinstance(payload, dict):
+    raise Invalid('not_object', 'payload is JSON %s, not an object'
+                  % type(payload).__name__)
+  return {
+      'userid': parse_userid(payload.get('userid')),
+      'date': parse_date(payload.get('date'), default_tz),
+      'message_id': message.message_id,
+      'publish_time': _publish_time(message),
+  }
+
+
+def _publish_time(message):
+  published = getattr(message, 'publish_time', None)
+  if published is None:
+    return None
+  if isinstance(published, Timestamp):
+    return published.to_utc_datetime(has_tz=True)
+  if published.tzinfo is None:
+    return published.replace(tzinfo=UTC)
+  return published.astimezone(UTC)
+
+
+class ParseSigninFn(beam.DoFn):
+  """One message in, one row (main output, event-time stamped) or one dead letter out."""
+  def __init__(self, default_timezone='UTC', max_message_bytes=MAX_MESSAGE_BYTES):
+    self._tz_name = default_timezone
+    self._max_bytes = max_message_bytes
+    self.rows = Metrics.counter('user_signin', 'rows')
+    self.counters = {
+        reason: Metrics.counter('user_signin', 'dead_letter_' + reason)
+        for reason in REASONS
+    }
+
+  def setup(self):
+    self._tz = resolve_timezone(self._tz_name)
+
+  def process(self, message):
+    tally.add('messages_in')
+    try:
+      row = parse_signin(message, self._tz, self._max_bytes)
+    except Invalid as e:
+      yield self._dead(message, e.reason, e)
+      return
+    except Exception as e:  # pylint: disable=broad-except
+      yield self._dead(message, 'internal_error', e, traceback.format_exc())
+      return
+    self.rows.inc()
+    tally.add('rows_parsed')
+    yield beam.window.TimestampedValue(
+        row, Timestamp.from_utc_datetime(row['date']))
+
+  def _dead(self, message, reason, error, stacktrace=None):
+    self.counters[reason].inc()
+    tally.add('dead_letters_parsed')
+    return beam.pvalue.TaggedOutput(
+        DEAD_LETTERS, dead_letter(message, reason, error, stacktrace))
+
+
+def resolve_timezone(name):
+  """'UTC', 'Europe/Paris', '+02:00' -> tzinfo; ValueError when unknown."""
+  zone = tz.UTC if name.upper() in ('UTC', 'Z') else tz.gettz(name)
+  if zone is None:
+    raise ValueError('unknown time zone %r' % name)
+  return zone
+
+
+class ParseSignins(beam.PTransform):
+  """PubsubMessages -> rows (main) and dead letters (``dead_letters``)."""
+  def __init__(self, default_timezone='UTC', max_message_bytes=MAX_MESSAGE_BYTES):
+    super().__init__()
+    resolve_timezone(default_timezone)  # fail at construction, not per element
+    self._fn = ParseSigninFn(default_timezone, max_message_bytes)
+
+  def expand(self, messages):
+    return messages | 'ParseAndValidate' >> beam.ParDo(self._fn).with_outputs(
+        DEAD_LETTERS, main='rows')
+
+
+def refused_row_dead_letter(refused):
+  """(row, error) refused by the warehouse -> a sink_rejected dead letter."""
+  row, error = refused
+  payload = json.dumps(row, default=str, sort_keys=True).encode('utf-8')
+  message = PubsubMessage(
+      payload, {}, message_id=row.get('message_id'))
+  return dead_letter(message, 'sink_rejected', error)
