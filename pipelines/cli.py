@@ -62,9 +62,11 @@ class BigQueryOutputOptions(PipelineOptions):
         'expansion service at pipeline construction.')
 
 
-def _beam_option_classes(ours):
+def _beam_option_classes(ours, argv):
   """Every registered PipelineOptions class except other pipelines' own."""
-  import apache_beam.runners.render  # noqa: F401  registers --render_output
+  if any(a.startswith(('--render', '-h', '--help')) for a in argv):
+    # Registers --render_output; imported only when asked for (3 MB of RSS).
+    import apache_beam.runners.render  # noqa: F401
   seen = {}
   for cls in PipelineOptions.__subclasses__():
     if cls in ours or cls.__module__.startswith('pipelines.'):
@@ -89,7 +91,7 @@ def parse_options(argv, option_classes, prog, description):
     cls._add_argparse_args(group)  # pylint: disable=protected-access
     groups.append(group)
   beam_group = parser.add_argument_group('Beam and runner options')
-  for cls in _beam_option_classes(ours):
+  for cls in _beam_option_classes(ours, argv):
     cls._add_argparse_args(parser)  # pylint: disable=protected-access
   # Show our flags first, Beam's after them.
   parser._action_groups = groups + [  # pylint: disable=protected-access
@@ -164,8 +166,8 @@ def fail(prog, message):
 
 def use_render_runner_if_asked(options):
   """--render_output FILE draws the graph with Beam's RenderRunner instead of running."""
-  from apache_beam.runners.render import RenderOptions
-  if not options.view_as(RenderOptions).render_output:
+  if not options.get_all_options(retain_unknown_options=True).get(
+      'render_output'):
     return False
   import shutil
   if not shutil.which('dot'):

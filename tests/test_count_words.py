@@ -56,3 +56,24 @@ def test_matches_line_by_line_findall(pattern):
   expected = collections.Counter(
       w for line in lines for w in re.findall(pattern, line) if w)
   run_count(['\n'.join(lines).encode('utf-8')], expected, pattern=pattern)
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_TEXT = st.text(
+    alphabet=st.sampled_from(list("ab Z_9'\n\r\t.-") + ['é', 'ß', '½', '\u2028']),
+    max_size=200)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_TEXT)
+def test_block_counting_equals_regex_per_line(body):
+  """Both the ASCII byte-split path and the regex path equal Beam's per-line findall."""
+  block = body.encode('utf-8')
+  expected = collections.Counter(
+      w for line in block.split(b'\n')
+      for w in re.findall(text.DEFAULT_WORD_PATTERN,
+                          line.rstrip(b'\r').decode('utf-8')))
+  counts = collections.Counter()
+  text.WordCounter().count_block_into(counts, block)
+  assert counts == expected
