@@ -270,38 +270,61 @@ def summary(status, opts):
   return '\n'.join(lines)
 
 
-def run_streaming_locally(pipeline, opts):
-  """Runs until SIGINT/SIGTERM (or failure), logging progress; stops cleanly."""
-  stop = threading.Event()
-  failure = []
-  previous = {
-      sig: signal.signal(sig, lambda *_: stop.set())
-      for sig in (signal.SIGINT, signal.SIGTERM)
-  }
-  progress = Progress(opts)
-  result = pipeline.run()
+# Beam's local Pub/Sub read long-polls for up to 30 s, and cancel() waits for
+# it; every bundle is committed to the sink as it finishes, so stop waiting.
+CANCEL_WAIT_SECONDS = 3
 
-  def wait():
-    try:
-      result.wait_until_finish()
-    except Exception as e:  # pylint: disable=broad-except
-      failure.append(e)
-    stop.set()
-  threading.Thread(target=wait, daemon=True, name='wait-pipeline').start()
-  try:
-    while not stop.wait(opts.progress_seconds):
-      progress.report()
-  finally:
-    for sig, handler in previous.items():
-      signal.signal(sig, handler)
-  if not failure:
-    _LOG.info('stopping: no new bundles start; committed rows stay committed')
+
+def cancel_within(result, seconds):
+  """Asks the runner to stop; returns after ``seconds`` even if it has not."""
+  def cancel():
     try:
       result.cancel()
     except Exception as e:  # pylint: disable=broad-except
       _LOG.debug('cancel: %s', e)
-  status = progress.report(final=True)
-  print(summary(status, opts))
+  worker = threading.Thread(target=cancel, daemon=True, name='cancel-pipeline')
+  worker.start()
+  worker.join(seconds)
+  if worker.is_alive():
+    _LOG.info('runner still waiting on a Pub/Sub pull; leaving it behind')
+
+
+def run_streaming_locally(pipeline, opts):
+  """Runs until SIGINT/SIGTERM (or failure), logging progress; stops cleanly.
+
+  Signals stay handled until the summary is out, so a second SIGTERM (from a
+  supervisor, or `timeout`) cannot kill the stop half-way.
+  """
+  stop = threading.Event()
+  failure = []
+
+  def on_signal(signum, _):
+    if stop.is_set():
+      _LOG.info('already stopping (signal %d)', signum)
+    stop.set()
+  previous = {sig: signal.signal(sig, on_signal)
+              for sig in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    progress = Progress(opts)
+    result = pipeline.run()
+
+    def wait():
+      try:
+        result.wait_until_finish()
+      except Exception as e:  # pylint: disable=broad-except
+        failure.append(e)
+      stop.set()
+    threading.Thread(target=wait, daemon=True, name='wait-pipeline').start()
+    while not stop.wait(opts.progress_seconds):
+      progress.report()
+    if not failure:
+      _LOG.info('stopping: no new bundles start; what is committed stays')
+      cancel_within(result, CANCEL_WAIT_SECONDS)
+    status = progress.report(final=True)
+    print(summary(status, opts), flush=True)
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
   if failure:
     raise RuntimeError('the pipeline failed: %s' % failure[0])
   return result

@@ -81,6 +81,23 @@ def gcs_emulator(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def pubsub_emulator(tmp_path_factory):
+  """Google's official Pub/Sub emulator on a free loopback port; yields it."""
+  from tools.emulators import PubSubEmulator
+  emulator = PubSubEmulator(
+      log_path=str(tmp_path_factory.mktemp('pubsub') / 'emulator.log'),
+      project='test-project')
+  emulator.start()
+  os.environ.update(emulator.env())
+  try:
+    yield emulator
+  finally:
+    for key in emulator.env():
+      os.environ.pop(key, None)
+    emulator.stop()
+
+
+@pytest.fixture(scope='session')
 def gcs_client(gcs_emulator):
   from google.auth.credentials import AnonymousCredentials
   from google.cloud import storage

@@ -1,0 +1,181 @@
+"""The parse/validate transform alone: every reason code, every accepted date form."""
+
+import datetime
+
+import apache_beam as beam
+import pytest
+from apache_beam.io.gcp.pubsub import PubsubMessage
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that
+from apache_beam.testing.util import equal_to
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+from transforms import pubsub_message as pm
+
+UTC = datetime.timezone.utc
+
+
+def msg(data, attributes=None, message_id='m-1', publish_time=None):
+  return PubsubMessage(data, attributes or {}, message_id=message_id,
+                       publish_time=publish_time)
+
+
+def parse(data, **kwargs):
+  return pm.parse_signin(msg(data), **kwargs)
+
+
+def reason_of(data, **kwargs):
+  with pytest.raises(pm.Invalid) as raised:
+    parse(data, **kwargs)
+  return raised.value.reason
+
+
+@pytest.mark.parametrize('date, expected', [
+    ('2017-10-17T20:57:17.338320', datetime.datetime(2017, 10, 17, 20, 57, 17, 338320, UTC)),
+    ('2017-10-17T20:57:17Z', datetime.datetime(2017, 10, 17, 20, 57, 17, tzinfo=UTC)),
+    ('2017-10-17T22:57:17+02:00', datetime.datetime(2017, 10, 17, 20, 57, 17, tzinfo=UTC)),
+    ('2017-10-17T15:57:17.5-05:00', datetime.datetime(2017, 10, 17, 20, 57, 17, 500000, UTC)),
+    ('2017-10-17 20:57:17', datetime.datetime(2017, 10, 17, 20, 57, 17, tzinfo=UTC)),
+    ('2017-10-17', datetime.datetime(2017, 10, 17, tzinfo=UTC)),
+    ('  2017-10-17T20:57:17Z ', datetime.datetime(2017, 10, 17, 20, 57, 17, tzinfo=UTC)),
+    (1508273837, datetime.datetime(2017, 10, 17, 20, 57, 17, tzinfo=UTC)),
+    (1508273837.25, datetime.datetime(2017, 10, 17, 20, 57, 17, 250000, UTC)),
+    (1508273837250, datetime.datetime(2017, 10, 17, 20, 57, 17, 250000, UTC)),
+    (0, datetime.datetime(1970, 1, 1, tzinfo=UTC)),
+    (-86400, datetime.datetime(1969, 12, 31, tzinfo=UTC)),
+    (99999999999, datetime.datetime(5138, 11, 16, 9, 46, 39, tzinfo=UTC)),
+    (100000000000, datetime.datetime(1973, 3, 3, 9, 46, 40, tzinfo=UTC)),
+])
+def test_accepted_dates_become_exact_utc(date, expected):
+  row = parse(('{"userid": "93234234", "date": %s}' % (
+      '"%s"' % date if isinstance(date, str) else date)).encode())
+  assert row['date'] == expected
+  assert row['date'].tzinfo == UTC
+  assert row['userid'] == '93234234'
+
+
+def test_naive_dates_use_the_default_timezone():
+  paris = pm.resolve_timezone('Europe/Paris')
+  row = parse(b'{"userid": "u", "date": "2017-10-17T22:57:17"}', default_tz=paris)
+  assert row['date'] == datetime.datetime(2017, 10, 17, 20, 57, 17, tzinfo=UTC)
+  # An explicit offset wins over the default zone.
+  row = parse(b'{"userid": "u", "date": "2017-10-17T22:57:17Z"}', default_tz=paris)
+  assert row['date'] == datetime.datetime(2017, 10, 17, 22, 57, 17, tzinfo=UTC)
+
+
+@pytest.mark.parametrize('userid, expected', [
+    ('"93234234"', '93234234'), ('"  padded  "', 'padded'), ('42', '42'),
+    ('-7', '-7'), ('"ünïcode"', 'ünïcode')])
+def test_accepted_userids(userid, expected):
+  row = parse(('{"userid": %s, "date": "2017-10-17"}' % userid).encode())
+  assert row['userid'] == expected
+
+
+def test_other_fields_are_ignored_and_ids_kept():
+  published = datetime.datetime(2020, 1, 2, 3, 4, 5, tzinfo=UTC)
+  row = pm.parse_signin(msg(
+      b'{"userid": "u", "date": "2017-10-17", "extra": [1, 2]}',
+      message_id='abc', publish_time=published))
+  assert row == {'userid': 'u', 'date': datetime.datetime(2017, 10, 17, tzinfo=UTC),
+                 'message_id': 'abc', 'publish_time': published}
+
+
+@pytest.mark.parametrize('payload, reason', [
+    (b'\xff\xfe{"userid": "u"}', 'not_utf8'),
+    (b'{"userid": "u", "date": ', 'not_json'),
+    (b'', 'not_json'),
+    (b'[' * 100000 + b']' * 100000, 'not_json'),
+    (b'["u", "2017-10-17"]', 'not_object'),
+    (b'"just a string"', 'not_object'),
+    (b'null', 'not_object'),
+    (b'{"date": "2017-10-17"}', 'missing_userid'),
+    (b'{"userid": null, "date": "2017-10-17"}', 'missing_userid'),
+    (b'{"userid": "   ", "date": "2017-10-17"}', 'bad_userid'),
+    (b'{"userid": true, "date": "2017-10-17"}', 'bad_userid'),
+    (b'{"userid": 1.5, "date": "2017-10-17"}', 'bad_userid'),
+    (b'{"userid": {"id": 1}, "date": "2017-10-17"}', 'bad_userid'),
+    (b'{"userid": "u"}', 'missing_date'),
+    (b'{"userid": "u", "date": null}', 'missing_date'),
+    (b'{"userid": "u", "date": "yesterday"}', 'bad_date'),
+    (b'{"userid": "u", "date": "17/10/2017"}', 'bad_date'),
+    (b'{"userid": "u", "date": "2017-13-45"}', 'bad_date'),
+    (b'{"userid": "u", "date": true}', 'bad_date'),
+    (b'{"userid": "u", "date": ["2017-10-17"]}', 'bad_date'),
+    (b'{"userid": "u", "date": NaN}', 'bad_date'),
+    (b'{"userid": "u", "date": Infinity}', 'bad_date'),
+    (b'{"userid": "u", "date": "0001-01-01T00:30:00+01:00"}', 'date_out_of_range'),
+    (b'{"userid": "u", "date": "9999-12-31T23:30:00-01:00"}', 'date_out_of_range'),
+    (b'{"userid": "u", "date": 1e300}', 'date_out_of_range'),
+    (b'{"userid": "u", "date": -1e17}', 'date_out_of_range'),
+])
+def test_each_bad_message_gets_its_reason(payload, reason):
+  assert reason_of(payload) == reason
+
+
+def test_too_large_is_checked_first_and_keeps_a_prefix():
+  payload = b'{"userid": "u", "date": "2017-10-17", "pad": "' + b'x' * 5000 + b'"}'
+  assert reason_of(payload, max_bytes=4096) == 'too_large'
+  letter = pm.dead_letter(msg(payload, {'k': 'v'}), 'too_large', 'big')
+  assert letter['payloadBytes'] == payload[:pm.PAYLOAD_PREFIX_BYTES]
+  assert letter['payloadString'] == payload[:pm.PAYLOAD_PREFIX_BYTES].decode()
+  assert letter['attributes'] == [{'key': 'k', 'value': 'v'}]
+  assert letter['reason'] == 'too_large' and letter['message_id'] == 'm-1'
+
+
+def test_dead_letter_keeps_raw_bytes_and_readable_text():
+  letter = pm.dead_letter(msg(b'ab\xffc'), 'not_utf8', 'bad bytes')
+  assert letter['payloadBytes'] == b'ab\xffc'
+  assert letter['payloadString'] == 'ab\ufffdc'
+  assert letter['errorMessage'] == 'bad bytes'
+  assert letter['timestamp'].tzinfo is not None
+  assert letter['stacktrace'] is None
+
+
+def test_transform_splits_rows_and_dead_letters_with_event_time():
+  messages = [
+      msg(b'{"userid": "a", "date": "2017-10-17T20:57:17Z"}', message_id='1'),
+      msg(b'not json', message_id='2'),
+      msg(b'{"userid": "b", "date": 0}', message_id='3'),
+  ]
+  with TestPipeline(runner='FnApiRunner') as p:
+    parsed = p | beam.Create(messages) | pm.ParseSignins()
+    ids = parsed.rows | 'RowIds' >> beam.Map(
+        lambda row, ts=beam.DoFn.TimestampParam: (
+            row['message_id'], ts.to_utc_datetime(has_tz=True) == row['date']))
+    reasons = parsed[pm.DEAD_LETTERS] | 'Reasons' >> beam.Map(
+        lambda d: (d['message_id'], d['reason']))
+    assert_that(ids, equal_to([('1', True), ('3', True)]), label='rows')
+    assert_that(reasons, equal_to([('2', 'not_json')]), label='dead')
+
+
+def test_unknown_timezone_fails_at_construction():
+  with pytest.raises(ValueError):
+    pm.ParseSignins(default_timezone='Mars/Olympus_Mons')
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=st.one_of(
+    st.binary(max_size=300),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+            st.sampled_from(['userid', 'date', 'x']), inner, max_size=3),
+        max_leaves=8).map(lambda v: __import__('json').dumps(v).encode())),
+       attributes=st.dictionaries(st.text(max_size=10), st.text(max_size=10),
+                                  max_size=3))
+def test_any_message_gives_exactly_one_output_and_never_raises(data, attributes):
+  fn = pm.ParseSigninFn(max_message_bytes=200)
+  fn.setup()
+  outputs = list(fn.process(msg(data, attributes)))
+  assert len(outputs) == 1
+  out = outputs[0]
+  if isinstance(out, beam.pvalue.TaggedOutput):
+    assert out.tag == pm.DEAD_LETTERS
+    assert out.value['reason'] in pm.REASONS
+    assert out.value['payloadBytes'] == data[:len(out.value['payloadBytes'])]
+  else:
+    row = out.value
+    assert row['userid'] and row['userid'] == row['userid'].strip()
+    assert row['date'].tzinfo == UTC

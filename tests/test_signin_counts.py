@@ -1,0 +1,97 @@
+"""Event-time counts with TestStream: on-time, late, and too-late sign-ins."""
+
+import argparse
+import datetime
+
+import apache_beam as beam
+import duckdb
+from apache_beam.io.gcp.pubsub import PubsubMessage
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import assert_that
+from apache_beam.testing.util import equal_to
+from apache_beam.transforms.window import TimestampedValue
+
+from pipelines import user_signin
+from transforms import signin_counts
+
+UTC = datetime.timezone.utc
+
+
+def at(seconds):
+  return datetime.datetime.fromtimestamp(seconds, UTC)
+
+
+def streaming_pipeline():
+  options = PipelineOptions()
+  options.view_as(StandardOptions).streaming = True
+  return TestPipeline(runner='BundleBasedDirectRunner', options=options)
+
+
+def signin(userid, seconds):
+  return TimestampedValue({'userid': userid, 'date': at(seconds)}, seconds)
+
+
+def test_on_time_late_and_too_late():
+  stream = (
+      TestStream()
+      .advance_watermark_to(0)
+      .add_elements([signin('a', 10), signin('a', 20), signin('b', 30)])
+      .advance_watermark_to(70)  # window [0, 60) fires on time
+      .add_elements([signin('a', 50)])  # late, within the lateness: a LATE pane
+      .advance_watermark_to(500)  # past 60 + 300 s: the window is closed
+      .add_elements([signin('a', 40)])  # too late: does not change the count
+      .advance_watermark_to_infinity())
+  with streaming_pipeline() as p:
+    counts = (
+        p | stream
+        | signin_counts.CountSigninsPerWindow(60, allowed_lateness_seconds=300)
+        | beam.Map(lambda r: (r['window_start'], r['window_end'], r['userid'],
+                              r['signins'], r['pane_timing'], r['pane_index'])))
+    assert_that(counts, equal_to([
+        (at(0), at(60), 'a', 2, 'ON_TIME', 0),
+        (at(0), at(60), 'b', 1, 'ON_TIME', 0),
+        (at(0), at(60), 'a', 3, 'LATE', 1),
+    ]))
+
+
+def message(userid, seconds, message_id):
+  data = ('{"userid": "%s", "date": "%s"}' % (userid, at(seconds).isoformat())
+          ).encode()
+  return TimestampedValue(
+      PubsubMessage(data, {}, message_id=message_id, publish_time=at(seconds)),
+      seconds)
+
+
+def test_whole_graph_stores_too_late_rows_but_not_their_counts(tmp_path):
+  db = str(tmp_path / 'wh.duckdb')
+  opts = argparse.Namespace(
+      default_timezone='UTC', max_message_bytes=4096, output_table=None,
+      warehouse=db, dead_letter_table=None, counts_table=None,
+      window_seconds=60, allowed_lateness_seconds=300,
+      bigquery_method='default')
+  stream = (
+      TestStream()
+      .advance_watermark_to(0)
+      .add_elements([message('a', 10, 'm1'), message('a', 20, 'm2')])
+      .add_elements([TimestampedValue(
+          PubsubMessage(b'{oops', {'origin': 'test'}, message_id='m3'), 25)])
+      .advance_watermark_to(70)
+      .add_elements([message('a', 50, 'm4')])
+      .advance_watermark_to(500)
+      .add_elements([message('a', 40, 'm5'), message('a', 40, 'm5')])  # + redelivery
+      .advance_watermark_to_infinity())
+  with streaming_pipeline() as p:
+    user_signin.build(p, opts, messages=p | stream)
+  user_signin.warehouse.DuckDBFiles.close_all()
+  con = duckdb.connect(db, read_only=True)
+  assert sorted(r[0] for r in con.execute(
+      'SELECT message_id FROM signins').fetchall()) == ['m1', 'm2', 'm4', 'm5']
+  assert con.execute(
+      'SELECT message_id, reason, attributes FROM signin_errors').fetchall() == [
+          ('m3', 'not_json', [{'key': 'origin', 'value': 'test'}])]
+  assert con.execute(
+      'SELECT userid, signins, pane_timing FROM signin_counts').fetchall() == [
+          ('a', 3, 'LATE')]

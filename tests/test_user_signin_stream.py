@@ -1,0 +1,153 @@
+"""main.py user_signin for real: the official Pub/Sub emulator, a DuckDB file,
+SIGTERM; count in, count out. Plus the file replay and the Dataflow dry run."""
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import duckdb
+import pytest
+
+from tests.conftest import ROOT
+from tests.conftest import run_main
+from tools import publish_signins
+
+MAX_BYTES = 2048
+FIXED_DATE = '2017-10-17T20:57:17.338320'
+
+
+def start_pipeline(*args):
+  return subprocess.Popen(
+      [sys.executable, os.path.join(ROOT, 'main.py'), 'user_signin'] +
+      [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True, cwd=ROOT)
+
+
+def wait_for_status(path, done, proc, timeout=120):
+  deadline = time.monotonic() + timeout
+  status = {}
+  while time.monotonic() < deadline:
+    assert proc.poll() is None, proc.communicate()
+    try:
+      with open(path) as f:
+        status = json.load(f)
+    except (OSError, ValueError):
+      status = {}
+    if done(status):
+      return status
+    time.sleep(0.2)
+  raise AssertionError('not done in %d s; last status %s' % (timeout, status))
+
+
+def stored(db):
+  con = duckdb.connect(str(db), read_only=True)
+  try:
+    rows = con.execute('SELECT message_id, userid, date FROM signins').fetchall()
+    dead = con.execute(
+        'SELECT message_id, reason FROM signin_errors').fetchall()
+  finally:
+    con.close()
+  return rows, dead
+
+
+@pytest.mark.emulator
+def test_every_published_message_stored_exactly_once(pubsub_emulator, tmp_path):
+  project = pubsub_emulator.project
+  topic, sub = 'signins-%s' % uuid.uuid4().hex[:8], 'sub-%s' % uuid.uuid4().hex[:8]
+  count, ids, kinds = publish_signins.publish(
+      project, topic, 600, bad_fraction=0.2, date=FIXED_DATE,
+      subscription=sub, max_message_bytes=MAX_BYTES)
+  assert set(kinds) == set(publish_signins.BAD_KINDS) | {'valid'}
+  db, status_file = tmp_path / 'wh.duckdb', tmp_path / 'status.json'
+  proc = start_pipeline(
+      '--input_subscription', 'projects/%s/subscriptions/%s' % (project, sub),
+      '--warehouse', db, '--max_message_bytes', MAX_BYTES,
+      '--progress_seconds', 0.5, '--status_file', status_file)
+  status = wait_for_status(
+      status_file, lambda s: s.get('stored_total', 0) >= count, proc)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=60)
+  assert proc.returncode == 0, err
+  assert 'Traceback' not in err
+  assert 'user_signin: ' in out and 'dead letters:' in out
+  assert status['stored_total'] == count
+
+  rows, dead = stored(db)
+  stored_ids = [r[0] for r in rows] + [d[0] for d in dead]
+  assert len(stored_ids) == count == len(set(stored_ids))  # none twice
+  assert set(stored_ids) == set(ids)  # none lost
+  reasons = collections.Counter(d[1] for d in dead)
+  assert dict(reasons) == {k: n for k, n in kinds.items() if k != 'valid'}
+  assert len(rows) == kinds['valid']
+
+  # The same payloads replayed from a file give the same rows, and a second
+  # replay adds nothing.
+  replay = tmp_path / 'replay.jsonl'
+  with open(replay, 'wb') as f:
+    for data, _ in publish_signins.messages(600, 0.2, FIXED_DATE, MAX_BYTES):
+      f.write(data + b'\n')
+  replay_db = tmp_path / 'replay.duckdb'
+  for _ in range(2):
+    result = run_main('user_signin', '--input_file', replay, '--warehouse',
+                      replay_db, '--max_message_bytes', MAX_BYTES)
+    assert result.returncode == 0, result.stderr
+  replay_rows, replay_dead = stored(replay_db)
+  assert sorted(r[1:] for r in replay_rows) == sorted(r[1:] for r in rows)
+  assert collections.Counter(d[1] for d in replay_dead) == reasons
+
+
+def test_signin_flags_are_checked(tmp_path):
+  cases = [
+      ([], 'give exactly one of --input_subscription, --input_topic, --input_file (got none)'),
+      (['--input_file', 'a', '--input_topic', 'projects/p/topics/t'], 'give exactly one of'),
+      (['--input_file', tmp_path / 'missing*.jsonl'], '--input_file: no file matches'),
+      (['--input_topic', 'projects/p/topics/t', '--default_timezone', 'Nowhere/Special'],
+       '--default_timezone: unknown time zone'),
+      (['--input_topic', 'projects/p/topics/t', '--window_seconds', '0'],
+       '--window_seconds must be positive'),
+      (['--input_topic', 'projects/p/topics/t', '--output_table', 'x.duckdb'],
+       '--output_table takes a BigQuery table'),
+      (['--input_topic', 'projects/p/topics/t', '--runner', 'DataflowRunner',
+        '--project', 'p', '--region', 'r', '--temp_location', 'gs://b/t'],
+       'DataflowRunner needs --output_table'),
+  ]
+  for args, message in cases:
+    result = run_main('user_signin', '--warehouse', tmp_path / 'w.duckdb', *args)
+    assert result.returncode == 2, (args, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], (args, result.stderr)
+
+
+def test_help_documents_every_flag():
+  result = run_main('user_signin', '--help')
+  assert result.returncode == 0
+  for flag in ('--input_subscription', '--input_topic', '--input_file',
+               '--warehouse', '--output_table', '--dead_letter_table',
+               '--counts_table', '--bigquery_method', '--window_seconds',
+               '--allowed_lateness_seconds', '--default_timezone',
+               '--max_message_bytes', '--status_file', '--streaming'):
+    assert flag in result.stdout, flag
+
+
+def test_dataflow_dry_run_builds_the_streaming_job():
+  from pipelines import user_signin
+  result = user_signin.run([
+      '--runner', 'DataflowRunner', '--dry_run=True', '--project', 'demo-proj',
+      '--region', 'europe-west1', '--temp_location', 'gs://demo-bucket/tmp',
+      '--input_subscription', 'projects/demo-proj/subscriptions/signins',
+      '--output_table', 'demo-proj:signins.signins'])
+  assert result.job.proto.type == result.job.proto.type.JOB_TYPE_STREAMING
+  names = {t.unique_name for t in
+           result.job.proto_pipeline.components.transforms.values()}
+  for step in ('ReadFromPubSub', 'ParseSignins', 'WriteRows',
+               'WriteDeadLetters', 'CountPerWindow', 'WriteCounts',
+               'WriteRows/WriteToBigQuery', 'WriteDeadLetters/WriteToBigQuery'):
+    assert step in names, step
+  options = result.job.options.get_all_options()
+  assert options['streaming'] is True
+  assert options['setup_file'] == os.path.join(ROOT, 'setup.py')

@@ -1,0 +1,1 @@
+"""Developer tools for the local loop: emulators and a sample publisher."""

@@ -1,0 +1,145 @@
+"""Publish sample sign-in messages, good and bad, with google-cloud-pubsub.
+
+    python -m tools.publish_signins [--count N] [--bad-fraction F] [--topic T]
+        [--project P] [--rate R] [--date ISO] [--subscription S]
+
+Talks to the emulator when PUBSUB_EMULATOR_HOST is set, else to real Pub/Sub
+with your default credentials. Creates the topic (and --subscription) when
+missing. Bad messages cycle through every kind the pipeline dead-letters.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import random
+import sys
+import time
+
+BAD_KINDS = ('not_utf8', 'not_json', 'not_object', 'missing_userid',
+             'bad_userid', 'missing_date', 'bad_date', 'date_out_of_range',
+             'too_large')
+
+
+def good_payload(rng, date):
+  return {'userid': str(rng.randint(10000000, 10000049)), 'date': date}
+
+
+def bad_payload(kind, rng, date, max_message_bytes):
+  """Bytes that the pipeline must dead-letter with reason ``kind``."""
+  good = good_payload(rng, date)
+  as_json = {
+      'not_object': ['93234234', date],
+      'missing_userid': {'date': date},
+      'bad_userid': {'userid': rng.choice([True, '   ', {'id': 1}, 1.5]),
+                     'date': date},
+      'missing_date': {'userid': good['userid']},
+      'bad_date': {'userid': good['userid'],
+                   'date': rng.choice(['yesterday', '17/10/2017', '2017-13-45'])},
+      'date_out_of_range': {'userid': good['userid'],
+                            'date': '0001-01-01T00:30:00+01:00'},
+      'too_large': dict(good, padding='x' * max_message_bytes),
+  }
+  if kind == 'not_utf8':
+    return b'\xff\xfe' + json.dumps(good).encode()
+  if kind == 'not_json':
+    return json.dumps(good).encode()[:-3]
+  return json.dumps(as_json[kind]).encode()
+
+
+def messages(count, bad_fraction, date, max_message_bytes, seed=7):
+  """(payload bytes, expected reason or None) for ``count`` messages."""
+  rng = random.Random(seed)
+  bad_every = int(round(1 / bad_fraction)) if bad_fraction > 0 else 0
+  bad_seen = 0
+  for i in range(count):
+    when = date or datetime.datetime.now(datetime.timezone.utc).isoformat()
+    if bad_every and i % bad_every == bad_every - 1:
+      kind = BAD_KINDS[bad_seen % len(BAD_KINDS)]
+      bad_seen += 1
+      yield bad_payload(kind, rng, when, max_message_bytes), kind
+    else:
+      yield json.dumps(good_payload(rng, when)).encode(), None
+
+
+def ensure_topic(publisher, topic_path, subscription_path=None):
+  from google.api_core import exceptions
+  try:
+    publisher.create_topic(name=topic_path)
+  except exceptions.AlreadyExists:
+    pass
+  if subscription_path:
+    from google.cloud import pubsub_v1
+    with pubsub_v1.SubscriberClient() as subscriber:
+      try:
+        subscriber.create_subscription(
+            name=subscription_path, topic=topic_path, ack_deadline_seconds=60)
+      except exceptions.AlreadyExists:
+        pass
+
+
+def publish(project, topic, count, bad_fraction=0.1, rate=None, date=None,
+            subscription=None, max_message_bytes=1 << 20):
+  """Publishes and returns (number published, message ids, reasons by kind)."""
+  from google.cloud import pubsub_v1
+  publisher = pubsub_v1.PublisherClient(
+      batch_settings=pubsub_v1.types.BatchSettings(
+          max_messages=500, max_bytes=4 << 20, max_latency=0.05))
+  topic_path = publisher.topic_path(project, topic)
+  ensure_topic(publisher, topic_path, subscription and
+               pubsub_v1.SubscriberClient.subscription_path(project, subscription))
+  futures, kinds = [], {}
+  started = time.monotonic()
+  for i, (data, kind) in enumerate(messages(count, bad_fraction, date,
+                                            max_message_bytes)):
+    futures.append(publisher.publish(topic_path, data, sample_index=str(i)))
+    kinds[kind or 'valid'] = kinds.get(kind or 'valid', 0) + 1
+    if rate:
+      delay = started + (i + 1) / rate - time.monotonic()
+      if delay > 0:
+        time.sleep(delay)
+  ids = [f.result(timeout=60) for f in futures]  # batched, not one by one
+  return len(ids), ids, kinds
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(prog='publish', description=__doc__.split(
+      '\n\n')[0])
+  parser.add_argument('--count', type=int, default=1000)
+  parser.add_argument('--bad-fraction', type=float, default=0.1,
+                      help='share of bad messages, cycling through every kind')
+  parser.add_argument('--topic', default='signins')
+  parser.add_argument('--project', default=os.environ.get(
+      'PUBSUB_PROJECT_ID', 'local-project'))
+  parser.add_argument('--subscription', default=None,
+                      help='also create this subscription on the topic')
+  parser.add_argument('--rate', type=float, default=None,
+                      help='messages per second (default: as fast as possible)')
+  parser.add_argument('--date', default=None,
+                      help='date of every message (default: now, so live '
+                      'windows fill)')
+  parser.add_argument('--max-message-bytes', type=int, default=1 << 20,
+                      help='the pipeline\'s limit; too_large messages exceed it')
+  args = parser.parse_args(argv)
+  if not 0 <= args.bad_fraction <= 1:
+    parser.error('--bad-fraction must be between 0 and 1')
+  if args.count < 0:
+    parser.error('--count must be 0 or more')
+  target = os.environ.get('PUBSUB_EMULATOR_HOST') or 'Google Cloud Pub/Sub'
+  n, ids, kinds = publish(args.project, args.topic, args.count,
+                          args.bad_fraction, args.rate, args.date,
+                          args.subscription, args.max_message_bytes)
+  print('published %d messages to projects/%s/topics/%s on %s: %s' % (
+      n, args.project, args.topic, target,
+      ', '.join('%s=%d' % kv for kv in sorted(kinds.items()))))
+  if ids:
+    print('message ids %s .. %s' % (min(ids, key=_id_key), max(ids, key=_id_key)))
+  return 0
+
+
+def _id_key(message_id):
+  return (len(message_id), message_id)
+
+
+if __name__ == '__main__':
+  sys.exit(main())
