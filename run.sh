@@ -57,12 +57,42 @@ for word, count in con.sql(
 PYEOF
 }
 
+EMULATOR_STATE=$ROOT/.local/emulators
+
+emulators() {
+  "$PY" -m tools.emulators "$@" --state "$EMULATOR_STATE"
+}
+
+with_emulator_env() {
+  eval "$("$PY" -m tools.emulators env --state "$EMULATOR_STATE")"
+}
+
+demo_streaming() {
+  say "streaming sign-ins on the local Pub/Sub emulator"
+  local started_here=0
+  if ! emulators status >/dev/null 2>&1; then
+    emulators start >/dev/null
+    started_here=1
+  fi
+  with_emulator_env
+  local rc=0
+  "$PY" -m tools.demo_stream || rc=$?
+  if [ "$started_here" = 1 ]; then
+    emulators stop >/dev/null
+  fi
+  return $rc
+}
+
 usage() {
   cat <<'USAGE'
 usage: ./run.sh COMMAND
-  demo              run the pipelines on the bundled sample data, locally
-  test [ARGS]       run the test suite (ARGS go to pytest)
-  bench [ARGS]      run the wordcount benchmark (see benchmarks/README.md)
+  demo                       both pipelines on bundled sample data and local emulators
+  test [ARGS]                the test suite (ARGS go to pytest)
+  emulators start|stop|status|env
+                             the local Pub/Sub and GCS emulators (.local/emulators)
+  publish [ARGS]             publish sample sign-ins (see ./run.sh publish --help);
+                             to the running emulator, else to real Pub/Sub
+  bench [ARGS]               the benchmarks (see benchmarks/README.md)
 USAGE
 }
 
@@ -72,6 +102,18 @@ case "$cmd" in
   demo)
     ensure_venv
     demo_wordcount
+    demo_streaming
+    ;;
+  emulators)
+    ensure_venv
+    emulators "${1:-status}"
+    ;;
+  publish)
+    ensure_venv
+    if "$PY" -m tools.emulators status --state "$EMULATOR_STATE" >/dev/null 2>&1; then
+      with_emulator_env
+    fi
+    exec "$PY" -m tools.publish_signins "$@"
     ;;
   test)
     ensure_venv

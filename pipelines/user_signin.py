@@ -15,6 +15,7 @@ import time
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.gcp import pubsub
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import StandardOptions
 
@@ -166,6 +167,15 @@ def check(options, opts):
   if len(given) != 1:
     raise cli.UsageError('give exactly one of %s (got %s)' % (
         ', '.join(SOURCE_FLAGS), ', '.join(given) or 'none'))
+  for flag, value, parse in (
+      ('--input_subscription', opts.input_subscription,
+       pubsub.parse_subscription),
+      ('--input_topic', opts.input_topic, pubsub.parse_topic)):
+    if value:
+      try:
+        parse(value)
+      except ValueError as e:
+        raise cli.UsageError('%s: %s' % (flag, e))
   for flag, value in (('--window_seconds', opts.window_seconds),
                       ('--max_message_bytes', opts.max_message_bytes),
                       ('--progress_seconds', opts.progress_seconds)):
@@ -354,6 +364,10 @@ def run(argv=None):
       result.wait_until_finish()
     return result
   tally.reset()
+  if not opts.output_table:  # all three tables exist from the start
+    for schema in (schemas.SIGNINS, schemas.SIGNIN_ERRORS,
+                   schemas.SIGNIN_COUNTS):
+      warehouse.prepare_duckdb_table(opts.warehouse, schema)
   try:
     if streaming:
       return run_streaming_locally(pipeline, opts)

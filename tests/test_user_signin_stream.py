@@ -104,15 +104,16 @@ def test_every_published_message_stored_exactly_once(pubsub_emulator, tmp_path):
 def test_signin_flags_are_checked(tmp_path):
   cases = [
       ([], 'give exactly one of --input_subscription, --input_topic, --input_file (got none)'),
-      (['--input_file', 'a', '--input_topic', 'projects/p/topics/t'], 'give exactly one of'),
+      (['--input_file', 'a', '--input_topic', 'projects/my-project/topics/t'], 'give exactly one of'),
       (['--input_file', tmp_path / 'missing*.jsonl'], '--input_file: no file matches'),
-      (['--input_topic', 'projects/p/topics/t', '--default_timezone', 'Nowhere/Special'],
+      (['--input_topic', 'projects/my-project/topics/t', '--default_timezone', 'Nowhere/Special'],
        '--default_timezone: unknown time zone'),
-      (['--input_topic', 'projects/p/topics/t', '--window_seconds', '0'],
+      (['--input_subscription', 'my-subscription'], '--input_subscription: PubSub subscription must be in the form'),
+      (['--input_topic', 'projects/my-project/topics/t', '--window_seconds', '0'],
        '--window_seconds must be positive'),
-      (['--input_topic', 'projects/p/topics/t', '--output_table', 'x.duckdb'],
+      (['--input_topic', 'projects/my-project/topics/t', '--output_table', 'x.duckdb'],
        '--output_table takes a BigQuery table'),
-      (['--input_topic', 'projects/p/topics/t', '--runner', 'DataflowRunner',
+      (['--input_topic', 'projects/my-project/topics/t', '--runner', 'DataflowRunner',
         '--project', 'p', '--region', 'r', '--temp_location', 'gs://b/t'],
        'DataflowRunner needs --output_table'),
   ]

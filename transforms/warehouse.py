@@ -46,6 +46,7 @@ class DuckDBFiles(object):
   """
   _lock = threading.Lock()
   _open = {}
+  _tables = set()  # (path, DDL) already run on an open connection
 
   @classmethod
   def connect(cls, path):
@@ -59,18 +60,29 @@ class DuckDBFiles(object):
       return con
 
   @classmethod
+  def ensure_table(cls, path, con, ddl):
+    """Runs CREATE TABLE IF NOT EXISTS once per open file, not per batch."""
+    key = (os.path.abspath(path), ddl)
+    if key not in cls._tables:
+      con.execute(ddl)
+      cls._tables.add(key)
+
+  @classmethod
   def close_all(cls):
     with cls._lock:
       for con in cls._open.values():
         con.close()
       cls._open.clear()
+      cls._tables.clear()
 
   @classmethod
   def close(cls, path):
+    path = os.path.abspath(path)
     with cls._lock:
-      con = cls._open.pop(os.path.abspath(path), None)
+      con = cls._open.pop(path, None)
       if con is not None:
         con.close()
+      cls._tables = {t for t in cls._tables if t[0] != path}
 
 
 def _connect_waiting_for_lock(duckdb, path, timeout=120):
@@ -131,7 +143,8 @@ class _InsertIntoDuckDB(beam.DoFn):
       return
     con = DuckDBFiles.connect(self._path)
     try:
-      con.execute(self._schema.duckdb_ddl(self._table))
+      DuckDBFiles.ensure_table(
+          self._path, con, self._schema.duckdb_ddl(self._table))
       try:
         self._insert(con, [wv.value for wv in buffered])
       except Exception as e:  # pylint: disable=broad-except

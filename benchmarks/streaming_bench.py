@@ -1,0 +1,155 @@
+"""Streaming benchmark: messages per second through the whole user_signin
+pipeline (parse, validate, DuckDB sinks, windowed counts) against a bare
+ReadFromPubSub that only counts, on the same official Pub/Sub emulator, side
+by side in one run; plus the per-message parse cost against bare json.loads.
+
+    ./run.sh bench streaming [--messages 3000] [--repeat 3] [--write-readme]
+
+Each round pre-publishes the messages (10% bad, every kind) to a fresh
+subscription, starts the pipeline process and times from the first message
+read to the last one stored (rows + dead letters for ours, read for the bare
+one), polling each process's status file every 0.05 s.
+"""
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+from tools import emulators  # noqa: E402
+from tools import publish_signins  # noqa: E402
+
+MAX_BYTES = 4096
+
+
+def poll(status_path, key, target, proc, timeout=600):
+  """Returns (time of first message, time target reached)."""
+  first = None
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if proc.poll() is not None:
+      raise RuntimeError('pipeline exited: %s' % proc.communicate()[1][-2000:])
+    try:
+      with open(status_path) as f:
+        status = json.load(f)
+    except (OSError, ValueError):
+      status = {}
+    now = time.monotonic()
+    if first is None and status.get('messages_in', 0) > 0:
+      first = now
+    if status.get(key, 0) >= target:
+      return first, now
+    time.sleep(0.05)
+  raise RuntimeError('timed out; last status %s' % status)
+
+
+def run_case(name, project, count, tmp):
+  topic, sub = 'bench-%s' % uuid.uuid4().hex[:8], 'sub-%s' % uuid.uuid4().hex[:8]
+  publish_signins.publish(project, topic, count, bad_fraction=0.1,
+                          subscription=sub, max_message_bytes=MAX_BYTES)
+  subscription = 'projects/%s/subscriptions/%s' % (project, sub)
+  status = os.path.join(tmp, '%s.json' % sub)
+  if name == 'bare':
+    cmd = [sys.executable, os.path.join(HERE, 'bare_pubsub_read.py'),
+           '--input_subscription', subscription, '--status_file', status]
+    key = 'messages_in'
+  else:
+    cmd = [sys.executable, os.path.join(ROOT, 'main.py'), 'user_signin',
+           '--input_subscription', subscription, '--warehouse',
+           os.path.join(tmp, '%s.duckdb' % sub), '--max_message_bytes',
+           str(MAX_BYTES), '--status_file', status, '--progress_seconds', '0.2']
+    key = 'stored_total'
+  proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, cwd=ROOT)
+  try:
+    first, done = poll(status, key, count, proc)
+  finally:
+    proc.send_signal(signal.SIGTERM)
+    try:
+      proc.wait(30)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+  return count / (done - first)
+
+
+def parse_cost(n=20000):
+  """Microseconds per message: our parse+validate against bare json.loads."""
+  from apache_beam.io.gcp.pubsub import PubsubMessage
+  from transforms import pubsub_message
+  payloads = [data for data, _ in publish_signins.messages(
+      n, 0.0, None, MAX_BYTES)]
+  messages = [PubsubMessage(p, {}, message_id=str(i))
+              for i, p in enumerate(payloads)]
+  fn = pubsub_message.ParseSigninFn()
+  fn.setup()
+  ours = min(timeit.repeat(
+      lambda: [list(fn.process(m)) for m in messages], number=1, repeat=5))
+  bare = min(timeit.repeat(
+      lambda: [json.loads(p) for p in payloads], number=1, repeat=5))
+  return ours / n * 1e6, bare / n * 1e6
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--messages', type=int, default=3000)
+  parser.add_argument('--repeat', type=int, default=3)
+  parser.add_argument('--write-readme', action='store_true')
+  args = parser.parse_args(argv)
+  os.environ.update({'NO_GCE_CHECK': 'true', 'GCE_METADATA_HOST': '127.0.0.1:9',
+                     'GCE_METADATA_IP': '127.0.0.1:9',
+                     'PYTHONPATH': ROOT})
+  with tempfile.TemporaryDirectory() as tmp:
+    emulator = emulators.PubSubEmulator(
+        log_path=os.path.join(tmp, 'pubsub.log'), project='bench-project')
+    emulator.start()
+    os.environ.update(emulator.env())
+    rates = {'bare': [], 'user_signin': []}
+    try:
+      for round_ in range(args.repeat):
+        for name in rates:
+          rate = run_case(name, 'bench-project', args.messages, tmp)
+          rates[name].append(rate)
+          print('round %d  %-12s %7.0f msgs/s' % (round_ + 1, name, rate),
+                flush=True)
+    finally:
+      emulator.stop()
+  ours_us, bare_us = parse_cost()
+  bare, ours = (statistics.median(rates[k]) for k in ('bare', 'user_signin'))
+  report = '\n'.join([
+      '| case | median msgs/s | vs bare read |',
+      '| --- | ---: | ---: |',
+      '| bare `ReadFromPubSub` + counting step | %.0f | 1.00x |' % bare,
+      '| `main.py user_signin` (parse, validate, DuckDB sinks, counts) | %.0f | %.2fx |'
+      % (ours, ours / bare),
+      '',
+      'Parse + validate: %.1f us per message; bare `json.loads`: %.1f us '
+      '(%.1fx).' % (ours_us, bare_us, ours_us / bare_us),
+  ])
+  print('\n' + report)
+  if args.write_readme:
+    path = os.path.join(HERE, 'README.md')
+    with open(path, encoding='utf-8') as f:
+      text = f.read()
+    marker = '<!-- streaming results -->'
+    before, _, after = text.partition(marker)
+    after = after.partition('<!-- end streaming results -->')[2]
+    with open(path, 'w', encoding='utf-8') as f:
+      f.write('%s%s\nLast run %s: `./run.sh bench streaming --messages %d '
+              '--repeat %d --write-readme`\n\n%s\n<!-- end streaming results -->%s'
+              % (before, marker, time.strftime('%Y-%m-%d'), args.messages,
+                 args.repeat, report, after))
+
+
+if __name__ == '__main__':
+  main()
