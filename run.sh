@@ -92,7 +92,8 @@ usage: ./run.sh COMMAND
                              the local Pub/Sub and GCS emulators (.local/emulators)
   publish [ARGS]             publish sample sign-ins (see ./run.sh publish --help);
                              to the running emulator, else to real Pub/Sub
-  bench [ARGS]               the benchmarks (see benchmarks/README.md)
+  bench [wordcount|streaming] [ARGS]
+                             the benchmarks (see benchmarks/README.md)
 USAGE
 }
 
@@ -122,7 +123,12 @@ case "$cmd" in
     ;;
   bench)
     ensure_venv
-    exec "$PY" benchmarks/wordcount_bench.py "$@"
+    which=${1:-wordcount}
+    [ $# -gt 0 ] && shift
+    case "$which" in
+      wordcount|streaming) exec "$PY" "benchmarks/${which}_bench.py" "$@" ;;
+      *) echo "usage: ./run.sh bench [wordcount|streaming] [ARGS]" >&2; exit 2 ;;
+    esac
     ;;
   help|-h|--help) usage ;;
   *) usage >&2; exit 2 ;;

@@ -138,17 +138,11 @@ def main(argv=None):
   ])
   print('\n' + report)
   if args.write_readme:
-    path = os.path.join(HERE, 'README.md')
-    with open(path, encoding='utf-8') as f:
-      text = f.read()
-    marker = '<!-- streaming results -->'
-    before, _, after = text.partition(marker)
-    after = after.partition('<!-- end streaming results -->')[2]
-    with open(path, 'w', encoding='utf-8') as f:
-      f.write('%s%s\nLast run %s: `./run.sh bench streaming --messages %d '
-              '--repeat %d --write-readme`\n\n%s\n<!-- end streaming results -->%s'
-              % (before, marker, time.strftime('%Y-%m-%d'), args.messages,
-                 args.repeat, report, after))
+    from results import replace_section
+    replace_section('streaming', 'Last run %s: `./run.sh bench streaming '
+                    '--messages %d --repeat %d --write-readme`\n\n%s\n' % (
+                        time.strftime('%Y-%m-%d'), args.messages, args.repeat,
+                        report))
 
 
 if __name__ == '__main__':

@@ -1,7 +1,7 @@
 """Wordcount benchmark: ours against Beam's example and a plain-Python floor,
 side by side in one run on one deterministic corpus.
 
-    ./run.sh bench [--mb 50] [--repeat 3] [--write-readme]
+    ./run.sh bench wordcount [--mb 50] [--repeat 3] [--write-readme]
 
 Each case runs as its own process, in interleaved rounds so that machine
 noise spreads over all of them; we report the median wall time and the peak
@@ -159,16 +159,11 @@ def main(argv=None):
 
 
 def write_readme(report, args, cores):
-  path = os.path.join(HERE, 'README.md')
-  with open(path, encoding='utf-8') as f:
-    text = f.read()
-  marker = '<!-- results -->'
-  head = text.split(marker)[0]
-  stamp = time.strftime('%Y-%m-%d')
-  with open(path, 'w', encoding='utf-8') as f:
-    f.write('%s%s\nLast run %s on %d cores: `./run.sh bench --mb %d --repeat %d '
-            '--write-readme`\n\n%s\n' % (head, marker, stamp, cores, args.mb,
-                                         args.repeat, report))
+  from results import replace_section
+  replace_section('wordcount', 'Last run %s on %d cores: `./run.sh bench wordcount '
+                  '--mb %d --repeat %d --write-readme`\n\n%s\n' % (
+                      time.strftime('%Y-%m-%d'), cores, args.mb, args.repeat,
+                      report))
 
 
 if __name__ == '__main__':
