@@ -20,6 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import StandardOptions
 
 from pipelines import cli
+from transforms import local_pubsub
 from transforms import message_files
 from transforms import pubsub_message
 from transforms import schemas
@@ -83,6 +84,13 @@ class SigninOptions(PipelineOptions):
         '--progress_seconds', type=float, default=5,
         help='Local streaming runs log progress this often.')
     parser.add_argument(
+        '--local_pubsub_reader', default='ack_after_commit',
+        choices=['ack_after_commit', 'beam'],
+        help='Local runs reading --input_subscription: ack_after_commit '
+        'acknowledges a message only once its row or dead letter is stored '
+        'and pulls hundreds at a time; beam is Beam\'s own local read (acks '
+        'on pull, 10 per bundle). Dataflow always uses Beam\'s read.')
+    parser.add_argument(
         '--status_file', default=None,
         help='Local runs also write their progress here as JSON, each time '
         'they log it.')
@@ -112,25 +120,34 @@ def read_messages(pipeline, opts):
 
 
 class WriteTable(beam.PTransform):
-  """Rows -> the table named by ``spec`` (BigQuery or DuckDB); returns refused rows."""
-  def __init__(self, spec, schema, bigquery_method='default', replace=False):
+  """Rows -> the table named by ``spec`` (BigQuery or DuckDB); returns refused rows.
+
+  ``on_commit`` (DuckDB only) hears of rows once they are stored.
+  """
+  def __init__(self, spec, schema, bigquery_method='default', replace=False,
+               on_commit=None):
     super().__init__()
     self._spec = spec
     self._schema = schema
     self._method = bigquery_method
     self._replace = replace
+    self._on_commit = on_commit
 
   def expand(self, rows):
     if warehouse.is_local_warehouse(self._spec):
       return rows | 'WriteToDuckDB' >> warehouse.WriteToDuckDB(
           self._spec, self._schema, hold_connection=True,
-          replace=self._replace)
+          replace=self._replace, on_commit=self._on_commit)
     return rows | 'WriteToBigQuery' >> warehouse.WriteRowsToBigQuery(
         self._spec, self._schema, self._method)
 
 
-def build(pipeline, opts, messages=None):
-  """Adds the sign-in graph; ``messages`` replaces the flag-chosen source (tests)."""
+def build(pipeline, opts, messages=None, on_commit=None):
+  """Adds the sign-in graph; ``messages`` replaces the flag-chosen source.
+
+  ``on_commit`` is told of every row and dead letter once stored (the local
+  ack-after-commit reader acknowledges messages then).
+  """
   if messages is None:
     messages = read_messages(pipeline, opts)
   parsed = messages | 'ParseSignins' >> pubsub_message.ParseSignins(
@@ -139,14 +156,15 @@ def build(pipeline, opts, messages=None):
   specs = table_specs(opts)
   method = opts.bigquery_method
   refused_rows = rows | 'WriteRows' >> WriteTable(
-      specs['rows'], schemas.SIGNINS, method)
+      specs['rows'], schemas.SIGNINS, method, on_commit=on_commit)
   refused_dead = (
       refused_rows
       | 'RefusedRowsToDeadLetters' >> beam.Map(
           pubsub_message.refused_row_dead_letter))
   all_dead = (dead, refused_dead) | 'AllDeadLetters' >> beam.Flatten()
   lost = all_dead | 'WriteDeadLetters' >> WriteTable(
-      specs['dead_letters'], schemas.SIGNIN_ERRORS, method)
+      specs['dead_letters'], schemas.SIGNIN_ERRORS, method,
+      on_commit=on_commit)
   _ = lost | 'LogRefusedDeadLetters' >> beam.Map(_log_refused_dead_letter)
   counts = rows | 'CountPerWindow' >> signin_counts.CountSigninsPerWindow(
       opts.window_seconds, opts.allowed_lateness_seconds)
@@ -283,6 +301,8 @@ def summary(status, opts):
 # Beam's local Pub/Sub read long-polls for up to 30 s, and cancel() waits for
 # it; every bundle is committed to the sink as it finishes, so stop waiting.
 CANCEL_WAIT_SECONDS = 3
+# How long a stop waits for pulled messages to be stored and acknowledged.
+DRAIN_SECONDS = 60
 
 
 def cancel_within(result, seconds):
@@ -299,11 +319,13 @@ def cancel_within(result, seconds):
     _LOG.info('runner still waiting on a Pub/Sub pull; leaving it behind')
 
 
-def run_streaming_locally(pipeline, opts):
+def run_streaming_locally(pipeline, opts, pump=None):
   """Runs until SIGINT/SIGTERM (or failure), logging progress; stops cleanly.
 
-  Signals stay handled until the summary is out, so a second SIGTERM (from a
-  supervisor, or `timeout`) cannot kill the stop half-way.
+  With the ack-after-commit ``pump``, a stop first stops pulling and waits
+  until every pulled message is stored and acknowledged. Signals stay
+  handled until the summary is out, so a second SIGTERM (from a supervisor,
+  or `timeout`) cannot kill the stop half-way.
   """
   stop = threading.Event()
   failure = []
@@ -327,6 +349,15 @@ def run_streaming_locally(pipeline, opts):
     threading.Thread(target=wait, daemon=True, name='wait-pipeline').start()
     while not stop.wait(opts.progress_seconds):
       progress.report()
+    if pump is not None and not failure:
+      pump.stop_pulling()
+      _LOG.info('stopping: pulling stopped; storing the %d messages in flight',
+                local_pubsub.LEASES.count())
+      if not local_pubsub.LEASES.wait_until_empty(DRAIN_SECONDS):
+        _LOG.warning('%d messages not stored within %d s: not acknowledged, '
+                     'Pub/Sub will redeliver them', local_pubsub.LEASES.count(),
+                     DRAIN_SECONDS)
+      pump.close()
     if not failure:
       _LOG.info('stopping: no new bundles start; what is committed stays')
       cancel_within(result, CANCEL_WAIT_SECONDS)
@@ -357,7 +388,19 @@ def run(argv=None):
     cli.choose_local_runner(options, argv, streaming=streaming)
   rendering = cli.use_render_runner_if_asked(options)
   pipeline = beam.Pipeline(options=options)
-  build(pipeline, opts)
+  pump = controller = None
+  if (streaming and not dataflow and not rendering and opts.input_subscription
+      and opts.local_pubsub_reader == 'ack_after_commit'):
+    if opts.output_table:
+      raise cli.UsageError(
+          '--local_pubsub_reader ack_after_commit acknowledges after DuckDB '
+          'commits; with --output_table use --local_pubsub_reader beam')
+    pump, controller = local_pubsub.serve(opts.input_subscription)
+    messages = pipeline | 'ReadFromPubSubAckOnCommit' >> (
+        local_pubsub.ReadFromPubSubAckOnCommit(controller.endpoint))
+    build(pipeline, opts, messages, on_commit=local_pubsub.AckOnCommit())
+  else:
+    build(pipeline, opts)
   if dataflow or rendering:
     result = pipeline.run()
     if not streaming:
@@ -370,11 +413,14 @@ def run(argv=None):
       warehouse.prepare_duckdb_table(opts.warehouse, schema)
   try:
     if streaming:
-      return run_streaming_locally(pipeline, opts)
+      return run_streaming_locally(pipeline, opts, pump)
     progress = Progress(opts)
     result = pipeline.run()
     result.wait_until_finish()
     print(summary(progress.report(final=True), opts))
     return result
   finally:
+    if controller is not None:
+      pump.close()
+      controller.stop()
     warehouse.DuckDBFiles.close_all()

@@ -126,9 +126,14 @@ def main(argv=None):
   if args.count < 0:
     parser.error('--count must be 0 or more')
   target = os.environ.get('PUBSUB_EMULATOR_HOST') or 'Google Cloud Pub/Sub'
-  n, ids, kinds = publish(args.project, args.topic, args.count,
-                          args.bad_fraction, args.rate, args.date,
-                          args.subscription, args.max_message_bytes)
+  from google.api_core import exceptions
+  try:
+    n, ids, kinds = publish(args.project, args.topic, args.count,
+                            args.bad_fraction, args.rate, args.date,
+                            args.subscription, args.max_message_bytes)
+  except (exceptions.GoogleAPIError, ValueError) as e:
+    print('publish: error: %s' % str(e).splitlines()[0], file=sys.stderr)
+    return 1
   print('published %d messages to projects/%s/topics/%s on %s: %s' % (
       n, args.project, args.topic, target,
       ', '.join('%s=%d' % kv for kv in sorted(kinds.items()))))

@@ -118,12 +118,14 @@ class _InsertIntoDuckDB(beam.DoFn):
   REJECTED = 'rejected'
   MAX_BUFFER = 20000
 
-  def __init__(self, path, schema, table, hold_connection, replace):
+  def __init__(self, path, schema, table, hold_connection, replace,
+               on_commit=None):
     self._path = path
     self._schema = schema
     self._table = table or schema.name
     self._hold = hold_connection
     self._replace = replace
+    self._on_commit = on_commit
 
   def start_bundle(self):
     self._buffer = []
@@ -147,11 +149,13 @@ class _InsertIntoDuckDB(beam.DoFn):
           self._path, con, self._schema.duckdb_ddl(self._table))
       try:
         self._insert(con, [wv.value for wv in buffered])
+        self._committed([wv.value for wv in buffered])
       except Exception as e:  # pylint: disable=broad-except
         _LOG.warning('DuckDB batch insert failed (%s); retrying row by row', e)
         for wv in buffered:
           try:
             self._insert(con, [wv.value])
+            self._committed([wv.value])
           except Exception as row_error:  # pylint: disable=broad-except
             yield beam.pvalue.TaggedOutput(
                 self.REJECTED,
@@ -160,6 +164,10 @@ class _InsertIntoDuckDB(beam.DoFn):
     finally:
       if not self._hold:
         DuckDBFiles.close(self._path)
+
+  def _committed(self, rows):
+    if self._on_commit is not None:
+      self._on_commit(rows)
 
   def _insert(self, con, rows):
     import pyarrow as pa
@@ -195,11 +203,13 @@ class WriteToDuckDB(beam.PTransform):
   open it per bundle so that the workers take turns with its write lock.
   With a primary key, a row whose key is stored already is skipped, or with
   ``replace`` replaces the stored one (for accumulating window panes).
+  ``on_commit(rows)``, if given, is called once rows are durably stored
+  (e.g. to acknowledge their Pub/Sub messages only then).
   """
   def __init__(self, path, schema, table=None, hold_connection=False,
-               replace=False):
+               replace=False, on_commit=None):
     super().__init__()
-    self._args = (path, schema, table, hold_connection, replace)
+    self._args = (path, schema, table, hold_connection, replace, on_commit)
 
   def expand(self, rows):
     results = rows | 'InsertIntoDuckDB' >> beam.ParDo(
