@@ -54,25 +54,45 @@ def poll(status_path, key, target, proc, timeout=600):
   raise RuntimeError('timed out; last status %s' % status)
 
 
-def run_case(name, project, count, tmp):
+CASES = {
+    'bare': 'bare `ReadFromPubSub` + counting step',
+    'beam_read': '`main.py user_signin --local_pubsub_reader beam`',
+    'ack_after_commit': '`main.py user_signin` (default: ack-after-commit reader)',
+}
+
+
+def command(name, subscription, status, db):
+  if name == 'bare':
+    return [sys.executable, os.path.join(HERE, 'bare_pubsub_read.py'),
+            '--input_subscription', subscription, '--status_file', status]
+  return [sys.executable, os.path.join(ROOT, 'main.py'), 'user_signin',
+          '--input_subscription', subscription, '--warehouse', db,
+          '--max_message_bytes', str(MAX_BYTES), '--status_file', status,
+          '--progress_seconds', '0.2', '--local_pubsub_reader',
+          'beam' if name == 'beam_read' else name]
+
+
+def run_case(name, project, count, tmp, rate=None):
+  """Messages/s from first read to last stored; with ``rate``, messages are
+  published at that rate while the pipeline runs and the publish-to-commit
+  latencies (seconds) of the stored rows come back too."""
   topic, sub = 'bench-%s' % uuid.uuid4().hex[:8], 'sub-%s' % uuid.uuid4().hex[:8]
-  publish_signins.publish(project, topic, count, bad_fraction=0.1,
-                          subscription=sub, max_message_bytes=MAX_BYTES)
   subscription = 'projects/%s/subscriptions/%s' % (project, sub)
   status = os.path.join(tmp, '%s.json' % sub)
-  if name == 'bare':
-    cmd = [sys.executable, os.path.join(HERE, 'bare_pubsub_read.py'),
-           '--input_subscription', subscription, '--status_file', status]
-    key = 'messages_in'
-  else:
-    cmd = [sys.executable, os.path.join(ROOT, 'main.py'), 'user_signin',
-           '--input_subscription', subscription, '--warehouse',
-           os.path.join(tmp, '%s.duckdb' % sub), '--max_message_bytes',
-           str(MAX_BYTES), '--status_file', status, '--progress_seconds', '0.2']
-    key = 'stored_total'
-  proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, cwd=ROOT)
+  db = os.path.join(tmp, '%s.duckdb' % sub)
+  publish_signins.publish(project, topic, 0 if rate else count,
+                          bad_fraction=0.1, subscription=sub,
+                          max_message_bytes=MAX_BYTES)
+  key = 'messages_in' if name == 'bare' else 'stored_total'
+  proc = subprocess.Popen(command(name, subscription, status, db),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True, cwd=ROOT)
   try:
+    if rate:
+      while not os.path.exists(status):
+        time.sleep(0.05)
+      publish_signins.publish(project, topic, count, bad_fraction=0.1,
+                              rate=rate, max_message_bytes=MAX_BYTES)
     first, done = poll(status, key, count, proc)
   finally:
     proc.send_signal(signal.SIGTERM)
@@ -80,7 +100,16 @@ def run_case(name, project, count, tmp):
       proc.wait(30)
     except subprocess.TimeoutExpired:
       proc.kill()
-  return count / (done - first)
+  if not rate:
+    return count / (done - first)
+  import duckdb
+  con = duckdb.connect(db, read_only=True)
+  try:
+    return con.execute(
+        'SELECT quantile_cont(epoch(ingested_at) - epoch(publish_time), [0.5, 0.99]) '
+        'FROM signins').fetchone()[0]
+  finally:
+    con.close()
 
 
 def parse_cost(n=20000):
@@ -104,6 +133,10 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--messages', type=int, default=3000)
   parser.add_argument('--repeat', type=int, default=3)
+  parser.add_argument('--latency-rate', type=float, default=150,
+                      help='msgs/s published while measuring latency (below '
+                      'what every case sustains)')
+  parser.add_argument('--latency-messages', type=int, default=1500)
   parser.add_argument('--write-readme', action='store_true')
   args = parser.parse_args(argv)
   os.environ.update({'NO_GCE_CHECK': 'true', 'GCE_METADATA_HOST': '127.0.0.1:9',
@@ -114,25 +147,38 @@ def main(argv=None):
         log_path=os.path.join(tmp, 'pubsub.log'), project='bench-project')
     emulator.start()
     os.environ.update(emulator.env())
-    rates = {'bare': [], 'user_signin': []}
+    rates = {name: [] for name in CASES}
+    latency = {}
     try:
       for round_ in range(args.repeat):
         for name in rates:
           rate = run_case(name, 'bench-project', args.messages, tmp)
           rates[name].append(rate)
-          print('round %d  %-12s %7.0f msgs/s' % (round_ + 1, name, rate),
+          print('round %d  %-16s %7.0f msgs/s' % (round_ + 1, name, rate),
                 flush=True)
+      for name in ('beam_read', 'ack_after_commit'):
+        latency[name] = run_case(name, 'bench-project', args.latency_messages,
+                                 tmp, rate=args.latency_rate)
+        print('latency %-16s median %.3f s, p99 %.3f s' % (
+            name, latency[name][0], latency[name][1]), flush=True)
     finally:
       emulator.stop()
   ours_us, bare_us = parse_cost()
-  bare, ours = (statistics.median(rates[k]) for k in ('bare', 'user_signin'))
-  report = '\n'.join([
-      '| case | median msgs/s | vs bare read |',
-      '| --- | ---: | ---: |',
-      '| bare `ReadFromPubSub` + counting step | %.0f | 1.00x |' % bare,
-      '| `main.py user_signin` (parse, validate, DuckDB sinks, counts) | %.0f | %.2fx |'
-      % (ours, ours / bare),
+  medians = {name: statistics.median(r) for name, r in rates.items()}
+  bare = medians['bare']
+  rows = ['| case | median msgs/s | vs bare read | publish-to-commit latency at %d msgs/s: median / p99 |'
+          % args.latency_rate, '| --- | ---: | ---: | ---: |']
+  for name, label in CASES.items():
+    lat = latency.get(name)
+    rows.append('| %s | %.0f | %.2fx | %s |' % (
+        label, medians[name], medians[name] / bare,
+        '%.3f s / %.3f s' % tuple(lat) if lat else '-'))
+  report = '\n'.join(rows + [
       '',
+      'Whole pipeline with the ack-after-commit reader: %.1fx Beam\'s bare '
+      'read, %.1fx the same pipeline on Beam\'s read.' % (
+          medians['ack_after_commit'] / bare,
+          medians['ack_after_commit'] / medians['beam_read']),
       'Parse + validate: %.1f us per message; bare `json.loads`: %.1f us '
       '(%.1fx).' % (ours_us, bare_us, ours_us / bare_us),
   ])

@@ -125,21 +125,24 @@ class WriteTable(beam.PTransform):
   ``on_commit`` (DuckDB only) hears of rows once they are stored.
   """
   def __init__(self, spec, schema, bigquery_method='default', replace=False,
-               on_commit=None):
+               on_commit=None, write_time_column=None):
     super().__init__()
     self._spec = spec
     self._schema = schema
     self._method = bigquery_method
     self._replace = replace
     self._on_commit = on_commit
+    self._write_time_column = write_time_column
 
   def expand(self, rows):
     if warehouse.is_local_warehouse(self._spec):
       return rows | 'WriteToDuckDB' >> warehouse.WriteToDuckDB(
           self._spec, self._schema, hold_connection=True,
-          replace=self._replace, on_commit=self._on_commit)
+          replace=self._replace, on_commit=self._on_commit,
+          write_time_column=self._write_time_column)
     return rows | 'WriteToBigQuery' >> warehouse.WriteRowsToBigQuery(
-        self._spec, self._schema, self._method)
+        self._spec, self._schema, self._method,
+        write_time_column=self._write_time_column)
 
 
 def build(pipeline, opts, messages=None, on_commit=None):
@@ -156,7 +159,8 @@ def build(pipeline, opts, messages=None, on_commit=None):
   specs = table_specs(opts)
   method = opts.bigquery_method
   refused_rows = rows | 'WriteRows' >> WriteTable(
-      specs['rows'], schemas.SIGNINS, method, on_commit=on_commit)
+      specs['rows'], schemas.SIGNINS, method, on_commit=on_commit,
+      write_time_column='ingested_at')
   refused_dead = (
       refused_rows
       | 'RefusedRowsToDeadLetters' >> beam.Map(

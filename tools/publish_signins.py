@@ -73,7 +73,7 @@ def ensure_topic(publisher, topic_path, subscription_path=None):
     with pubsub_v1.SubscriberClient() as subscriber:
       try:
         subscriber.create_subscription(
-            name=subscription_path, topic=topic_path, ack_deadline_seconds=60)
+            name=subscription_path, topic=topic_path, ack_deadline_seconds=10)
       except exceptions.AlreadyExists:
         pass
 

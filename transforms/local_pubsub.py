@@ -269,7 +269,7 @@ class PubSubPump(object):
       try:
         self._client.modify_ack_deadline(
             subscription=self.subscription, ack_ids=ack_ids[start:start + 1000],
-            ack_deadline_seconds=ACK_DEADLINE_SECONDS * 3)
+            ack_deadline_seconds=ACK_DEADLINE_SECONDS)
       except Exception as e:  # pylint: disable=broad-except
         _LOG.warning('could not extend ack deadlines: %s', e)
 

@@ -130,6 +130,8 @@ SIGNINS = TableSchema(
               'Pub/Sub message id, or file:PATH:LINE for file replays.'),
         Field('publish_time', 'TIMESTAMP', 'NULLABLE',
               'When Pub/Sub received the message; null for file replays.'),
+        Field('ingested_at', 'TIMESTAMP', 'NULLABLE',
+              'When the sink wrote the row.'),
     ),
     primary_key=('message_id',),
     description='One row per valid sign-in message.')

@@ -5,6 +5,7 @@ Both return the rows the warehouse refused, as ``(row, error message)`` pairs,
 so a pipeline can turn them into dead letters instead of losing them.
 """
 
+import datetime
 import logging
 import os
 import re
@@ -119,7 +120,8 @@ class _InsertIntoDuckDB(beam.DoFn):
   MAX_BUFFER = 20000
 
   def __init__(self, path, schema, table, hold_connection, replace,
-               on_commit=None):
+               on_commit=None, write_time_column=None):
+    self._write_time_column = write_time_column
     self._path = path
     self._schema = schema
     self._table = table or schema.name
@@ -180,6 +182,9 @@ class _InsertIntoDuckDB(beam.DoFn):
           unique[k] = row
       rows = list(unique.values())
     names = self._schema.column_names
+    if self._write_time_column:
+      now = datetime.datetime.now(datetime.timezone.utc)
+      rows = [dict(row, **{self._write_time_column: now}) for row in rows]
     data = pa.Table.from_pylist(
         [{n: row.get(n) for n in names} for row in rows],
         schema=self._schema.arrow_schema())
@@ -205,11 +210,13 @@ class WriteToDuckDB(beam.PTransform):
   ``replace`` replaces the stored one (for accumulating window panes).
   ``on_commit(rows)``, if given, is called once rows are durably stored
   (e.g. to acknowledge their Pub/Sub messages only then).
+  ``write_time_column`` is set to the time of the insert.
   """
   def __init__(self, path, schema, table=None, hold_connection=False,
-               replace=False, on_commit=None):
+               replace=False, on_commit=None, write_time_column=None):
     super().__init__()
-    self._args = (path, schema, table, hold_connection, replace, on_commit)
+    self._args = (path, schema, table, hold_connection, replace, on_commit,
+                  write_time_column)
 
   def expand(self, rows):
     results = rows | 'InsertIntoDuckDB' >> beam.ParDo(
@@ -224,12 +231,14 @@ class WriteRowsToBigQuery(beam.PTransform):
   Returns the rows BigQuery refused as ``(row, error message)`` pairs where
   the method reports them (streaming inserts and the Storage Write API).
   """
-  def __init__(self, table, schema, method='default', truncate=False):
+  def __init__(self, table, schema, method='default', truncate=False,
+               write_time_column=None):
     super().__init__()
     self._table = table
     self._schema = schema
     self._method = method
     self._truncate = truncate
+    self._write_time_column = write_time_column
 
   def expand(self, rows):
     # Imported here: BigQuery's client libraries cost memory and start-up
@@ -239,7 +248,8 @@ class WriteRowsToBigQuery(beam.PTransform):
     schema = self._schema
     result = (
         rows
-        | 'ToBigQueryJson' >> beam.Map(schema.to_bigquery_json)
+        | 'ToBigQueryJson' >> beam.Map(
+            _to_bigquery_json, schema, self._write_time_column)
         | 'WriteToBigQuery' >> WriteToBigQuery(
             table=self._table,
             schema=schema.bigquery_schema(),
@@ -255,6 +265,13 @@ class WriteRowsToBigQuery(beam.PTransform):
     return (
         result.failed_rows_with_errors
         | 'RefusedRows' >> beam.Map(_refused_row))
+
+
+def _to_bigquery_json(row, schema, write_time_column):
+  if write_time_column:
+    row = dict(row, **{write_time_column: datetime.datetime.now(
+        datetime.timezone.utc)})
+  return schema.to_bigquery_json(row)
 
 
 def _refused_row(failure):
