@@ -1,8 +1,8 @@
-"""Entry point: ``python main.py <pipeline> [flags] [Beam flags]``."""
+"""Entry point from a checkout: ``python main.py <pipeline> [flags] [Beam flags]``.
 
-import argparse
-import importlib
-import logging
+The same command line is installed as ``beam-pipelines`` (see setup.py).
+"""
+
 import os
 import sys
 
@@ -11,77 +11,10 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 if ROOT not in os.environ.get('PYTHONPATH', '').split(os.pathsep):
   os.environ['PYTHONPATH'] = os.pathsep.join(
       p for p in (ROOT, os.environ.get('PYTHONPATH')) if p)
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
 
-PIPELINES = {
-    'wordcount': (
-        'pipelines.wordcount',
-        'batch: text files (local or gs://) -> word counts in text files, '
-        'optionally BigQuery or DuckDB'),
-    'user_signin': (
-        'pipelines.user_signin',
-        'streaming: sign-in JSON from Pub/Sub (or a JSON-lines file) -> '
-        'validated rows, dead letters and per-user counts in BigQuery or DuckDB'),
-}
-PROG = 'main.py'
-
-
-def usage():
-  width = max(len(name) for name in PIPELINES)
-  lines = ['usage: %s <pipeline> [flags] [Beam flags]' % PROG, '',
-           'pipelines:']
-  lines += ['  %-*s  %s' % (width, name, about)
-            for name, (_, about) in PIPELINES.items()]
-  lines += ['', "'%s <pipeline> --help' lists every flag of a pipeline." % PROG]
-  return '\n'.join(lines)
-
-
-def _quiet_beam_internals(record):
-  """Beam's runners log every worker start at INFO: keep those for the log file."""
-  return record.levelno >= logging.WARNING or not record.name.startswith(
-      'apache_beam')
-
-
-def setup_logging(argv):
-  """Console at INFO; --log_file PATH at DEBUG as well."""
-  pre = argparse.ArgumentParser(add_help=False)
-  pre.add_argument('--log_file')
-  known, _ = pre.parse_known_args(argv)
-  root = logging.getLogger()
-  root.setLevel(logging.DEBUG if known.log_file else logging.INFO)
-  formatter = logging.Formatter(
-      '%(asctime)s %(levelname)s %(name)s: %(message)s')
-  console = logging.StreamHandler(sys.stderr)
-  console.setLevel(logging.INFO)
-  console.setFormatter(formatter)
-  console.addFilter(_quiet_beam_internals)
-  root.addHandler(console)
-  if known.log_file:
-    to_file = logging.FileHandler(known.log_file)
-    to_file.setLevel(logging.DEBUG)
-    to_file.setFormatter(formatter)
-    root.addHandler(to_file)
-
-
-def main(argv=None):
-  argv = sys.argv[1:] if argv is None else list(argv)
-  if not argv or argv[0] in ('-h', '--help'):
-    print(usage())
-    return 0 if argv else 2
-  name, rest = argv[0], argv[1:]
-  if name not in PIPELINES:
-    print('%s: error: unknown pipeline %r (choose from %s)' % (
-        PROG, name, ', '.join(PIPELINES)), file=sys.stderr)
-    return 2
-  setup_logging(rest)
-  from pipelines import cli
-  module = importlib.import_module(PIPELINES[name][0])
-  try:
-    module.run(rest)
-  except cli.UsageError as e:
-    print('%s %s: error: %s' % (PROG, name, e), file=sys.stderr)
-    return 2
-  return 0
-
+from pipelines.main import main  # noqa: E402  pylint: disable=wrong-import-position
 
 if __name__ == '__main__':
   sys.exit(main())

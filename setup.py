@@ -23,7 +23,6 @@ setuptools.setup(
     version='0.1.0',
     description='Reusable Apache Beam transforms and pipelines for Google Cloud.',
     packages=['pipelines', 'transforms'],
-    py_modules=['main'],
     python_requires='>=3.10',
     install_requires=[
         pinned('apache-beam'),
@@ -32,5 +31,5 @@ setuptools.setup(
         pinned('python-dateutil'),
         pinned('duckdb'),
     ],
-    entry_points={'console_scripts': ['beam-pipelines=main:main']},
+    entry_points={'console_scripts': ['beam-pipelines=pipelines.main:main']},
 )
