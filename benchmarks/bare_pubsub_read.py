@@ -3,7 +3,7 @@ attributes) on the local runner, and a step that only counts.
 
     python benchmarks/bare_pubsub_read.py --input_subscription S --status_file F
 
-Writes {"messages_in": N} to the status file every 0.2 s, like main.py
+Writes {"messages_in": N} to the status file every 0.05 s, like main.py
 user_signin does, and runs until SIGTERM.
 """
 
@@ -38,7 +38,7 @@ def main(argv=None):
   result = p.run()
   stop = threading.Event()
   signal.signal(signal.SIGTERM, lambda *_: stop.set())
-  while not stop.wait(0.2):
+  while not stop.wait(0.05):
     with open(args.status_file + '.tmp', 'w') as f:
       json.dump({'messages_in': tally.snapshot().get('messages_in', 0)}, f)
     os.replace(args.status_file + '.tmp', args.status_file)

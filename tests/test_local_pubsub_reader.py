@@ -6,8 +6,6 @@ import collections
 import os
 import random
 import signal
-import subprocess
-import sys
 import uuid
 
 import duckdb
@@ -15,6 +13,7 @@ import pytest
 from apache_beam.io.gcp.pubsub import PubsubMessage
 
 from tests.conftest import ROOT
+from tests.test_user_signin_stream import start_pipeline
 from tests.test_user_signin_stream import wait_for_status
 from tools import publish_signins
 from transforms import local_pubsub
@@ -23,12 +22,10 @@ MAX_BYTES = 2048
 
 
 def start(subscription, db, status):
-  return subprocess.Popen(
-      [sys.executable, os.path.join(ROOT, 'main.py'), 'user_signin',
-       '--input_subscription', subscription, '--warehouse', str(db),
-       '--max_message_bytes', str(MAX_BYTES), '--progress_seconds', '0.2',
-       '--status_file', str(status)],
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+  return start_pipeline(
+      os.path.dirname(str(db)), '--input_subscription', subscription,
+      '--warehouse', str(db), '--max_message_bytes', str(MAX_BYTES),
+      '--progress_seconds', '0.2', '--status_file', str(status))
 
 
 def stored_ids(db):

@@ -179,3 +179,41 @@ def test_any_message_gives_exactly_one_output_and_never_raises(data, attributes)
     row = out.value
     assert row['userid'] and row['userid'] == row['userid'].strip()
     assert row['date'].tzinfo == UTC
+
+
+_DIGITS = st.integers(0, 9).map(str)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(year=st.integers(1, 9999), month=st.integers(0, 13), day=st.integers(0, 32),
+       time=st.one_of(st.none(), st.tuples(
+           st.sampled_from('T '), st.integers(0, 25), st.integers(0, 60),
+           st.one_of(st.none(), st.integers(0, 61)),
+           st.one_of(st.none(), st.text('0123456789', min_size=1, max_size=6)))),
+       zone=st.one_of(st.none(), st.just('Z'), st.tuples(
+           st.sampled_from('+-'), st.integers(0, 25), st.integers(0, 60))))
+def test_fast_date_path_agrees_with_dateutil(year, month, day, time, zone):
+  text = '%04d-%02d-%02d' % (year, month, day)
+  if time:
+    sep, hour, minute, second, fraction = time
+    text += '%s%02d:%02d' % (sep, hour, minute)
+    if second is not None:
+      text += ':%02d' % second
+      if fraction:
+        text += '.' + fraction
+  if zone == 'Z':
+    text += 'Z'
+  elif zone:
+    text += '%s%02d:%02d' % zone
+  try:
+    expected = pm.date_parser.isoparse(text)
+  except (ValueError, OverflowError) as e:
+    expected = type(e)
+  try:
+    got = pm.parse_iso8601(text)
+  except (ValueError, OverflowError) as e:
+    got = type(e)
+  if isinstance(expected, type) or isinstance(got, type):
+    assert isinstance(got, type) == isinstance(expected, type), (text, got, expected)
+  else:
+    assert got == expected and got.utcoffset() == expected.utcoffset(), text

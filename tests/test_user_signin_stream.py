@@ -21,18 +21,47 @@ MAX_BYTES = 2048
 FIXED_DATE = '2017-10-17T20:57:17.338320'
 
 
-def start_pipeline(*args):
-  return subprocess.Popen(
-      [sys.executable, os.path.join(ROOT, 'main.py'), 'user_signin'] +
-      [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True, cwd=ROOT)
+class Pipeline(object):
+  """main.py user_signin in the background, its output in files (an unread
+  pipe would fill up with progress lines and block it)."""
+  def __init__(self, log_dir, *args):
+    self._out = open(os.path.join(log_dir, 'stdout-%d.txt' % id(self)), 'w+')
+    self._err = open(os.path.join(log_dir, 'stderr-%d.txt' % id(self)), 'w+')
+    self.proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, 'main.py'), 'user_signin'] +
+        [str(a) for a in args], stdout=self._out, stderr=self._err, cwd=ROOT)
+
+  def poll(self):
+    return self.proc.poll()
+
+  def send_signal(self, sig):
+    self.proc.send_signal(sig)
+
+  @property
+  def returncode(self):
+    return self.proc.returncode
+
+  def communicate(self, timeout=None):
+    """Waits; returns (stdout, stderr) as text."""
+    self.proc.wait(timeout)
+    outputs = []
+    for f in (self._out, self._err):
+      f.seek(0)
+      outputs.append(f.read())
+      f.close()
+    return tuple(outputs)
+
+
+def start_pipeline(log_dir, *args):
+  return Pipeline(log_dir, *args)
 
 
 def wait_for_status(path, done, proc, timeout=120):
   deadline = time.monotonic() + timeout
   status = {}
   while time.monotonic() < deadline:
-    assert proc.poll() is None, proc.communicate()
+    if proc.poll() is not None:
+      raise AssertionError('pipeline exited: %s' % (proc.communicate(),))
     try:
       with open(path) as f:
         status = json.load(f)
@@ -65,6 +94,7 @@ def test_every_published_message_stored_exactly_once(pubsub_emulator, tmp_path):
   assert set(kinds) == set(publish_signins.BAD_KINDS) | {'valid'}
   db, status_file = tmp_path / 'wh.duckdb', tmp_path / 'status.json'
   proc = start_pipeline(
+      tmp_path,
       '--input_subscription', 'projects/%s/subscriptions/%s' % (project, sub),
       '--warehouse', db, '--max_message_bytes', MAX_BYTES,
       '--progress_seconds', 0.5, '--status_file', status_file)

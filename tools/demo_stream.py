@@ -19,9 +19,11 @@ import duckdb
 from tools import publish_signins
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WINDOW_SECONDS = 5  # short windows, so that some close during the demo
 
 
-def wait_until_stored(status_path, expected, proc, timeout):
+def wait_for(status_path, done, proc, timeout):
+  """Polls the pipeline's status file until done(status) or the timeout."""
   deadline = time.monotonic() + timeout
   status = {}
   while time.monotonic() < deadline and proc.poll() is None:
@@ -30,7 +32,7 @@ def wait_until_stored(status_path, expected, proc, timeout):
         status = json.load(f)
     except (OSError, ValueError):
       pass
-    if status.get('stored_total', 0) >= expected:
+    if done(status):
       return status
     time.sleep(0.25)
   return status
@@ -75,7 +77,8 @@ def main(argv=None):
       [sys.executable, os.path.join(ROOT, 'main.py'), 'user_signin',
        '--input_subscription', 'projects/%s/subscriptions/%s' % (project, sub),
        '--warehouse', args.warehouse, '--max_message_bytes', str(max_bytes),
-       '--status_file', status_path, '--progress_seconds', '2'], cwd=ROOT)
+       '--window_seconds', str(WINDOW_SECONDS), '--status_file', status_path,
+       '--progress_seconds', '1'], cwd=ROOT)
   try:
     started = time.monotonic()
     n, ids, kinds = publish_signins.publish(
@@ -84,12 +87,16 @@ def main(argv=None):
     print('published %d messages (%s); ids %s..%s' % (
         n, ', '.join('%s=%d' % kv for kv in sorted(kinds.items())),
         ids[0] if ids else '-', ids[-1] if ids else '-'), flush=True)
-    status = wait_until_stored(status_path, n, proc, args.timeout)
+    status = wait_for(status_path, lambda s: s.get('stored_total', 0) >= n,
+                      proc, args.timeout)
     accounted = status.get('stored_total', 0)
     print('stored %d of %d after %.1f s: %s' % (
         accounted, n, time.monotonic() - started,
         'every message accounted for' if accounted == n else 'MISSING SOME'),
         flush=True)
+    # Event-time windows fire once the watermark (now, locally) passes them.
+    wait_for(status_path, lambda s: s.get('count_rows', 0) > 0, proc,
+             3 * WINDOW_SECONDS)
   finally:
     if proc.poll() is None:
       proc.send_signal(signal.SIGTERM)

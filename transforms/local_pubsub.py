@@ -147,7 +147,7 @@ class PubSubPump(object):
   protos that never ends until ``close``; when idle it advances the watermark
   to now (a heartbeat: Beam stops a TestStream silent for 30 s).
   """
-  def __init__(self, subscription, max_messages=1000, pull_timeout=1.0,
+  def __init__(self, subscription, max_messages=2000, pull_timeout=1.0,
                leases=LEASES):
     self.subscription = subscription
     self.max_messages = max_messages
@@ -209,7 +209,7 @@ class PubSubPump(object):
       received.extend(more)
     return received
 
-  GATHER_SECONDS = 0.05
+  GATHER_SECONDS = 0.1
 
   def _pull_once(self, timeout):
     from google.api_core import exceptions
@@ -274,7 +274,7 @@ class PubSubPump(object):
         _LOG.warning('could not extend ack deadlines: %s', e)
 
 
-def serve(subscription, max_messages=1000):
+def serve(subscription, max_messages=2000):
   """Starts a pump and Beam's TestStreamService for it on a loopback port.
 
   Returns (pump, controller); controller.endpoint goes to

