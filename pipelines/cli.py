@@ -26,6 +26,10 @@ class UsageError(Exception):
   """A bad command line or input location: printed on one line, exit 2."""
 
 
+class PipelineFailed(Exception):
+  """The pipeline stopped on an error: printed on one line, exit 1."""
+
+
 class _OneLineParser(_BeamArgumentParser):
   def error(self, message):
     raise UsageError(message)

@@ -24,7 +24,7 @@ PIPELINES = {
 TEMPLATES = os.path.join(cli.PROJECT_ROOT, 'templates')
 # Flags that make sense only on a laptop, left out of templates.
 LOCAL_ONLY = {'log_file', 'warehouse', 'progress_seconds', 'status_file',
-              'local_pubsub_reader'}
+              'local_pubsub_reader', 'max_delivery_attempts'}
 # Flags a template run cannot do without (their local defaults do not apply).
 REQUIRED = {'wordcount': {'input', 'output'}, 'user_signin': {'output_table'}}
 # Validation for flags whose form is known (Dataflow checks them at launch).

@@ -80,4 +80,7 @@ def main(argv=None):
   except cli.UsageError as e:
     print('%s %s: error: %s' % (PROG, name, e), file=sys.stderr)
     return 2
+  except cli.PipelineFailed as e:
+    print('%s %s: error: %s' % (PROG, name, e), file=sys.stderr)
+    return 1
   return 0

@@ -91,6 +91,17 @@ class SigninOptions(PipelineOptions):
         'and pulls hundreds at a time; beam is Beam\'s own local read (acks '
         'on pull, 10 per bundle). Dataflow always uses Beam\'s read.')
     parser.add_argument(
+        '--timestamp_attribute', default=None,
+        help='Pub/Sub attribute holding each message\'s event time '
+        '(milliseconds since the epoch or RFC 3339) for the reader\'s '
+        'watermark; a message whose attribute is not a timestamp becomes a '
+        'bad_timestamp_attribute dead letter with the local reader.')
+    parser.add_argument(
+        '--max_delivery_attempts', type=int, default=5,
+        help='Local ack-after-commit reader: a message pulled this many times '
+        'without being stored (it crashed the pipeline each time) becomes a '
+        'too_many_attempts dead letter.')
+    parser.add_argument(
         '--status_file', default=None,
         help='Local runs also write their progress here as JSON, each time '
         'they log it.')
@@ -116,7 +127,7 @@ def read_messages(pipeline, opts):
         opts.input_file)
   return pipeline | 'ReadFromPubSub' >> beam.io.ReadFromPubSub(
       subscription=opts.input_subscription, topic=opts.input_topic,
-      with_attributes=True)
+      with_attributes=True, timestamp_attribute=opts.timestamp_attribute)
 
 
 class WriteTable(beam.PTransform):
@@ -199,6 +210,7 @@ def check(options, opts):
       except ValueError as e:
         raise cli.UsageError('%s: %s' % (flag, e))
   for flag, value in (('--window_seconds', opts.window_seconds),
+                      ('--max_delivery_attempts', opts.max_delivery_attempts),
                       ('--max_message_bytes', opts.max_message_bytes),
                       ('--progress_seconds', opts.progress_seconds)):
     if value <= 0:
@@ -347,6 +359,8 @@ def run_streaming_locally(pipeline, opts, pump=None):
     def wait():
       try:
         result.wait_until_finish()
+        if not stop.is_set():  # a stream does not end by itself
+          failure.append(RuntimeError('the stream ended unexpectedly'))
       except Exception as e:  # pylint: disable=broad-except
         failure.append(e)
       stop.set()
@@ -371,7 +385,8 @@ def run_streaming_locally(pipeline, opts, pump=None):
     for sig, handler in previous.items():
       signal.signal(sig, handler)
   if failure:
-    raise RuntimeError('the pipeline failed: %s' % failure[0])
+    raise cli.PipelineFailed('the pipeline failed: %s' % str(
+        failure[0]).splitlines()[0])
   return result
 
 
@@ -399,7 +414,10 @@ def run(argv=None):
       raise cli.UsageError(
           '--local_pubsub_reader ack_after_commit acknowledges after DuckDB '
           'commits; with --output_table use --local_pubsub_reader beam')
-    pump, controller = local_pubsub.serve(opts.input_subscription)
+    pump, controller = local_pubsub.serve(
+        opts.input_subscription, attempts_db=opts.warehouse,
+        max_attempts=opts.max_delivery_attempts,
+        timestamp_attribute=opts.timestamp_attribute)
     messages = pipeline | 'ReadFromPubSubAckOnCommit' >> (
         local_pubsub.ReadFromPubSubAckOnCommit(controller.endpoint))
     build(pipeline, opts, messages, on_commit=local_pubsub.AckOnCommit())

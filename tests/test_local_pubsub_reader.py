@@ -17,15 +17,16 @@ from tests.test_user_signin_stream import start_pipeline
 from tests.test_user_signin_stream import wait_for_status
 from tools import publish_signins
 from transforms import local_pubsub
+from transforms import pubsub_message as pm
 
 MAX_BYTES = 2048
 
 
-def start(subscription, db, status):
+def start(subscription, db, status, *extra):
   return start_pipeline(
       os.path.dirname(str(db)), '--input_subscription', subscription,
       '--warehouse', str(db), '--max_message_bytes', str(MAX_BYTES),
-      '--progress_seconds', '0.2', '--status_file', str(status))
+      '--progress_seconds', '0.2', '--status_file', str(status), *extra)
 
 
 def stored_ids(db):
@@ -92,22 +93,25 @@ def test_poison_messages_become_dead_letters_and_the_stream_flows(
   publisher = pubsub_v1.PublisherClient()
   topic_path = publisher.topic_path(pubsub_emulator.project, topic)
   good = b'{"userid": "u1", "date": "2017-10-17T20:57:17Z"}'
-  futures = [publisher.publish(topic_path, good) for _ in range(50)]
+  futures = [publisher.publish(topic_path, good, ts='1508273837000')
+             for _ in range(50)]
   futures.append(publisher.publish(topic_path, b'{"userid": "' + b'x' * 5_000_000 + b'"}'))
+  futures.append(publisher.publish(topic_path, good, ts='not a time'))
   futures += [publisher.publish(topic_path, good) for _ in range(50)]
   ids = [f.result(timeout=60) for f in futures]
   db, status = tmp_path / 'wh.duckdb', tmp_path / 'status.json'
-  proc = start(subscription, db, status)
+  proc = start(subscription, db, status, '--timestamp_attribute', 'ts')
   wait_for_status(status, lambda s: s.get('stored_total', 0) >= len(ids), proc)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=90)
   assert proc.returncode == 0, err
   con = duckdb.connect(str(db), read_only=True)
   dead = con.execute('SELECT message_id, reason, octet_length(payloadBytes) '
-                     'FROM signin_errors').fetchall()
+                     'FROM signin_errors ORDER BY reason').fetchall()
   rows = con.execute('SELECT count(*) FROM signins').fetchone()[0]
   con.close()
-  assert dead == [(ids[50], 'too_large', 1024)]
+  assert dead == [(ids[51], 'bad_timestamp_attribute', len(good)),
+                  (ids[50], 'too_large', 1024)]
   assert rows == 100
 
 
@@ -149,3 +153,69 @@ def test_oversized_payloads_travel_cut_but_still_too_large():
   assert message.attributes[local_pubsub.ORIGINAL_SIZE_ATTRIBUTE] == str(
       local_pubsub.MAX_PAYLOAD_BYTES + 500)
   assert ts.micros == 1577836800 * 10**6
+
+
+@pytest.mark.emulator
+def test_a_message_that_never_gets_stored_is_dead_lettered_after_max_attempts(
+    pubsub_emulator, tmp_path):
+  """Each pump here pulls and stops without storing (as if the pipeline
+  crashed on the message); delivery counts live in the warehouse file, so
+  after max_attempts the message is marked for the dead-letter table."""
+  from google.cloud import pubsub_v1
+  topic, sub, subscription = fresh_subscription(pubsub_emulator)
+  publish_signins.publish(pubsub_emulator.project, topic, 0, subscription=sub)
+  publisher = pubsub_v1.PublisherClient()
+  publisher.publish(publisher.topic_path(pubsub_emulator.project, topic),
+                    b'{"userid": "u", "date": "2017-10-17"}').result(timeout=60)
+  db = str(tmp_path / 'wh.duckdb')
+  seen = []
+  for _ in range(4):
+    pump = local_pubsub.PubSubPump(
+        subscription, attempts=local_pubsub.DeliveryAttempts(db),
+        max_attempts=3, leases=local_pubsub.Leases()).start()
+    pulled = []
+    for _ in range(20):
+      pulled = pump._pull()  # pylint: disable=protected-access
+      if pulled:
+        break
+    pump.close()  # not stored: handed back at once, counted
+    assert len(pulled) == 1
+    received, attempts = pulled[0]
+    message, _ = local_pubsub.to_message(received, attempts, 3)
+    seen.append((attempts, dict(message.attributes)))
+    local_pubsub.LEASES.take_acks()
+  user_signin_warehouse_close(db)
+  assert [a for a, _ in seen] == [1, 2, 3, 4]
+  assert all(pm.TOO_MANY_ATTEMPTS_ATTRIBUTE not in attrs for _, attrs in seen[:3])
+  assert seen[3][1][pm.TOO_MANY_ATTEMPTS_ATTRIBUTE] == '4'
+  with pytest.raises(pm.Invalid) as raised:
+    pm.parse_signin(PubsubMessage(b'{}', seen[3][1], message_id='x'))
+  assert raised.value.reason == 'too_many_attempts'
+
+
+def user_signin_warehouse_close(db):
+  from transforms.warehouse import DuckDBFiles
+  DuckDBFiles.close(db)
+
+
+def test_timestamp_attribute_sets_the_element_time_or_marks_the_message():
+  import datetime
+
+  class Received:
+    class message:
+      data = b'{}'
+      attributes = {'ts': '1508273837250'}
+      message_id = '7'
+      publish_time = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+  _, ts = local_pubsub.to_message(Received, timestamp_attribute='ts')
+  assert ts.micros == 1508273837250 * 1000
+  Received.message.attributes = {'ts': '2017-10-17T20:57:17.25Z'}
+  _, ts = local_pubsub.to_message(Received, timestamp_attribute='ts')
+  assert ts.micros == 1508273837250 * 1000
+  Received.message.attributes = {'ts': 'yesterday'}
+  message, ts = local_pubsub.to_message(Received, timestamp_attribute='ts')
+  assert ts.micros == 1577836800 * 10**6  # publish time
+  with pytest.raises(pm.Invalid) as raised:
+    pm.parse_signin(message)
+  assert raised.value.reason == 'bad_timestamp_attribute'
+  assert "ts='yesterday'" in str(raised.value)

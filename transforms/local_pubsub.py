@@ -36,6 +36,8 @@ from apache_beam.testing.test_stream import WatermarkEvent
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
+from transforms import pubsub_message
+
 _LOG = logging.getLogger(__name__)
 
 MAX_EVENT_BYTES = 3 << 20  # Beam's TestStream client keeps gRPC's 4 MiB cap
@@ -54,6 +56,7 @@ class Leases(object):
     self._lock = threading.Condition()
     self._in_flight = {}  # message id -> (subscription, ack id, pulled at)
     self._to_ack = collections.defaultdict(list)  # subscription -> ack ids
+    self._committed_ids = []
     self.acked = 0
 
   def add(self, subscription, message_id, ack_id):
@@ -66,12 +69,18 @@ class Leases(object):
         lease = self._in_flight.pop(message_id, None)
         if lease is not None:
           self._to_ack[lease[0]].append(lease[1])
+          self._committed_ids.append(message_id)
       self._lock.notify_all()
 
   def take_acks(self):
     with self._lock:
       acks, self._to_ack = dict(self._to_ack), collections.defaultdict(list)
       return acks
+
+  def take_committed_ids(self):
+    with self._lock:
+      ids, self._committed_ids = self._committed_ids, []
+      return ids
 
   def in_flight(self, subscription=None):
     with self._lock:
@@ -126,8 +135,15 @@ def subscriber_client(receive_bytes=256 << 20):
       transport=SubscriberGrpcTransport(channel=channel))
 
 
-def to_message(received):
-  """A pulled ReceivedMessage -> (PubsubMessage cut to travel, its timestamp)."""
+def to_message(received, attempts=1, max_attempts=None,
+               timestamp_attribute=None):
+  """A pulled ReceivedMessage -> (PubsubMessage cut to travel, its timestamp).
+
+  The timestamp is the publish time, or ``timestamp_attribute``'s value
+  (milliseconds since the epoch or RFC 3339, as Beam's read takes it). A
+  message over ``max_attempts`` deliveries, or whose timestamp attribute is
+  not a timestamp, is marked for the parse step to dead-letter.
+  """
   msg = received.message
   data = bytes(msg.data)
   attributes = dict(msg.attributes)
@@ -135,9 +151,70 @@ def to_message(received):
     attributes[ORIGINAL_SIZE_ATTRIBUTE] = str(len(data))
     data = data[:MAX_PAYLOAD_BYTES + 1]
   publish_time = msg.publish_time
+  timestamp = Timestamp.from_utc_datetime(publish_time)
+  if max_attempts and attempts > max_attempts:
+    attributes[pubsub_message.TOO_MANY_ATTEMPTS_ATTRIBUTE] = str(attempts)
+  if timestamp_attribute and timestamp_attribute in attributes:
+    try:
+      timestamp = parse_timestamp_attribute(attributes[timestamp_attribute])
+    except ValueError as e:
+      attributes[pubsub_message.BAD_TIMESTAMP_ATTRIBUTE] = (
+          'attribute %s=%r is not a timestamp: %s' % (
+              timestamp_attribute, attributes[timestamp_attribute][:100], e))
   message = PubsubMessage(data, attributes, message_id=msg.message_id,
                           publish_time=publish_time)
-  return message, Timestamp.from_utc_datetime(publish_time)
+  return message, timestamp
+
+
+def parse_timestamp_attribute(value):
+  """Milliseconds since the epoch, or RFC 3339: what Beam's read accepts."""
+  try:
+    return Timestamp(micros=int(value) * 1000)
+  except ValueError:
+    return Timestamp.from_rfc3339(value)
+
+
+class DeliveryAttempts(object):
+  """How often each unacknowledged message was pulled, kept in the warehouse
+  file so that it survives crashes: a message that kills the pipeline every
+  time is delivered at most max_delivery_attempts times, then dead-lettered.
+  Rows are forgotten once their message is acknowledged."""
+  TABLE = 'pubsub_deliveries'
+
+  def __init__(self, path):
+    self._path = path
+    self._cursors = threading.local()
+
+  def _cursor(self):
+    cursor = getattr(self._cursors, 'cursor', None)
+    if cursor is None:
+      from transforms.warehouse import DuckDBFiles
+      cursor = DuckDBFiles.connect(self._path).cursor()
+      cursor.execute(
+          'CREATE TABLE IF NOT EXISTS %s (message_id VARCHAR PRIMARY KEY, '
+          'attempts INTEGER NOT NULL)' % self.TABLE)
+      self._cursors.cursor = cursor
+    return cursor
+
+  def record(self, message_ids):
+    """Counts one more delivery of each; returns {message id: deliveries}."""
+    if not message_ids:
+      return {}
+    import pyarrow as pa
+    pulled = pa.table({'message_id': list(message_ids)})  # noqa: F841 (SQL)
+    return dict(self._cursor().execute(
+        'INSERT INTO {t} SELECT DISTINCT message_id, 1 FROM pulled '
+        'ON CONFLICT (message_id) DO UPDATE SET attempts = {t}.attempts + 1 '
+        'RETURNING message_id, attempts'.format(t=self.TABLE)).fetchall())
+
+  def forget(self, message_ids):
+    if not message_ids:
+      return
+    import pyarrow as pa
+    done = pa.table({'message_id': list(message_ids)})  # noqa: F841 (SQL)
+    self._cursor().execute(
+        'DELETE FROM {t} WHERE message_id IN (SELECT message_id FROM done)'
+        .format(t=self.TABLE))
 
 
 class PubSubPump(object):
@@ -148,7 +225,11 @@ class PubSubPump(object):
   to now (a heartbeat: Beam stops a TestStream silent for 30 s).
   """
   def __init__(self, subscription, max_messages=2000, pull_timeout=1.0,
-               leases=LEASES):
+               leases=LEASES, attempts=None, max_attempts=5,
+               timestamp_attribute=None):
+    self.attempts = attempts
+    self.max_attempts = max_attempts
+    self.timestamp_attribute = timestamp_attribute
     self.subscription = subscription
     self.max_messages = max_messages
     self.pull_timeout = pull_timeout
@@ -174,22 +255,32 @@ class PubSubPump(object):
     self._pulling.clear()
 
   def close(self):
+    """Stops; acknowledges what was committed and hands back (deadline 0)
+    what was not, so that the next run gets it at once."""
     self._pulling.clear()
     self._closed.set()
     if self._lease_thread:
       self._lease_thread.join(5)
     self._flush_acks()
+    self._modify_deadlines(0)
 
   # -- the TestStreamService reader ------------------------------------------
   def read_multiple(self, unused_keys):
     last_watermark = Timestamp.of(0)
     while not self._closed.is_set():
-      received = self._pull() if self._pulling.is_set() else []
-      if not received:
-        if not self._pulling.is_set():
-          time.sleep(0.2)
-      for event in self._element_events(received):
-        yield event.to_runner_api(self.coder)
+      try:
+        received = self._pull() if self._pulling.is_set() else []
+        events = [e.to_runner_api(self.coder)
+                  for e in self._element_events(received)]
+      except Exception:  # pylint: disable=broad-except
+        # An exception here would end Beam's TestStream, and the stream with
+        # it. Pulled messages stay unacknowledged: Pub/Sub redelivers them.
+        _LOG.exception('pulling from %s failed; retrying', self.subscription)
+        time.sleep(1)
+        continue
+      if not received and not self._pulling.is_set():
+        time.sleep(0.2)
+      yield from events
       # Local runner semantics, as Beam's read: the watermark is now.
       watermark = Timestamp.of(int(time.time() * 1000) / 1000.0)
       if watermark > last_watermark:
@@ -223,16 +314,20 @@ class PubSubPump(object):
       _LOG.warning('pull from %s failed: %s', self.subscription, e)
       time.sleep(0.5)
       return []
-    for received in response.received_messages:
-      self.leases.add(self.subscription, received.message.message_id,
-                      received.ack_id)
-    self.pulled += len(response.received_messages)
-    return list(response.received_messages)
+    received = list(response.received_messages)
+    for r in received:
+      self.leases.add(self.subscription, r.message.message_id, r.ack_id)
+    self.pulled += len(received)
+    counts = {}
+    if self.attempts is not None and received:
+      counts = self.attempts.record([r.message.message_id for r in received])
+    return [(r, counts.get(r.message.message_id, 1)) for r in received]
 
   def _element_events(self, received):
     batch, size = [], 0
-    for r in received:
-      message, ts = to_message(r)
+    for r, attempts in received:
+      message, ts = to_message(
+          r, attempts, self.max_attempts, self.timestamp_attribute)
       cost = len(message.data) + 200
       if batch and size + cost > MAX_EVENT_BYTES:
         yield ElementEvent(batch)
@@ -252,7 +347,13 @@ class PubSubPump(object):
         self._extend_deadlines()
 
   def _flush_acks(self):
-    for subscription, ack_ids in self.leases.take_acks().items():
+    acks = self.leases.take_acks()
+    if self.attempts is not None:
+      try:
+        self.attempts.forget(self.leases.take_committed_ids())
+      except Exception as e:  # pylint: disable=broad-except
+        _LOG.warning('could not forget delivery counts: %s', e)
+    for subscription, ack_ids in acks.items():
       for start in range(0, len(ack_ids), 1000):
         chunk = ack_ids[start:start + 1000]
         try:
@@ -264,20 +365,25 @@ class PubSubPump(object):
                        '%d committed messages', e, len(chunk))
 
   def _extend_deadlines(self):
+    self._modify_deadlines(ACK_DEADLINE_SECONDS)
+
+  def _modify_deadlines(self, seconds):
     ack_ids = [ack for _, ack in self.leases.in_flight(self.subscription)]
     for start in range(0, len(ack_ids), 1000):
       try:
         self._client.modify_ack_deadline(
             subscription=self.subscription, ack_ids=ack_ids[start:start + 1000],
-            ack_deadline_seconds=ACK_DEADLINE_SECONDS)
+            ack_deadline_seconds=seconds)
       except Exception as e:  # pylint: disable=broad-except
-        _LOG.warning('could not extend ack deadlines: %s', e)
+        _LOG.warning('could not set ack deadlines to %d s: %s', seconds, e)
 
 
-def serve(subscription, max_messages=2000):
+def serve(subscription, max_messages=2000, attempts_db=None, max_attempts=5,
+          timestamp_attribute=None):
   """Starts a pump and Beam's TestStreamService for it on a loopback port.
 
-  Returns (pump, controller); controller.endpoint goes to
+  ``attempts_db`` (the DuckDB warehouse) keeps delivery counts across
+  crashes. Returns (pump, controller); controller.endpoint goes to
   ``ReadFromPubSubAckOnCommit``. Stop with controller.stop(); pump.close().
   """
   import socket
@@ -286,7 +392,10 @@ def serve(subscription, max_messages=2000):
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
-  pump = PubSubPump(subscription, max_messages=max_messages).start()
+  pump = PubSubPump(
+      subscription, max_messages=max_messages,
+      attempts=DeliveryAttempts(attempts_db) if attempts_db else None,
+      max_attempts=max_attempts, timestamp_attribute=timestamp_attribute).start()
   controller = TestStreamServiceController(pump, endpoint='127.0.0.1:%d' % port)
   controller.start()
   return pump, controller

@@ -38,7 +38,25 @@ _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
 REASONS = (
     'too_large', 'not_utf8', 'not_json', 'not_object', 'missing_userid',
     'bad_userid', 'missing_date', 'bad_date', 'date_out_of_range',
-    'sink_rejected', 'internal_error')
+    'sink_rejected', 'internal_error', 'too_many_attempts',
+    'bad_timestamp_attribute')
+
+# Set by a reader (transforms.local_pubsub) on messages it delivers as poison:
+# delivered more than --max_delivery_attempts times without being stored, or
+# with a --timestamp_attribute that is not a timestamp. The value says why.
+TOO_MANY_ATTEMPTS_ATTRIBUTE = 'x-too-many-attempts'
+BAD_TIMESTAMP_ATTRIBUTE = 'x-bad-timestamp-attribute'
+
+
+def _check_reader_marks(message):
+  attributes = message.attributes or {}
+  if TOO_MANY_ATTEMPTS_ATTRIBUTE in attributes:
+    raise Invalid('too_many_attempts', 'delivered %s times without being '
+                  'stored; not processed again'
+                  % attributes[TOO_MANY_ATTEMPTS_ATTRIBUTE])
+  if BAD_TIMESTAMP_ATTRIBUTE in attributes:
+    raise Invalid('bad_timestamp_attribute',
+                  attributes[BAD_TIMESTAMP_ATTRIBUTE])
 
 
 class Invalid(Exception):
@@ -144,6 +162,7 @@ def dead_letter(message, reason, error, stacktrace=None, now=None):
 
 def parse_signin(message, default_tz=UTC, max_bytes=MAX_MESSAGE_BYTES):
   """PubsubMessage -> row dict; raises Invalid for a bad message."""
+  _check_reader_marks(message)
   data = message.data or b''
   if len(data) > max_bytes:
     raise Invalid('too_large', 'payload is %d bytes, over the limit of %d'
