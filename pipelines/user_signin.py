@@ -88,7 +88,7 @@ class SigninOptions(PipelineOptions):
         choices=['ack_after_commit', 'beam'],
         help='Local runs reading --input_subscription: ack_after_commit '
         'acknowledges a message only once its row or dead letter is stored '
-        'and pulls hundreds at a time; beam is Beam\'s own local read (acks '
+        'and pulls up to 2,000 at a time; beam is Beam\'s own local read (acks '
         'on pull, 10 per bundle). Dataflow always uses Beam\'s read.')
     parser.add_argument(
         '--timestamp_attribute', default=None,

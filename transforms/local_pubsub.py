@@ -7,7 +7,7 @@ what is in flight, and per-bundle costs cap it near 700 messages/s. Here:
 
 - ``PubSubPump`` keeps one subscriber client for the life of the process
   (gRPC receive cap raised, so messages the emulator's default 4 MiB cap
-  refuses still arrive), pulls hundreds of messages at a time and serves them
+  refuses still arrive), pulls up to 2,000 messages at a time and serves them
   as ``TestStream`` events over Beam's TestStreamService (the mechanism Beam
   provides to feed a live event stream into the local runner; Beam's
   PeriodicImpulse and splittable DoFns do not run on the local streaming
@@ -30,10 +30,8 @@ import time
 import apache_beam as beam
 from apache_beam import coders
 from apache_beam.io.gcp.pubsub import PubsubMessage
-from apache_beam.testing.test_stream import ElementEvent
+from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.testing.test_stream import TestStream
-from apache_beam.testing.test_stream import WatermarkEvent
-from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from transforms import pubsub_message
@@ -174,6 +172,27 @@ def parse_timestamp_attribute(value):
     return Timestamp.from_rfc3339(value)
 
 
+# Beam 2.77's TestStream events write times to the proto in milliseconds, but
+# the local runner reads TestStreamService events as microseconds (a 1000x
+# error that leaves the watermark in January 1970, so no window ever fires).
+# We build the protos with microseconds, which is what the reader expects.
+def element_event(messages_and_times, coder):
+  """[(element, Timestamp)] -> a TestStreamPayload element event proto."""
+  payload = beam_runner_api_pb2.TestStreamPayload
+  return payload.Event(element_event=payload.Event.AddElements(
+      elements=[payload.TimestampedElement(
+          encoded_element=coder.encode(value), timestamp=ts.micros)
+                for value, ts in messages_and_times],
+      tag='None'))
+
+
+def watermark_event(watermark):
+  """Timestamp -> a TestStreamPayload watermark event proto."""
+  payload = beam_runner_api_pb2.TestStreamPayload
+  return payload.Event(watermark_event=payload.Event.AdvanceWatermark(
+      new_watermark=watermark.micros, tag='None'))
+
+
 class DeliveryAttempts(object):
   """How often each unacknowledged message was pulled, kept in the warehouse
   file so that it survives crashes: a message that kills the pipeline every
@@ -270,8 +289,7 @@ class PubSubPump(object):
     while not self._closed.is_set():
       try:
         received = self._pull() if self._pulling.is_set() else []
-        events = [e.to_runner_api(self.coder)
-                  for e in self._element_events(received)]
+        events = list(self._element_events(received))
       except Exception:  # pylint: disable=broad-except
         # An exception here would end Beam's TestStream, and the stream with
         # it. Pulled messages stay unacknowledged: Pub/Sub redelivers them.
@@ -285,7 +303,7 @@ class PubSubPump(object):
       watermark = Timestamp.of(int(time.time() * 1000) / 1000.0)
       if watermark > last_watermark:
         last_watermark = watermark
-        yield WatermarkEvent(watermark).to_runner_api(self.coder)
+        yield watermark_event(watermark)
 
   def _pull(self):
     """Up to max_messages: pulls again while the backlog keeps answering
@@ -330,12 +348,12 @@ class PubSubPump(object):
           r, attempts, self.max_attempts, self.timestamp_attribute)
       cost = len(message.data) + 200
       if batch and size + cost > MAX_EVENT_BYTES:
-        yield ElementEvent(batch)
+        yield element_event(batch, self.coder)
         batch, size = [], 0
-      batch.append(TimestampedValue(message, ts))
+      batch.append((message, ts))
       size += cost
     if batch:
-      yield ElementEvent(batch)
+      yield element_event(batch, self.coder)
 
   # -- acknowledgements and deadlines ----------------------------------------
   def _keep_leases(self):
