@@ -118,6 +118,9 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--mb', type=int, default=50, help='corpus size in MiB')
   parser.add_argument('--repeat', type=int, default=3, help='rounds')
+  parser.add_argument('--scaling-mb', type=int, default=0,
+                      help='also time 1 against 2 workers on a corpus this '
+                      'large (the 50 MiB one repeated), where workers pay off')
   parser.add_argument('--write-readme', action='store_true',
                       help='replace the results in benchmarks/README.md')
   args = parser.parse_args(argv)
@@ -132,6 +135,7 @@ def main(argv=None):
         runs.setdefault(name, []).append((seconds, mib))
         print('round %d  %-50s %6.2f s  %7.0f MiB' % (
             round_ + 1, name, seconds, mib), flush=True)
+    scaling = scale(corpus, tmp, args, env) if args.scaling_mb else None
   medians = {n: statistics.median(s for s, _ in r) for n, r in runs.items()}
   peaks = {n: max(m for _, m in r) for n, r in runs.items()}
   names = list(runs)
@@ -152,18 +156,48 @@ def main(argv=None):
           medians[beam] / medians[ours], medians[ours] / medians[plain],
           peaks[ours], peaks[beam]),
   ]
+  if scaling:
+    summary.append(
+        'At %d MiB: 1 worker %.1f s, 2 workers %.1f s (multi_processing, the '
+        'default from 256 MiB): %.2fx speed-up.' % (
+            args.scaling_mb, scaling[0], scaling[1], scaling[0] / scaling[1]))
   report = '\n'.join(table + summary)
   print('\n' + report)
   if args.write_readme:
     write_readme(report, args, cores=os.cpu_count())
 
 
+def scale(corpus, tmp, args, env):
+  """Median seconds of 1 and of 2 workers on a corpus of args.scaling_mb."""
+  big = os.path.join(tmp, 'big.txt')
+  with open(corpus, 'rb') as src:
+    data = src.read()
+  with open(big, 'wb') as out:
+    for _ in range(max(1, args.scaling_mb // max(1, args.mb))):
+      out.write(data)
+  main = [PY, os.path.join(ROOT, 'main.py'), 'wordcount', '--input', big,
+          '--output', os.path.join(tmp, 'scaled')]
+  times = {1: [], 2: []}
+  for round_ in range(args.repeat):
+    for workers in (1, 2):
+      extra = ['--direct_num_workers=%d' % workers]
+      if workers > 1:
+        extra.append('--direct_running_mode=multi_processing')
+      seconds, mib = timed(main + extra, env)
+      times[workers].append(seconds)
+      print('round %d  %d MiB, %d worker(s)%s %6.2f s  %7.0f MiB' % (
+          round_ + 1, args.scaling_mb, workers, ' ' * 22, seconds, mib),
+          flush=True)
+  return statistics.median(times[1]), statistics.median(times[2])
+
+
 def write_readme(report, args, cores):
   from results import replace_section
   replace_section('wordcount', 'Last run %s on %d cores: `./run.sh bench wordcount '
-                  '--mb %d --repeat %d --write-readme`\n\n%s\n' % (
+                  '--mb %d --repeat %d%s --write-readme`\n\n%s\n' % (
                       time.strftime('%Y-%m-%d'), cores, args.mb, args.repeat,
-                      report))
+                      ' --scaling-mb %d' % args.scaling_mb
+                      if args.scaling_mb else '', report))
 
 
 if __name__ == '__main__':

@@ -2,12 +2,10 @@
 SIGTERM; count in, count out. Plus the file replay and the Dataflow dry run."""
 
 import collections
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 
 import duckdb
@@ -16,6 +14,7 @@ import pytest
 from tests.conftest import ROOT
 from tests.conftest import run_main
 from tools import publish_signins
+from tools import status as status_file
 
 MAX_BYTES = 2048
 FIXED_DATE = '2017-10-17T20:57:17.338320'
@@ -57,20 +56,12 @@ def start_pipeline(log_dir, *args):
 
 
 def wait_for_status(path, done, proc, timeout=120):
-  deadline = time.monotonic() + timeout
-  status = {}
-  while time.monotonic() < deadline:
-    if proc.poll() is not None:
-      raise AssertionError('pipeline exited: %s' % (proc.communicate(),))
-    try:
-      with open(path) as f:
-        status = json.load(f)
-    except (OSError, ValueError):
-      status = {}
-    if done(status):
-      return status
-    time.sleep(0.2)
-  raise AssertionError('not done in %d s; last status %s' % (timeout, status))
+  status, ok = status_file.wait_for(
+      path, done, lambda: proc.poll() is None, timeout)
+  if proc.poll() is not None:
+    raise AssertionError('pipeline exited: %s' % (proc.communicate(),))
+  assert ok, 'not done in %d s; last status %s' % (timeout, status)
+  return status
 
 
 def stored(db):

@@ -7,7 +7,6 @@ letters straight from the DuckDB file.
 """
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -17,25 +16,10 @@ import time
 import duckdb
 
 from tools import publish_signins
+from tools import status as status_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WINDOW_SECONDS = 5  # short windows, so that some close during the demo
-
-
-def wait_for(status_path, done, proc, timeout):
-  """Polls the pipeline's status file until done(status) or the timeout."""
-  deadline = time.monotonic() + timeout
-  status = {}
-  while time.monotonic() < deadline and proc.poll() is None:
-    try:
-      with open(status_path) as f:
-        status = json.load(f)
-    except (OSError, ValueError):
-      pass
-    if done(status):
-      return status
-    time.sleep(0.25)
-  return status
 
 
 def show_tables(path):
@@ -87,16 +71,18 @@ def main(argv=None):
     print('published %d messages (%s); ids %s..%s' % (
         n, ', '.join('%s=%d' % kv for kv in sorted(kinds.items())),
         ids[0] if ids else '-', ids[-1] if ids else '-'), flush=True)
-    status = wait_for(status_path, lambda s: s.get('stored_total', 0) >= n,
-                      proc, args.timeout)
+    running = lambda: proc.poll() is None  # noqa: E731
+    status, _ = status_file.wait_for(
+        status_path, lambda s: s.get('stored_total', 0) >= n, running,
+        args.timeout)
     accounted = status.get('stored_total', 0)
     print('stored %d of %d after %.1f s: %s' % (
         accounted, n, time.monotonic() - started,
         'every message accounted for' if accounted == n else 'MISSING SOME'),
         flush=True)
     # Event-time windows fire once the watermark (now, locally) passes them.
-    wait_for(status_path, lambda s: s.get('count_rows', 0) > 0, proc,
-             3 * WINDOW_SECONDS)
+    status_file.wait_for(status_path, lambda s: s.get('count_rows', 0) > 0,
+                         running, 3 * WINDOW_SECONDS)
   finally:
     if proc.poll() is None:
       proc.send_signal(signal.SIGTERM)

@@ -210,9 +210,16 @@ class ParseSigninFn(beam.DoFn):
 
   def setup(self):
     self._tz = resolve_timezone(self._tz_name)
+    self._seen = 0
+
+  def start_bundle(self):
+    self._seen = 0
+
+  def finish_bundle(self):
+    tally.add('messages_in', self._seen)  # per bundle: a lock per bundle
 
   def process(self, message):
-    tally.add('messages_in')
+    self._seen += 1
     try:
       row = parse_signin(message, self._tz, self._max_bytes)
     except Invalid as e:
@@ -222,13 +229,11 @@ class ParseSigninFn(beam.DoFn):
       yield self._dead(message, 'internal_error', e, traceback.format_exc())
       return
     self.rows.inc()
-    tally.add('rows_parsed')
     yield beam.window.TimestampedValue(
         row, Timestamp.from_utc_datetime(row['date']))
 
   def _dead(self, message, reason, error, stacktrace=None):
     self.counters[reason].inc()
-    tally.add('dead_letters_parsed')
     return beam.pvalue.TaggedOutput(
         DEAD_LETTERS, dead_letter(message, reason, error, stacktrace))
 
