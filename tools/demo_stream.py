@@ -33,10 +33,11 @@ def show_tables(path):
     for reason, n in con.execute('SELECT reason, count(*) FROM signin_errors '
                                  'GROUP BY 1 ORDER BY 1').fetchall():
       print('  %-18s %4d' % (reason, n))
-    print('\nthree dead letters:')
+    print('\nthree dead letters (three reasons):')
     for row in con.execute(
         'SELECT message_id, reason, errorMessage, left(payloadString, 60) '
-        'FROM signin_errors ORDER BY reason LIMIT 3').fetchall():
+        'FROM signin_errors QUALIFY row_number() OVER (PARTITION BY reason '
+        'ORDER BY message_id) = 1 ORDER BY reason DESC LIMIT 3').fetchall():
       print('  id %s  %s: %s\n      payload %r' % row)
   finally:
     con.close()
