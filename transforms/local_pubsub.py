@@ -309,8 +309,9 @@ class PubSubPump(object):
         yield watermark_event(watermark)
 
   def _pull(self):
-    """Up to max_messages: pulls again while the backlog keeps answering
-    (the emulator returns at most 100 per pull), for ~50 ms at most."""
+    """Up to max_messages as (ReceivedMessage, deliveries so far): pulls
+    again while the backlog keeps answering (the emulator returns at most 100
+    per pull), for ~0.1 s at most; counts deliveries once per batch."""
     received = self._pull_once(self.pull_timeout)
     started = time.monotonic()
     while (received and len(received) < self.max_messages and
@@ -319,7 +320,10 @@ class PubSubPump(object):
       if not more:
         break
       received.extend(more)
-    return received
+    counts = {}
+    if self.attempts is not None and received:
+      counts = self.attempts.record([r.message.message_id for r in received])
+    return [(r, counts.get(r.message.message_id, 1)) for r in received]
 
   GATHER_SECONDS = 0.1
 
@@ -339,10 +343,7 @@ class PubSubPump(object):
     for r in received:
       self.leases.add(self.subscription, r.message.message_id, r.ack_id)
     self.pulled += len(received)
-    counts = {}
-    if self.attempts is not None and received:
-      counts = self.attempts.record([r.message.message_id for r in received])
-    return [(r, counts.get(r.message.message_id, 1)) for r in received]
+    return received
 
   def _element_events(self, received):
     batch, size = [], 0
