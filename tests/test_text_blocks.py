@@ -60,3 +60,15 @@ def test_count_lines():
   assert text.count_lines(b'a\nb\n') == 2
   assert text.count_lines(b'a\nb') == 2
   assert text.count_lines(b'\n') == 1
+
+
+def test_lines_longer_than_the_read_step():
+  """Lines of 10 KB against 100-byte blocks: the line end is found over
+  several small reads, in every range."""
+  lines = [(b'%d' % i) * (10000 // len(b'%d' % i)) for i in range(1, 8)]
+  data = b'\n'.join(lines) + b'\nshort\n'
+  for range_bytes in (3000, 10001, len(data)):
+    blocks = read_split(data, range_bytes, 100)
+    assert b''.join(blocks) == data
+    assert all(block.endswith(b'\n') for block in blocks)
+    assert max(len(b) for b in blocks) <= 10001 + 100

@@ -33,7 +33,6 @@ _ASCII_WORD_BYTES = frozenset(
     b'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_\'')
 _ASCII_NON_WORD_TO_SPACE = bytes(
     c if c in _ASCII_WORD_BYTES else 0x20 for c in range(256))
-_READ_MORE_BYTES = 1 << 20
 
 
 def read_line_blocks(stream, start, end, block_bytes=BLOCK_BYTES):
@@ -41,47 +40,58 @@ def read_line_blocks(stream, start, end, block_bytes=BLOCK_BYTES):
 
   ``stream`` is positioned at 0 or seekable; ``end`` None means to the end of
   the stream (compressed files). A line belongs to the range its first byte is
-  in, so adjacent ranges together read every line exactly once.
+  in, so adjacent ranges together read every line exactly once. Memory stays
+  near ``block_bytes``: the end of a block's last line is looked for in small
+  reads, and the buffer is only compacted when it is refilled.
   """
+  step = max(block_bytes // 4, 4096)
   if start > 0:
     stream.seek(start - 1)
-    buf = b''
     while True:
-      chunk = stream.read(_READ_MORE_BYTES)
+      chunk = stream.read(step)
       if not chunk:
         return
       newline = chunk.find(b'\n')
       if newline >= 0:
-        buf = chunk[newline + 1:]
-        pos = start + newline  # offset of buf[0]
+        buf, off = chunk, newline + 1
+        pos = start + newline  # file offset of buf[off]
         break
       start += len(chunk)
   else:
-    buf, pos = b'', 0
+    buf, off, pos = b'', 0, 0
   eof = False
   while end is None or pos < end:
     target = block_bytes if end is None else min(block_bytes, end - pos)
-    while len(buf) < target and not eof:
-      more = stream.read(target - len(buf))
-      eof = not more
-      buf += more
-    # The block ends with the line holding byte target-1.
-    newline = buf.find(b'\n', target - 1)
-    while newline < 0 and not eof:
-      more = stream.read(_READ_MORE_BYTES)
-      if not more:
-        eof = True
-        break
-      searched = len(buf)
-      buf += more
-      newline = buf.find(b'\n', searched)
+    if len(buf) - off < target and not eof:
+      parts, size = [buf[off:]], len(buf) - off
+      while size < target and not eof:
+        more = stream.read(target - size)
+        eof = not more
+        parts.append(more)
+        size += len(more)
+      buf, off = b''.join(parts), 0
+    # The block ends with the line holding its byte target-1.
+    newline = buf.find(b'\n', off + target - 1)
+    if newline < 0 and not eof:
+      parts, size = [buf[off:]], len(buf) - off
+      while newline < 0:
+        more = stream.read(step)
+        if not more:
+          eof = True
+          break
+        found = more.find(b'\n')
+        if found >= 0:
+          newline = size + found
+        parts.append(more)
+        size += len(more)
+      buf, off = b''.join(parts), 0
     cut = len(buf) if newline < 0 else newline + 1
-    if cut == 0:
+    if cut == off:
       return
-    yield buf[:cut]
-    buf = buf[cut:]
-    pos += cut
-    if eof and not buf:
+    yield buf[off:cut]
+    pos += cut - off
+    off = cut
+    if eof and off == len(buf):
       return
 
 
