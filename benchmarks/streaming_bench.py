@@ -145,6 +145,8 @@ def main(argv=None):
   parser.add_argument('--latency-messages', type=int, default=1500)
   parser.add_argument('--write-readme', action='store_true')
   args = parser.parse_args(argv)
+  # SIGTERM unwinds like Ctrl-C, so the emulator is stopped on the way out.
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
   os.environ.update({'NO_GCE_CHECK': 'true', 'GCE_METADATA_HOST': '127.0.0.1:9',
                      'GCE_METADATA_IP': '127.0.0.1:9',
                      'PYTHONPATH': ROOT})
