@@ -35,6 +35,9 @@ from tools import publish_signins  # noqa: E402
 MAX_BYTES = 4096
 
 
+POLL_SECONDS = 0.05
+
+
 def poll(status_path, key, target, proc, timeout=600):
   """Returns (time of first message, time target reached)."""
   first = None
@@ -53,7 +56,7 @@ def poll(status_path, key, target, proc, timeout=600):
       first = now
     if status.get(key, 0) >= target:
       return first, now
-    time.sleep(0.05)
+    time.sleep(POLL_SECONDS)
   raise RuntimeError('timed out; last status %s' % status)
 
 
@@ -107,7 +110,8 @@ def run_case(name, project, count, tmp, rate=None):
       proc.kill()
     log.close()
   if not rate:
-    return count / (done - first)
+    # Both ends are seen by polling: never less than one poll apart.
+    return count / max(done - first, POLL_SECONDS)
   import duckdb
   con = duckdb.connect(db, read_only=True)
   try:
