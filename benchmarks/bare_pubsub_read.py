@@ -35,7 +35,7 @@ def main(argv=None):
   _ = (p | beam.io.ReadFromPubSub(subscription=args.input_subscription,
                                   with_attributes=True)
        | beam.Map(count))
-  result = p.run()
+  p.run()
   stop = threading.Event()
   signal.signal(signal.SIGTERM, lambda *_: stop.set())
   while not stop.wait(0.05):

@@ -14,6 +14,8 @@ from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.options.pipeline_options import TestOptions
 from apache_beam.options.pipeline_options import _BeamArgumentParser
 
+from transforms import warehouse
+
 _LOG = logging.getLogger(__name__)
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,8 +61,7 @@ class BigQueryOutputOptions(PipelineOptions):
         'a local DuckDB file here (*.duckdb), table word_counts.')
     parser.add_argument(
         '--bigquery_method', default='default',
-        choices=['default', 'streaming_inserts', 'storage_write_api',
-                 'file_loads'],  # transforms.warehouse.BIGQUERY_METHODS
+        choices=warehouse.BIGQUERY_METHODS,
         help='How rows reach BigQuery. default: file loads for batch, '
         'streaming inserts for streaming. storage_write_api needs a Java '
         'expansion service at pipeline construction.')

@@ -2,7 +2,6 @@
 pipeline is killed, stopped or interrupted mid-stream, and poison messages
 end as dead letters without stalling the stream. On the official emulator."""
 
-import collections
 import os
 import random
 import signal
@@ -12,7 +11,6 @@ import duckdb
 import pytest
 from apache_beam.io.gcp.pubsub import PubsubMessage
 
-from tests.conftest import ROOT
 from tests.test_user_signin_stream import start_pipeline
 from tests.test_user_signin_stream import wait_for_status
 from tools import publish_signins

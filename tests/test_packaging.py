@@ -3,7 +3,6 @@ installed into fresh virtual environments, run both pipelines from an empty
 directory where the source tree is not importable."""
 
 import glob
-import json
 import os
 import re
 import shutil

@@ -56,7 +56,6 @@ class Leases(object):
     self._in_flight = {}  # message id -> (subscription, ack id, pulled at)
     self._to_ack = collections.defaultdict(list)  # subscription -> ack ids
     self._committed_ids = []
-    self.acked = 0
 
   def add(self, subscription, message_id, ack_id):
     with self._lock:
@@ -260,7 +259,6 @@ class PubSubPump(object):
     self._pulling.set()
     self._closed = threading.Event()
     self._lease_thread = None
-    self.pulled = 0
 
   # -- control -------------------------------------------------------------
   def start(self):
@@ -342,7 +340,6 @@ class PubSubPump(object):
     received = list(response.received_messages)
     for r in received:
       self.leases.add(self.subscription, r.message.message_id, r.ack_id)
-    self.pulled += len(received)
     return received
 
   def _element_events(self, received):
@@ -380,7 +377,6 @@ class PubSubPump(object):
         chunk = ack_ids[start:start + 1000]
         try:
           self._client.acknowledge(subscription=subscription, ack_ids=chunk)
-          self.leases.acked += len(chunk)
         except Exception as e:  # pylint: disable=broad-except
           # Not acknowledged means redelivered: stored once all the same.
           _LOG.warning('acknowledge failed (%s); Pub/Sub will redeliver '
