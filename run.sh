@@ -30,6 +30,33 @@ ensure_venv() {
   echo "$stamp" > "$VENV/.requirements-stamp"
 }
 
+# The BigQuery emulator lives in a venv of its own (its DuckDB pin differs
+# from ours); DuckDB extensions are installed from the PyPI wheels with a
+# private HOME, which is also its HOME when it runs (tools/emulators.py).
+export BQEMULATOR_VENV=${BQEMULATOR_VENV:-$ROOT/.local/bqemulator}
+
+ensure_bqemulator() {
+  local stamp bq_py=$BQEMULATOR_VENV/bin/python
+  stamp=$(sha256sum < requirements-bqemulator.txt | cut -c1-16)
+  if [ -x "$bq_py" ] && [ "$(cat "$BQEMULATOR_VENV/.requirements-stamp" 2>/dev/null)" = "$stamp" ]; then
+    return
+  fi
+  say "installing the BigQuery emulator into $BQEMULATOR_VENV (first run: about a minute)"
+  [ -x "$bq_py" ] || python3 -m venv "$BQEMULATOR_VENV"
+  "$bq_py" -m pip install --quiet --disable-pip-version-check -r requirements-bqemulator.txt
+  mkdir -p "$BQEMULATOR_VENV/home"
+  HOME=$BQEMULATOR_VENV/home "$bq_py" - <<'PYEOF'
+import glob, os, duckdb
+site = os.path.dirname(os.path.dirname(duckdb.__file__))
+con = duckdb.connect()
+for name in ('spatial', 'avro'):
+  path, = glob.glob(os.path.join(site, 'duckdb_extension_%s' % name, 'extensions',
+                                 '*', '%s.duckdb_extension' % name))
+  con.execute("INSTALL '%s'" % path)
+PYEOF
+  echo "$stamp" > "$BQEMULATOR_VENV/.requirements-stamp"
+}
+
 ensure_graphviz() {
   command -v dot >/dev/null && return
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -89,7 +116,8 @@ usage: ./run.sh COMMAND
   demo                       both pipelines on bundled sample data and local emulators
   test [ARGS]                the test suite (ARGS go to pytest)
   emulators start|stop|status|env
-                             the local Pub/Sub and GCS emulators (.local/emulators)
+                             the local Pub/Sub, GCS and BigQuery emulators
+                             (.local/emulators); env prints the exports
   publish [ARGS]             publish sample sign-ins (see ./run.sh publish --help);
                              to the running emulator, else to real Pub/Sub
   bench [wordcount|streaming] [ARGS]
@@ -102,11 +130,13 @@ cmd=${1:-help}
 case "$cmd" in
   demo)
     ensure_venv
+    ensure_bqemulator
     demo_wordcount
     demo_streaming
     ;;
   emulators)
     ensure_venv
+    [ "${1:-status}" = start ] && ensure_bqemulator
     emulators "${1:-status}"
     ;;
   publish)
@@ -118,11 +148,13 @@ case "$cmd" in
     ;;
   test)
     ensure_venv
+    ensure_bqemulator
     ensure_graphviz
     exec "$PY" -m pytest "$@"
     ;;
   bench)
     ensure_venv
+    ensure_bqemulator
     which=${1:-wordcount}
     [ $# -gt 0 ] && shift
     case "$which" in

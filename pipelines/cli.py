@@ -163,6 +163,69 @@ def keep_auth_on_loopback():
   os.environ.setdefault('GCE_METADATA_IP', LOOPBACK_METADATA)
 
 
+LOCAL_TEMP_BUCKET = 'beam-temp'
+
+
+def prepare_local_bigquery(options, tables, create=()):
+  """A local run writing BigQuery ``tables`` ({flag: spec}): the datasets must
+  exist (as on BigQuery; a one-line error says how to make one), tables in
+  ``create`` ([(spec, TableSchema)]) are made now if missing, so that a person
+  can query them from the start, and file loads get a gs:// temp location on
+  the GCS emulator when none is given."""
+  from google.api_core import exceptions
+
+  from transforms import emulators
+  cloud = options.view_as(GoogleCloudOptions)
+  specs = {flag: spec for flag, spec in tables.items() if spec}
+  if not specs:
+    return
+  first = parse_table_spec(next(iter(specs.values())), cloud.project)
+  if not cloud.project:
+    cloud.project = first[0]
+  client = emulators.bigquery_client(cloud.project)
+  for flag, spec in specs.items():
+    project, dataset, _ = parse_table_spec(spec, client.project)
+    try:
+      client.get_dataset('%s.%s' % (project, dataset))
+    except exceptions.NotFound:
+      raise UsageError(
+          '%s: dataset %s:%s does not exist; create it first (bq mk --dataset '
+          '%s:%s, or the Python client\'s create_dataset on the emulator)' % (
+              flag, project, dataset, project, dataset))
+    except Exception as e:  # pylint: disable=broad-except
+      raise UsageError('%s: cannot reach BigQuery: %s' % (
+          flag, str(e).splitlines()[0]))
+  for spec, schema in create:
+    from google.cloud import bigquery
+    project, dataset, table = parse_table_spec(spec, client.project)
+    client.create_table(bigquery.Table(
+        '%s.%s.%s' % (project, dataset, table),
+        schema=[bigquery.SchemaField.from_api_repr(f)
+                for f in schema.bigquery_schema()['fields']]), exists_ok=True)
+  if not cloud.temp_location and os.environ.get('STORAGE_EMULATOR_HOST'):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+    gcs = storage.Client(project=cloud.project,
+                         credentials=AnonymousCredentials())
+    if gcs.lookup_bucket(LOCAL_TEMP_BUCKET) is None:
+      gcs.create_bucket(LOCAL_TEMP_BUCKET)
+    cloud.temp_location = 'gs://%s/tmp' % LOCAL_TEMP_BUCKET
+
+
+def parse_table_spec(spec, default_project=None):
+  """'P:D.T', 'P.D.T' or 'D.T' -> (project, dataset, table)."""
+  if ':' in spec:
+    project, rest = spec.split(':', 1)
+    dataset, table = rest.split('.', 1)
+  else:
+    parts = spec.split('.')
+    if len(parts) == 3:
+      project, dataset, table = parts
+    else:
+      project, (dataset, table) = default_project, parts
+  return project, dataset, table
+
+
 def fail(prog, message):
   """Prints a one-line error and exits 2."""
   print('%s: error: %s' % (prog, message), file=sys.stderr)

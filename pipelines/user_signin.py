@@ -88,6 +88,7 @@ class SigninOptions(PipelineOptions):
         choices=['ack_after_commit', 'beam'],
         help='Local runs reading --input_subscription: ack_after_commit '
         'acknowledges a message only once its row or dead letter is stored '
+        '(committed to DuckDB, or accepted by BigQuery\'s streaming inserts) '
         'and pulls up to 2,000 at a time; beam is Beam\'s own local read (acks '
         'on pull, 10 per bundle). Dataflow always uses Beam\'s read.')
     parser.add_argument(
@@ -133,7 +134,8 @@ def read_messages(pipeline, opts):
 class WriteTable(beam.PTransform):
   """Rows -> the table named by ``spec`` (BigQuery or DuckDB); returns refused rows.
 
-  ``on_commit`` (DuckDB only) hears of rows once they are stored.
+  ``on_commit`` hears of rows once they are stored (committed to DuckDB, or
+  accepted by BigQuery's streaming inserts), in the process that wrote them.
   """
   def __init__(self, spec, schema, bigquery_method='default', replace=False,
                on_commit=None, write_time_column=None):
@@ -153,7 +155,7 @@ class WriteTable(beam.PTransform):
           write_time_column=self._write_time_column)
     return rows | 'WriteToBigQuery' >> warehouse.WriteRowsToBigQuery(
         self._spec, self._schema, self._method,
-        write_time_column=self._write_time_column)
+        write_time_column=self._write_time_column, on_commit=self._on_commit)
 
 
 def build(pipeline, opts, messages=None, on_commit=None):
@@ -291,6 +293,9 @@ class Progress(object):
       status.update(stored)
       status['stored_total'] = stored['rows'] + sum(
           stored['dead_letters'].values())
+    elif self._opts.input_subscription:
+      # BigQuery: what the local reader heard BigQuery accept this run.
+      status['stored_total'] = local_pubsub.LEASES.committed_total
     _LOG.info('progress: %s', json.dumps(status, sort_keys=True))
     if self._opts.status_file:
       tmp = self._opts.status_file + '.tmp'
@@ -311,6 +316,9 @@ def summary(status, opts):
         '%s=%d' % kv for kv in sorted(dead.items()))))
     lines.append('  count rows:   %d  (table signin_counts)' %
                  status['count_rows'])
+  elif 'stored_total' in status:
+    lines.append('  stored:       %d  (rows and dead letters BigQuery accepted '
+                 'in %s)' % (status['stored_total'], opts.output_table))
   return '\n'.join(lines)
 
 
@@ -406,14 +414,25 @@ def run(argv=None):
     cli.keep_auth_on_loopback()
     cli.choose_local_runner(options, argv, streaming=streaming)
   rendering = cli.use_render_runner_if_asked(options)
+  if opts.output_table and not dataflow and not rendering:
+    specs = table_specs(opts)
+    cli.prepare_local_bigquery(options, {
+        '--output_table': specs['rows'],
+        '--dead_letter_table': specs['dead_letters'],
+        '--counts_table': specs['counts']}, create=[
+            (specs['rows'], schemas.SIGNINS),
+            (specs['dead_letters'], schemas.SIGNIN_ERRORS),
+            (specs['counts'], schemas.SIGNIN_COUNTS)])
   pipeline = beam.Pipeline(options=options)
   pump = controller = None
   if (streaming and not dataflow and not rendering and opts.input_subscription
       and opts.local_pubsub_reader == 'ack_after_commit'):
-    if opts.output_table:
+    if opts.output_table and opts.bigquery_method not in (
+        'default', 'streaming_inserts'):
       raise cli.UsageError(
-          '--local_pubsub_reader ack_after_commit acknowledges after DuckDB '
-          'commits; with --output_table use --local_pubsub_reader beam')
+          '--local_pubsub_reader ack_after_commit acknowledges what BigQuery '
+          'accepted through streaming inserts; with --bigquery_method %s use '
+          '--local_pubsub_reader beam' % opts.bigquery_method)
     pump, controller = local_pubsub.serve(
         opts.input_subscription, attempts_db=opts.warehouse,
         max_attempts=opts.max_delivery_attempts,

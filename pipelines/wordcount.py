@@ -176,11 +176,13 @@ def run(argv=None):
         options, argv, streaming=False,
         parallel=(input_bytes or 0) >= PARALLEL_INPUT_BYTES)
   rendering = cli.use_render_runner_if_asked(options)
-  if (opts.output_table and warehouse.is_local_warehouse(opts.output_table)
-      and not rendering):
-    warehouse.prepare_duckdb_table(
-        opts.output_table, schemas.WORD_COUNTS,
-        truncate=opts.write_disposition == 'truncate')
+  if opts.output_table and not rendering and not dataflow:
+    if warehouse.is_local_warehouse(opts.output_table):
+      warehouse.prepare_duckdb_table(
+          opts.output_table, schemas.WORD_COUNTS,
+          truncate=opts.write_disposition == 'truncate')
+    else:
+      cli.prepare_local_bigquery(options, {'--output_table': opts.output_table})
   started = time.monotonic()
   pipeline = beam.Pipeline(options=options)
   build(pipeline, opts)

@@ -5,12 +5,12 @@ by PID at the end; nothing outside this machine is contacted.
 """
 
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
+
+from transforms.emulators import use_emulators
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,58 +26,51 @@ os.environ['PYTHONPATH'] = os.pathsep.join(
     p for p in (ROOT, os.environ.get('PYTHONPATH')) if p)
 
 
-def free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
-def wait_for_port(port, proc, timeout=60):
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    if proc.poll() is not None:
-      raise RuntimeError('emulator exited with %s' % proc.returncode)
-    try:
-      with socket.create_connection(('127.0.0.1', port), timeout=0.5):
-        return
-    except OSError:
-      time.sleep(0.1)
-  raise RuntimeError('emulator did not open port %d' % port)
-
-
-def stop(proc):
-  """Stops a process group we started (the emulator and any children)."""
-  if proc.poll() is None:
-    os.killpg(proc.pid, 15)
-    try:
-      proc.wait(10)
-    except subprocess.TimeoutExpired:
-      os.killpg(proc.pid, 9)
-      proc.wait()
-
-
 GCS_BUCKET = 'test-bucket'
+PROJECT = 'test-project'
 
 
 @pytest.fixture(scope='session')
-def gcs_emulator(tmp_path_factory):
-  """gcp-storage-emulator on a free loopback port with one bucket; yields its URL."""
-  port = free_port()
-  log = open(tmp_path_factory.mktemp('gcs') / 'emulator.log', 'wb')
-  exe = os.path.join(os.path.dirname(sys.executable), 'gcp-storage-emulator')
-  proc = subprocess.Popen(
-      [exe, 'start', '--host', '127.0.0.1', '--port', str(port), '--in-memory',
-       '--default-bucket', GCS_BUCKET],
-      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+def gcs_root(tmp_path_factory):
+  """Where the GCS emulator keeps objects (and BigQuery load jobs read them)."""
+  return str(tmp_path_factory.mktemp('gcs-data'))
+
+
+@pytest.fixture(scope='session')
+def gcs_emulator(tmp_path_factory, gcs_root):
+  """gcp-storage-emulator on a free loopback port with one bucket, on disk;
+  yields its URL."""
+  from tools.emulators import GcsEmulator
+  emulator = GcsEmulator(
+      log_path=str(tmp_path_factory.mktemp('gcs') / 'emulator.log'),
+      bucket=GCS_BUCKET, data_dir=gcs_root).start()
+  os.environ.update(emulator.env())
+  use_emulators()
   try:
-    wait_for_port(port, proc)
-    url = 'http://127.0.0.1:%d' % port
-    os.environ['STORAGE_EMULATOR_HOST'] = url
-    yield url
+    yield 'http://%s' % emulator.host
   finally:
     os.environ.pop('STORAGE_EMULATOR_HOST', None)
-    stop(proc)
-    log.close()
+    emulator.stop()
+
+
+@pytest.fixture(scope='session')
+def bigquery_emulator(tmp_path_factory, gcs_emulator, gcs_root):
+  """bqemulator (installed by run.sh) on free loopback ports, reading load
+  files from the GCS emulator's folder; yields a client for it."""
+  from tools.emulators import BigQueryEmulator
+  emulator = BigQueryEmulator(
+      log_path=str(tmp_path_factory.mktemp('bigquery') / 'emulator.log'),
+      project=PROJECT, gcs_root=gcs_root).start()
+  env = dict(emulator.env(), GOOGLE_CLOUD_PROJECT=PROJECT)
+  os.environ.update(env)
+  use_emulators()
+  try:
+    from transforms import emulators
+    yield emulators.bigquery_client(PROJECT)
+  finally:
+    for key in env:
+      os.environ.pop(key, None)
+    emulator.stop()
 
 
 @pytest.fixture(scope='session')

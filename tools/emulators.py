@@ -1,11 +1,17 @@
 """Start, stop and check the local emulators: Google's official Pub/Sub
-emulator (through gcloud) and gcp-storage-emulator for GCS.
+emulator (through gcloud), gcp-storage-emulator for GCS and bqemulator for
+BigQuery, all for one local project.
 
-    python -m tools.emulators start|stop|status [--state DIR]
+    python -m tools.emulators start|stop|status|env [--state DIR]
 
 Each runs on loopback in its own process group; its log and PID live under
-the state folder (default .local/emulators) and it is stopped by PID. `start`
-prints the environment to export (PUBSUB_EMULATOR_HOST, STORAGE_EMULATOR_HOST).
+the state folder (default .local/emulators) and it is stopped by PID. `env`
+prints the environment to export (PUBSUB_EMULATOR_HOST, STORAGE_EMULATOR_HOST,
+BIGQUERY_EMULATOR_HOST, GOOGLE_CLOUD_PROJECT and what gcloud needs).
+
+GCS keeps its objects on disk under the state folder, because bqemulator's
+load jobs read ``gs://BUCKET/PATH`` as ``$BQEMU_GCS_LOCAL_ROOT/BUCKET/PATH``:
+both are given the same folder, so Beam's BigQuery file loads work.
 """
 
 import argparse
@@ -17,10 +23,15 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_STATE = os.path.join(ROOT, '.local', 'emulators')
 PROJECT = 'local-project'
+BUCKET = 'local-bucket'
+# Where run.sh installs bqemulator (its own venv: it pins DuckDB 1.5.x).
+BQEMULATOR_VENV = os.environ.get(
+    'BQEMULATOR_VENV', os.path.join(ROOT, '.local', 'bqemulator'))
 QUIET_GCLOUD = {
     'CLOUDSDK_CORE_DISABLE_PROMPTS': '1',
     'CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK': 'true',
@@ -63,6 +74,10 @@ class Emulator(object):
   def command(self):
     raise NotImplementedError
 
+  def process_env(self):
+    """Environment variables the emulator process itself needs."""
+    return {}
+
   def ready(self, log_text):
     raise NotImplementedError
 
@@ -71,7 +86,7 @@ class Emulator(object):
     self.proc = subprocess.Popen(
         self.command(), stdout=log, stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL, start_new_session=True,
-        env=dict(os.environ, **QUIET_GCLOUD))
+        env=dict(os.environ, **QUIET_GCLOUD, **self.process_env()))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
       if self.proc.poll() is not None:
@@ -130,16 +145,39 @@ class PubSubEmulator(Emulator):
     return 'Server started' in log_text
 
   def env(self):
-    return {'PUBSUB_EMULATOR_HOST': self.host, 'PUBSUB_PROJECT_ID': self.project}
+    return {
+        'PUBSUB_EMULATOR_HOST': self.host, 'PUBSUB_PROJECT_ID': self.project,
+        # What `gcloud pubsub ...` needs to reach the emulator.
+        'CLOUDSDK_API_ENDPOINT_OVERRIDES_PUBSUB': 'http://%s/' % self.host,
+        'CLOUDSDK_AUTH_DISABLE_CREDENTIALS': 'true',
+        'CLOUDSDK_CORE_PROJECT': self.project,
+    }
+
+
+def _http_ok(url):
+  try:
+    with urllib.request.urlopen(url, timeout=0.5) as response:
+      return response.status == 200
+  except OSError:
+    return False
 
 
 class GcsEmulator(Emulator):
-  """gcp-storage-emulator (PyPI), in memory, with one bucket."""
+  """gcp-storage-emulator (PyPI) with one bucket: on disk in ``data_dir``
+  (where the BigQuery emulator's load jobs read it), else in memory."""
   name = 'gcs'
 
-  def __init__(self, port=None, log_path=None, bucket='local-bucket'):
+  def __init__(self, port=None, log_path=None, bucket=BUCKET, data_dir=None):
     super().__init__(port, log_path)
     self.bucket = bucket
+    self.data_dir = data_dir
+
+  def process_env(self):
+    if not self.data_dir:
+      return {}
+    os.makedirs(self.data_dir, exist_ok=True)
+    # Objects at DATA_DIR/BUCKET/PATH: no extra folder level.
+    return {'STORAGE_BASE': os.path.abspath(self.data_dir), 'STORAGE_DIR': ''}
 
   def command(self):
     exe = os.path.join(os.path.dirname(sys.executable), 'gcp-storage-emulator')
@@ -149,7 +187,8 @@ class GcsEmulator(Emulator):
       raise EmulatorError('gcp-storage-emulator is not installed '
                           '(pip install -r requirements-test.txt)')
     return [exe, 'start', '--host', '127.0.0.1', '--port', str(self.port),
-            '--in-memory', '--default-bucket', self.bucket]
+            '--default-bucket', self.bucket] + (
+                [] if self.data_dir else ['--in-memory'])
 
   def ready(self, _):
     try:
@@ -160,6 +199,46 @@ class GcsEmulator(Emulator):
 
   def env(self):
     return {'STORAGE_EMULATOR_HOST': 'http://%s' % self.host}
+
+
+class BigQueryEmulator(Emulator):
+  """bqemulator (PyPI; REST + Storage gRPC on DuckDB) from its own venv.
+
+  Its HOME is the venv's private home, where run.sh installed DuckDB's
+  spatial and avro extensions from PyPI (offline it would die downloading
+  them); load jobs read gs:// objects from ``gcs_root`` on disk.
+  """
+  name = 'bigquery'
+
+  def __init__(self, port=None, log_path=None, project=PROJECT, gcs_root=None,
+               venv=None):
+    super().__init__(port, log_path)
+    self.project = project
+    self.grpc_port = free_port()
+    self.gcs_root = gcs_root
+    self.venv = venv or BQEMULATOR_VENV
+
+  def command(self):
+    exe = os.path.join(self.venv, 'bin', 'bqemulator')
+    if not os.path.exists(exe):
+      raise EmulatorError(
+          'bqemulator is not installed in %s: ./run.sh installs it (./run.sh '
+          'emulators start, ./run.sh test)' % self.venv)
+    return [exe, 'start', '--rest-port', str(self.port), '--grpc-port',
+            str(self.grpc_port), '--project', self.project, '--log-level',
+            'warning']
+
+  def process_env(self):
+    env = {'HOME': os.path.join(self.venv, 'home')}
+    if self.gcs_root:
+      env['BQEMU_GCS_LOCAL_ROOT'] = os.path.abspath(self.gcs_root)
+    return env
+
+  def ready(self, _):
+    return _http_ok('http://%s/healthz' % self.host)
+
+  def env(self):
+    return {'BIGQUERY_EMULATOR_HOST': 'http://%s' % self.host}
 
 
 def stop_pids(pids, grace=5.0):
@@ -211,11 +290,15 @@ def start(state):
       return status_
     stop(state)
   os.makedirs(state, exist_ok=True)
+  gcs_root = os.path.join(state, 'gcs-data')
+  shutil.rmtree(gcs_root, ignore_errors=True)  # as the others: fresh state
   pubsub = PubSubEmulator(log_path=os.path.join(state, 'pubsub.log'))
-  gcs = GcsEmulator(log_path=os.path.join(state, 'gcs.log'))
+  gcs = GcsEmulator(log_path=os.path.join(state, 'gcs.log'), data_dir=gcs_root)
+  bigquery = BigQueryEmulator(log_path=os.path.join(state, 'bigquery.log'),
+                              gcs_root=gcs_root)
   started = []
   try:
-    for emulator in (pubsub, gcs):
+    for emulator in (pubsub, gcs, bigquery):
       emulator.start()
       started.append(emulator)
   except Exception:
@@ -268,6 +351,8 @@ def main(argv=None):
     print('emulators: error: %s' % e, file=sys.stderr)
     return 1
   if args.action == 'env':
+    if record:
+      print('export GOOGLE_CLOUD_PROJECT=%s' % PROJECT)
     for entry in record.values():
       for key, value in entry['env'].items():
         print('export %s=%s' % (key, value))
@@ -276,9 +361,9 @@ def main(argv=None):
     print('no emulators running (./run.sh emulators start)')
     return 1 if args.action == 'status' else 0
   for name, entry in record.items():
-    print('%-6s %-8s %s  pids %s  log %s' % (
+    print('%-8s %-8s %s  pids %s  log %s' % (
         name, 'running' if entry['running'] else 'DEAD',
-        ' '.join('%s=%s' % kv for kv in entry['env'].items()),
+        '%s=%s' % next(iter(entry['env'].items())),
         ','.join(map(str, entry['pids'])), entry['log']))
   return 0
 

@@ -56,6 +56,7 @@ class Leases(object):
     self._in_flight = {}  # message id -> (subscription, ack id, pulled at)
     self._to_ack = collections.defaultdict(list)  # subscription -> ack ids
     self._committed_ids = []
+    self.committed_total = 0  # messages stored (and so acknowledgeable)
 
   def add(self, subscription, message_id, ack_id):
     with self._lock:
@@ -68,6 +69,7 @@ class Leases(object):
         if lease is not None:
           self._to_ack[lease[0]].append(lease[1])
           self._committed_ids.append(message_id)
+          self.committed_total += 1
       self._lock.notify_all()
 
   def take_acks(self):

@@ -229,27 +229,32 @@ class WriteRowsToBigQuery(beam.PTransform):
   """Rows (dicts with datetimes and bytes) -> a BigQuery table, schema from code.
 
   Returns the rows BigQuery refused as ``(row, error message)`` pairs where
-  the method reports them (streaming inserts and the Storage Write API).
+  the method reports them (streaming inserts and the Storage Write API);
+  transient errors are retried, a refused row is not. ``on_commit(rows)``
+  (local runs, streaming inserts) hears of the rows BigQuery accepted, in
+  the process that inserted them.
   """
   def __init__(self, table, schema, method='default', truncate=False,
-               write_time_column=None):
+               write_time_column=None, on_commit=None):
     super().__init__()
     self._table = table
     self._schema = schema
     self._method = method
     self._truncate = truncate
     self._write_time_column = write_time_column
+    self._on_commit = on_commit
 
   def expand(self, rows):
     # Imported here: BigQuery's client libraries cost memory and start-up
     # time that runs writing only text or DuckDB need not pay.
     from apache_beam.io.gcp.bigquery import BigQueryDisposition
     from apache_beam.io.gcp.bigquery import WriteToBigQuery
+    from apache_beam.io.gcp.bigquery_tools import RetryStrategy
     schema = self._schema
     result = (
         rows
-        | 'ToBigQueryJson' >> beam.Map(
-            _to_bigquery_json, schema, self._write_time_column)
+        | 'ToBigQueryJson' >> beam.ParDo(_ToBigQueryJsonFn(
+            schema, self._write_time_column, self._table, self._on_commit))
         | 'WriteToBigQuery' >> WriteToBigQuery(
             table=self._table,
             schema=schema.bigquery_schema(),
@@ -257,6 +262,7 @@ class WriteRowsToBigQuery(beam.PTransform):
             write_disposition=(
                 BigQueryDisposition.WRITE_TRUNCATE if self._truncate else
                 BigQueryDisposition.WRITE_APPEND),
+            insert_retry_strategy=RetryStrategy.RETRY_ON_TRANSIENT_ERROR,
             method=self._method.upper()))
     if self._method == 'file_loads' or (
         self._method == 'default' and rows.is_bounded):
@@ -267,11 +273,61 @@ class WriteRowsToBigQuery(beam.PTransform):
         | 'RefusedRows' >> beam.Map(_refused_row))
 
 
-def _to_bigquery_json(row, schema, write_time_column):
-  if write_time_column:
-    row = dict(row, **{write_time_column: datetime.datetime.now(
-        datetime.timezone.utc)})
-  return schema.to_bigquery_json(row)
+class _ToBigQueryJsonFn(beam.DoFn):
+  """Row -> BigQuery's JSON form; registers ``on_commit`` where rows are inserted."""
+  def __init__(self, schema, write_time_column, table, on_commit):
+    self._schema = schema
+    self._write_time_column = write_time_column
+    self._table = table
+    self._on_commit = on_commit
+
+  def setup(self):
+    if self._on_commit is not None:
+      BigQueryAccepted.listen(self._table, self._on_commit)
+
+  def process(self, row):
+    if self._write_time_column:
+      row = dict(row, **{self._write_time_column: datetime.datetime.now(
+          datetime.timezone.utc)})
+    yield self._schema.to_bigquery_json(row)
+
+
+class BigQueryAccepted(object):
+  """Which rows BigQuery accepted, as Beam's streaming inserts learn it.
+
+  Beam's WriteToBigQuery reports refused rows but not accepted ones. Here
+  the one call through which its streaming inserts go
+  (``BigQueryWrapper.insert_rows``) is wrapped, process-wide, so that the
+  rows it sent without an error for them reach the table's listener. Used
+  by the local ack-after-commit reader: a message is acknowledged only once
+  BigQuery has its row or dead letter.
+  """
+  _lock = threading.Lock()
+  _listeners = {}  # (dataset, table) -> on_commit
+
+  @classmethod
+  def listen(cls, table, on_commit):
+    from apache_beam.io.gcp import bigquery_tools
+    ref = bigquery_tools.parse_table_reference(table)
+    with cls._lock:
+      cls._listeners[(ref.datasetId, ref.tableId)] = on_commit
+      wrapper = bigquery_tools.BigQueryWrapper
+      if not getattr(wrapper.insert_rows, 'reports_accepted', False):
+        wrapper.insert_rows = cls._reporting(wrapper.insert_rows)
+
+  @classmethod
+  def _reporting(cls, insert_rows):
+    def reporting_insert_rows(self, project_id, dataset_id, table_id, rows,
+                              *args, **kwargs):
+      passed, errors = insert_rows(
+          self, project_id, dataset_id, table_id, rows, *args, **kwargs)
+      listener = cls._listeners.get((dataset_id, table_id))
+      if listener is not None:
+        refused = {error['index'] for error in errors}
+        listener([row for i, row in enumerate(rows) if i not in refused])
+      return passed, errors
+    reporting_insert_rows.reports_accepted = True
+    return reporting_insert_rows
 
 
 def _refused_row(failure):
