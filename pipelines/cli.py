@@ -14,6 +14,8 @@ from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.options.pipeline_options import TestOptions
 from apache_beam.options.pipeline_options import _BeamArgumentParser
 
+from pipelines.errors import PipelineFailed  # noqa: F401 (pipelines use cli.*)
+from pipelines.errors import UsageError
 from transforms import warehouse
 
 _LOG = logging.getLogger(__name__)
@@ -22,14 +24,6 @@ PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCAL_RUNNERS = ('DirectRunner', 'direct', 'Direct', 'directrunner')
 DATAFLOW_RUNNERS = ('DataflowRunner', 'dataflow', 'Dataflow', 'dataflowrunner')
 LOOPBACK_METADATA = '127.0.0.1:9'
-
-
-class UsageError(Exception):
-  """A bad command line or input location: printed on one line, exit 2."""
-
-
-class PipelineFailed(Exception):
-  """The pipeline stopped on an error: printed on one line, exit 1."""
 
 
 class _OneLineParser(_BeamArgumentParser):

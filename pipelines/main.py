@@ -19,6 +19,9 @@ PIPELINES = {
         'pipelines.user_signin',
         'streaming: sign-in JSON from Pub/Sub (or a JSON-lines file) -> '
         'validated rows, dead letters and per-user counts in BigQuery or DuckDB'),
+    'query': (
+        'pipelines.query',
+        'SQL on the local DuckDB warehouse, also while a stream writes it'),
 }
 PROG = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else 'main.py'
 if PROG in ('__main__.py', '-c', '-m', ''):
@@ -28,7 +31,7 @@ if PROG in ('__main__.py', '-c', '-m', ''):
 def usage():
   width = max(len(name) for name in PIPELINES)
   lines = ['usage: %s <pipeline> [flags] [Beam flags]' % PROG, '',
-           'pipelines:']
+           'pipelines (and commands):']
   lines += ['  %-*s  %s' % (width, name, about)
             for name, (_, about) in PIPELINES.items()]
   lines += ['', "'%s <pipeline> --help' lists every flag of a pipeline." % PROG]
@@ -73,14 +76,14 @@ def main(argv=None):
         PROG, name, ', '.join(PIPELINES)), file=sys.stderr)
     return 2
   setup_logging(rest)
-  from pipelines import cli
+  from pipelines import errors
   module = importlib.import_module(PIPELINES[name][0])
   try:
     module.run(rest)
-  except cli.UsageError as e:
+  except errors.UsageError as e:
     print('%s %s: error: %s' % (PROG, name, e), file=sys.stderr)
     return 2
-  except cli.PipelineFailed as e:
+  except errors.PipelineFailed as e:
     print('%s %s: error: %s' % (PROG, name, e), file=sys.stderr)
     return 1
   return 0

@@ -27,6 +27,7 @@ from transforms import schemas
 from transforms import signin_counts
 from transforms import tally
 from transforms import warehouse
+from transforms.duckdb_files import Busy
 
 _LOG = logging.getLogger(__name__)
 
@@ -258,27 +259,31 @@ class Progress(object):
     self._local = not opts.output_table
     self._started = time.monotonic()
     self._last = (self._started, 0)
+    self._stored = None
 
-  def stored(self):
+  def stored(self, wait=False):
+    """Counts in the warehouse; the last ones while another process holds
+    the file (a progress line never waits for a reader)."""
     if not self._local or not os.path.exists(self._opts.warehouse):
       return None
-    con = warehouse.DuckDBFiles.connect(self._opts.warehouse).cursor()
     try:
-      tables = {r[0] for r in con.execute('SHOW TABLES').fetchall()}
+      with warehouse.DuckDBFiles.use(self._opts.warehouse, wait=wait) as con:
+        tables = {r[0] for r in con.execute('SHOW TABLES').fetchall()}
 
-      def count(sql, table):
-        return con.execute(sql).fetchall() if table in tables else []
-      rows = count('SELECT count(*) FROM signins', 'signins')
-      dead = count('SELECT reason, count(*) FROM signin_errors GROUP BY 1 '
-                   'ORDER BY 1', 'signin_errors')
-      windows = count('SELECT count(*) FROM signin_counts', 'signin_counts')
-    finally:
-      con.close()
-    return {
+        def count(sql, table):
+          return con.execute(sql).fetchall() if table in tables else []
+        rows = count('SELECT count(*) FROM signins', 'signins')
+        dead = count('SELECT reason, count(*) FROM signin_errors GROUP BY 1 '
+                     'ORDER BY 1', 'signin_errors')
+        windows = count('SELECT count(*) FROM signin_counts', 'signin_counts')
+    except Busy:
+      return self._stored
+    self._stored = {
         'rows': rows[0][0] if rows else 0,
         'dead_letters': dict(dead),
         'count_rows': windows[0][0] if windows else 0,
     }
+    return self._stored
 
   def report(self, final=False):
     now = time.monotonic()
@@ -288,7 +293,7 @@ class Progress(object):
     self._last = (now, seen)
     status = {'messages_in': seen, 'rate_per_s': round(rate, 1),
               'elapsed_s': round(now - self._started, 1), 'final': final}
-    stored = self.stored()
+    stored = self.stored(wait=final)
     if stored is not None:
       status.update(stored)
       status['stored_total'] = stored['rows'] + sum(

@@ -1,9 +1,11 @@
-"""The streaming half of ./run.sh demo, on the running local emulators:
+"""The streaming half of ./run.sh demo, on the running local emulators.
 
-topic and subscription made, main.py user_signin started on the local runner,
-messages published (some of every bad kind), wait until rows + dead letters
-account for all of them, SIGTERM, then counts per table and three dead
-letters straight from the DuckDB file.
+Twice, once into the local DuckDB warehouse and once into the local BigQuery
+emulator (the graph Dataflow runs, with Beam's WriteToBigQuery): a topic and
+subscription made, main.py user_signin started on the local runner, messages
+published (some of every bad kind), the tables queried while the stream runs
+until rows + dead letters account for all of them, SIGTERM, then counts per
+table and three dead letters.
 """
 
 import argparse
@@ -20,27 +22,114 @@ from tools import status as status_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WINDOW_SECONDS = 5  # short windows, so that some close during the demo
+MAX_BYTES = 4096
+TABLES = ('signins', 'signin_errors', 'signin_counts')
+
+# The same questions for both warehouses; {t} is a table of TABLES.
+COUNT_SQL = 'SELECT count(*) FROM {signins}'
+REASONS_SQL = ('SELECT reason, count(*) FROM {signin_errors} GROUP BY 1 '
+               'ORDER BY 1')
+THREE_DEAD_SQL = (
+    'SELECT message_id, reason, errorMessage, substr(payloadString, 1, 60) '
+    'FROM {signin_errors} QUALIFY row_number() OVER (PARTITION BY reason '
+    'ORDER BY message_id) = 1 ORDER BY reason DESC LIMIT 3')
 
 
-def show_tables(path):
-  con = duckdb.connect(path, read_only=True)
+class DuckDBTables(object):
+  """The local warehouse file, opened read-only for each question."""
+  def __init__(self, path):
+    self.path = path
+    self.names = {t: t for t in TABLES}
+    self.flags = ['--warehouse', path]
+    self.where = path
+
+  def query(self, sql):
+    con = duckdb.connect(self.path, read_only=True)
+    try:
+      return con.execute(sql.format(**self.names)).fetchall()
+    finally:
+      con.close()
+
+
+class BigQueryTables(object):
+  """Tables in the BigQuery emulator, queried with google-cloud-bigquery."""
+  def __init__(self, project, dataset):
+    from transforms import emulators
+    self.client = emulators.bigquery_client(project)
+    self.client.create_dataset(dataset, exists_ok=True)
+    for table in ('signins', 'signins_error_records', 'signins_counts'):
+      self.client.delete_table('%s.%s' % (dataset, table), not_found_ok=True)
+    self.names = {
+        'signins': '%s.signins' % dataset,
+        'signin_errors': '%s.signins_error_records' % dataset,
+        'signin_counts': '%s.signins_counts' % dataset}
+    self.flags = ['--output_table', '%s:%s.signins' % (project, dataset),
+                  '--warehouse', os.path.join(ROOT, 'output', 'demo',
+                                              'bigquery-deliveries.duckdb')]
+    self.where = 'BigQuery emulator, dataset %s' % dataset
+
+  def query(self, sql):
+    return [tuple(r.values()) for r in
+            self.client.query(sql.format(**self.names)).result()]
+
+
+def show_tables(tables):
+  print('\nrows per table (%s):' % tables.where)
+  for table in TABLES:
+    print('  %-22s %6d' % (tables.names[table], tables.query(
+        'SELECT count(*) FROM %s' % tables.names[table])[0][0]))
+  print('\ndead letters by reason:')
+  for reason, n in tables.query(REASONS_SQL):
+    print('  %-18s %4d' % (reason, n))
+  print('\nthree dead letters (three reasons):')
+  for row in tables.query(THREE_DEAD_SQL):
+    print('  id %s  %s: %s\n      payload %r' % row)
+
+
+def run_stream(tables, project, topic, sub, count, timeout, status_path):
+  """One stream into ``tables``; returns True when every message is stored."""
+  publish_signins.publish(project, topic, 0, subscription=sub)  # topic + sub
+  if os.path.exists(status_path):
+    os.remove(status_path)
+  proc = subprocess.Popen(
+      [sys.executable, os.path.join(ROOT, 'main.py'), 'user_signin',
+       '--input_subscription', 'projects/%s/subscriptions/%s' % (project, sub),
+       '--max_message_bytes', str(MAX_BYTES), '--window_seconds',
+       str(WINDOW_SECONDS), '--status_file', status_path,
+       '--progress_seconds', '1'] + tables.flags, cwd=ROOT)
+  accounted = 0
   try:
-    print('\nrows per table (%s):' % path)
-    for table in ('signins', 'signin_errors', 'signin_counts'):
-      print('  %-14s %6d' % (table, con.execute(
-          'SELECT count(*) FROM %s' % table).fetchone()[0]))
-    print('\ndead letters by reason:')
-    for reason, n in con.execute('SELECT reason, count(*) FROM signin_errors '
-                                 'GROUP BY 1 ORDER BY 1').fetchall():
-      print('  %-18s %4d' % (reason, n))
-    print('\nthree dead letters (three reasons):')
-    for row in con.execute(
-        'SELECT message_id, reason, errorMessage, left(payloadString, 60) '
-        'FROM signin_errors QUALIFY row_number() OVER (PARTITION BY reason '
-        'ORDER BY message_id) = 1 ORDER BY reason DESC LIMIT 3').fetchall():
-      print('  id %s  %s: %s\n      payload %r' % row)
+    started = time.monotonic()
+    n, ids, kinds = publish_signins.publish(
+        project, topic, count, bad_fraction=0.1, max_message_bytes=MAX_BYTES)
+    print('published %d messages (%s); ids %s..%s' % (
+        n, ', '.join('%s=%d' % kv for kv in sorted(kinds.items())),
+        ids[0] if ids else '-', ids[-1] if ids else '-'), flush=True)
+    running = lambda: proc.poll() is None  # noqa: E731
+    deadline = time.monotonic() + timeout
+    while running() and time.monotonic() < deadline:
+      # Queried while the stream runs, from this (another) process.
+      rows = tables.query(COUNT_SQL)[0][0]
+      dead = sum(n for _, n in tables.query(REASONS_SQL))
+      print('  queried while streaming: %d rows + %d dead letters' % (
+          rows, dead), flush=True)
+      accounted = rows + dead
+      if accounted >= n:
+        break
+      time.sleep(1)
+    print('stored %d of %d after %.1f s: %s' % (
+        accounted, n, time.monotonic() - started,
+        'every message accounted for' if accounted == n else 'MISSING SOME'),
+        flush=True)
+    # Event-time windows fire once the watermark (now, locally) passes them.
+    status_file.wait_for(status_path, lambda s: False, running,
+                         WINDOW_SECONDS + 2)
   finally:
-    con.close()
+    if proc.poll() is None:
+      proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+  show_tables(tables)
+  return accounted == n and proc.returncode == 0
 
 
 def main(argv=None):
@@ -49,47 +138,26 @@ def main(argv=None):
   parser.add_argument('--warehouse', default=os.path.join(
       ROOT, 'output', 'demo', 'warehouse.duckdb'))
   parser.add_argument('--timeout', type=float, default=90)
+  parser.add_argument('--only', choices=['duckdb', 'bigquery'])
   args = parser.parse_args(argv)
   project = os.environ.get('PUBSUB_PROJECT_ID', 'local-project')
-  topic, sub, max_bytes = 'signins', 'signins-demo', 4096
   os.makedirs(os.path.dirname(args.warehouse), exist_ok=True)
-  for path in (args.warehouse, args.warehouse + '.wal'):
-    if os.path.exists(path):
-      os.remove(path)
   status_path = os.path.join(os.path.dirname(args.warehouse), 'status.json')
-  publish_signins.publish(project, topic, 0, subscription=sub)  # topic + sub
-  proc = subprocess.Popen(
-      [sys.executable, os.path.join(ROOT, 'main.py'), 'user_signin',
-       '--input_subscription', 'projects/%s/subscriptions/%s' % (project, sub),
-       '--warehouse', args.warehouse, '--max_message_bytes', str(max_bytes),
-       '--window_seconds', str(WINDOW_SECONDS), '--status_file', status_path,
-       '--progress_seconds', '1'], cwd=ROOT)
-  try:
-    started = time.monotonic()
-    n, ids, kinds = publish_signins.publish(
-        project, topic, args.count, bad_fraction=0.1,
-        max_message_bytes=max_bytes)
-    print('published %d messages (%s); ids %s..%s' % (
-        n, ', '.join('%s=%d' % kv for kv in sorted(kinds.items())),
-        ids[0] if ids else '-', ids[-1] if ids else '-'), flush=True)
-    running = lambda: proc.poll() is None  # noqa: E731
-    status, _ = status_file.wait_for(
-        status_path, lambda s: s.get('stored_total', 0) >= n, running,
-        args.timeout)
-    accounted = status.get('stored_total', 0)
-    print('stored %d of %d after %.1f s: %s' % (
-        accounted, n, time.monotonic() - started,
-        'every message accounted for' if accounted == n else 'MISSING SOME'),
-        flush=True)
-    # Event-time windows fire once the watermark (now, locally) passes them.
-    status_file.wait_for(status_path, lambda s: s.get('count_rows', 0) > 0,
-                         running, 3 * WINDOW_SECONDS)
-  finally:
-    if proc.poll() is None:
-      proc.send_signal(signal.SIGTERM)
-    proc.wait(60)
-  show_tables(args.warehouse)
-  return 0 if accounted == n and proc.returncode == 0 else 1
+  ok = True
+  if args.only in (None, 'duckdb'):
+    print('\n-- into the local DuckDB warehouse (%s)' % args.warehouse)
+    for path in (args.warehouse, args.warehouse + '.wal'):
+      if os.path.exists(path):
+        os.remove(path)
+    ok &= run_stream(DuckDBTables(args.warehouse), project, 'signins',
+                     'signins-demo', args.count, args.timeout, status_path)
+  if args.only in (None, 'bigquery'):
+    print('\n-- into local BigQuery (bqemulator at %s), through Beam\'s '
+          'WriteToBigQuery' % os.environ.get('BIGQUERY_EMULATOR_HOST'))
+    ok &= run_stream(BigQueryTables(project, 'demo'), project,
+                     'signins-bq', 'signins-bq-demo', args.count, args.timeout,
+                     status_path)
+  return 0 if ok else 1
 
 
 if __name__ == '__main__':

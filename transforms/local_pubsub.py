@@ -204,38 +204,40 @@ class DeliveryAttempts(object):
 
   def __init__(self, path):
     self._path = path
-    self._cursors = threading.local()
+    self._created = False
 
-  def _cursor(self):
-    cursor = getattr(self._cursors, 'cursor', None)
-    if cursor is None:
-      from transforms.warehouse import DuckDBFiles
-      cursor = DuckDBFiles.connect(self._path).cursor()
-      cursor.execute(
-          'CREATE TABLE IF NOT EXISTS %s (message_id VARCHAR PRIMARY KEY, '
-          'attempts INTEGER NOT NULL)' % self.TABLE)
-      self._cursors.cursor = cursor
-    return cursor
+  def _execute(self, sql, table):
+    from transforms.duckdb_files import DuckDBFiles
+    with DuckDBFiles.use(self._path) as cursor:
+      if not self._created:
+        cursor.execute(
+            'CREATE TABLE IF NOT EXISTS %s (message_id VARCHAR PRIMARY KEY, '
+            'attempts INTEGER NOT NULL)' % self.TABLE)
+        self._created = True
+      cursor.register('message_ids', table)
+      try:
+        return cursor.execute(sql.format(t=self.TABLE)).fetchall()
+      finally:
+        cursor.unregister('message_ids')
 
   def record(self, message_ids):
     """Counts one more delivery of each; returns {message id: deliveries}."""
     if not message_ids:
       return {}
     import pyarrow as pa
-    pulled = pa.table({'message_id': list(message_ids)})  # noqa: F841 (SQL)
-    return dict(self._cursor().execute(
-        'INSERT INTO {t} SELECT DISTINCT message_id, 1 FROM pulled '
+    return dict(self._execute(
+        'INSERT INTO {t} SELECT DISTINCT message_id, 1 FROM message_ids '
         'ON CONFLICT (message_id) DO UPDATE SET attempts = {t}.attempts + 1 '
-        'RETURNING message_id, attempts'.format(t=self.TABLE)).fetchall())
+        'RETURNING message_id, attempts',
+        pa.table({'message_id': list(message_ids)})))
 
   def forget(self, message_ids):
     if not message_ids:
       return
     import pyarrow as pa
-    done = pa.table({'message_id': list(message_ids)})  # noqa: F841 (SQL)
-    self._cursor().execute(
-        'DELETE FROM {t} WHERE message_id IN (SELECT message_id FROM done)'
-        .format(t=self.TABLE))
+    self._execute(
+        'DELETE FROM {t} WHERE message_id IN (SELECT message_id FROM '
+        'message_ids)', pa.table({'message_id': list(message_ids)}))
 
 
 class PubSubPump(object):

@@ -10,10 +10,12 @@ import logging
 import os
 import re
 import threading
-import time
 
 import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
+
+from transforms.duckdb_files import DuckDBFiles
+from transforms.duckdb_files import HOLD_SECONDS
 
 _LOG = logging.getLogger(__name__)
 
@@ -39,74 +41,12 @@ def check_table_spec(spec, flag):
       'local DuckDB file (*.duckdb)' % (flag, spec))
 
 
-class DuckDBFiles(object):
-  """DuckDB connections kept for the life of the process, one per file.
-
-  On the local streaming runner DoFn.setup() runs once per bundle of at most
-  ten messages, so connections must not live on the DoFn.
-  """
-  _lock = threading.Lock()
-  _open = {}
-  _tables = set()  # (path, DDL) already run on an open connection
-
-  @classmethod
-  def connect(cls, path):
-    import duckdb
-    path = os.path.abspath(path)
-    with cls._lock:
-      con = cls._open.get(path)
-      if con is None:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        con = cls._open[path] = _connect_waiting_for_lock(duckdb, path)
-      return con
-
-  @classmethod
-  def ensure_table(cls, path, con, ddl):
-    """Runs CREATE TABLE IF NOT EXISTS once per open file, not per batch."""
-    key = (os.path.abspath(path), ddl)
-    if key not in cls._tables:
-      con.execute(ddl)
-      cls._tables.add(key)
-
-  @classmethod
-  def close_all(cls):
-    with cls._lock:
-      for con in cls._open.values():
-        con.close()
-      cls._open.clear()
-      cls._tables.clear()
-
-  @classmethod
-  def close(cls, path):
-    path = os.path.abspath(path)
-    with cls._lock:
-      con = cls._open.pop(path, None)
-      if con is not None:
-        con.close()
-      cls._tables = {t for t in cls._tables if t[0] != path}
-
-
-def _connect_waiting_for_lock(duckdb, path, timeout=120):
-  """Opens a DuckDB file, waiting while another process holds its write lock."""
-  deadline = time.monotonic() + timeout
-  delay = 0.02
-  while True:
-    try:
-      return duckdb.connect(path)
-    except duckdb.IOException as e:
-      if 'lock' not in str(e).lower() or time.monotonic() > deadline:
-        raise
-      time.sleep(delay)
-      delay = min(delay * 2, 0.5)
-
-
 def prepare_duckdb_table(path, schema, table=None, truncate=False):
   """Creates the table if needed (and empties it for truncate), before a run."""
-  con = DuckDBFiles.connect(path)
-  con.execute(schema.duckdb_ddl(table))
-  if truncate:
-    con.execute('DELETE FROM "%s"' % (table or schema.name))
-  DuckDBFiles.close(path)
+  with DuckDBFiles.use(path, hold_seconds=0) as con:
+    con.execute(schema.duckdb_ddl(table))
+    if truncate:
+      con.execute('DELETE FROM "%s"' % (table or schema.name))
 
 
 class _InsertIntoDuckDB(beam.DoFn):
@@ -145,8 +85,8 @@ class _InsertIntoDuckDB(beam.DoFn):
     buffered, self._buffer = self._buffer, []
     if not buffered:
       return
-    con = DuckDBFiles.connect(self._path)
-    try:
+    with DuckDBFiles.use(
+        self._path, hold_seconds=HOLD_SECONDS if self._hold else 0) as con:
       DuckDBFiles.ensure_table(
           self._path, con, self._schema.duckdb_ddl(self._table))
       try:
@@ -163,9 +103,6 @@ class _InsertIntoDuckDB(beam.DoFn):
                 self.REJECTED,
                 wv.with_value((wv.value, '%s: %s' % (
                     type(row_error).__name__, row_error))))
-    finally:
-      if not self._hold:
-        DuckDBFiles.close(self._path)
 
   def _committed(self, rows):
     if self._on_commit is not None:
