@@ -157,6 +157,42 @@ def keep_auth_on_loopback():
   os.environ.setdefault('GCE_METADATA_IP', LOOPBACK_METADATA)
 
 
+def match_input_files(flag, pattern, options):
+  """The files ``pattern`` matches (local or gs://); a one-line UsageError
+  naming ``flag`` when it matches nothing, a directory, or cannot be listed."""
+  from apache_beam.io.filesystems import FileSystems
+  FileSystems.set_options(options)
+  try:
+    matched = FileSystems.match([pattern])[0].metadata_list
+  except Exception as e:  # pylint: disable=broad-except
+    raise UsageError('%s: cannot list %r: %s' % (
+        flag, pattern, str(e).splitlines()[0]))
+  if not matched:
+    raise UsageError('%s: no file matches %r' % (flag, pattern))
+  for m in matched:
+    if os.path.isdir(m.path):
+      raise UsageError('%s: %r is a directory; give files or a glob such as '
+                       '%r' % (flag, m.path, os.path.join(m.path, '*')))
+  return matched
+
+
+def check_local_output(flag, path, is_file=True):
+  """A local output path must be creatable: its folder made now, and the
+  path itself not a directory when it names a file (one-line UsageError)."""
+  if path.startswith('gs://'):
+    return
+  if is_file and os.path.isdir(path):
+    raise UsageError('%s: %r is a directory, not a file' % (flag, path))
+  folder = os.path.dirname(os.path.abspath(path))
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:
+    raise UsageError('%s: cannot create the folder %r: %s' % (
+        flag, folder, e.strerror or e))
+  if not os.access(folder, os.W_OK):
+    raise UsageError('%s: cannot write in %r' % (flag, folder))
+
+
 LOCAL_TEMP_BUCKET = 'beam-temp'
 
 

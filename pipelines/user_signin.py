@@ -14,7 +14,6 @@ import threading
 import time
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.gcp import pubsub
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import StandardOptions
@@ -242,10 +241,13 @@ def check(options, opts):
       raise cli.UsageError('DataflowRunner needs --output_table (BigQuery); '
                            '--warehouse is a local file')
     return
-  if opts.input_file and not cli.is_dry_run(options):
-    FileSystems.set_options(options)
-    if not FileSystems.match([opts.input_file])[0].metadata_list:
-      raise cli.UsageError('--input_file: no file matches %r' % opts.input_file)
+  if cli.is_dry_run(options):
+    return
+  if opts.input_file:
+    cli.match_input_files('--input_file', opts.input_file, options)
+  if not opts.output_table or opts.input_subscription:
+    # The local reader keeps delivery counts in the warehouse file too.
+    cli.check_local_output('--warehouse', opts.warehouse)
 
 
 class Progress(object):

@@ -127,14 +127,10 @@ def check(options):
           'Dataflow; give a BigQuery table')
   if cli.is_dry_run(options):
     return None  # a dry run must not touch gs:// (or the network)
-  FileSystems.set_options(options)  # e.g. --no_auth for the GCS emulator
-  try:
-    matched = FileSystems.match([opts.input])[0].metadata_list
-  except Exception as e:  # pylint: disable=broad-except
-    raise cli.UsageError('--input: cannot list %r: %s' % (
-        opts.input, str(e).splitlines()[0]))
-  if not matched:
-    raise cli.UsageError('--input: no file matches %r' % opts.input)
+  cli.check_local_output('--output', opts.output)
+  if opts.output_table and warehouse.is_local_warehouse(opts.output_table):
+    cli.check_local_output('--output_table', opts.output_table)
+  matched = cli.match_input_files('--input', opts.input, options)
   return sum(m.size_in_bytes for m in matched)
 
 

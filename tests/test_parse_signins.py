@@ -217,3 +217,31 @@ def test_fast_date_path_agrees_with_dateutil(year, month, day, time, zone):
     assert isinstance(got, type) == isinstance(expected, type), (text, got, expected)
   else:
     assert got == expected and got.utcoffset() == expected.utcoffset(), text
+
+
+@pytest.mark.parametrize('text, expected', [
+    ('Tue, 17 Oct 2017 20:57:17 GMT', datetime.datetime(2017, 10, 17, 20, 57, 17)),
+    ('Tue, 17 Oct 2017 20:57:17 UT', datetime.datetime(2017, 10, 17, 20, 57, 17)),
+    ('Tue, 17 Oct 2017 20:57:17 UTC', datetime.datetime(2017, 10, 17, 20, 57, 17)),
+    ('17 Oct 2017 20:57:17 +0200', datetime.datetime(2017, 10, 17, 18, 57, 17)),
+    ('Tue, 17 Oct 2017 15:57:17 -0500', datetime.datetime(2017, 10, 17, 20, 57, 17)),
+    ('Tue, 17 Oct 2017 15:57:17 EST', datetime.datetime(2017, 10, 17, 20, 57, 17)),
+    ('Tue, 17 Oct 2017 13:57:17 PDT', datetime.datetime(2017, 10, 17, 20, 57, 17)),
+    ('Tue, 17 Oct 2017 20:57 GMT', datetime.datetime(2017, 10, 17, 20, 57)),
+    ('tue, 17 oct 2017 20:57:17 gmt', datetime.datetime(2017, 10, 17, 20, 57, 17)),
+    ('  Tue, 17 Oct 2017 20:57:17 GMT  ', datetime.datetime(2017, 10, 17, 20, 57, 17)),
+])
+def test_rfc2822_dates_with_a_zone_are_exact_utc(text, expected):
+  assert pm.parse_date(text) == expected.replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize('text', [
+    '10/11/12', 'next tuesday', 'Tue, 17 Oct 2017 20:57:17',  # no zone
+    'Tue, 17 Oct 2017 20:57:17 -0000',  # RFC 2822's "zone unknown"
+    'Tue, 17 Oct 2017 20:57:17 XYZ', 'Wed, 17 Oct 2017 20:57:17 GMT',
+    'Tue, 31 Feb 2017 20:57:17 GMT', 'Tue, 17 Oct 2017 25:57:17 GMT',
+])
+def test_ambiguous_or_wrong_dates_stay_bad_date(text):
+  with pytest.raises(pm.Invalid) as e:
+    pm.parse_date(text)
+  assert e.value.reason == 'bad_date'

@@ -2,6 +2,7 @@
 SIGTERM; count in, count out. Plus the file replay and the Dataflow dry run."""
 
 import collections
+import json
 import os
 import signal
 import subprocess
@@ -138,11 +139,39 @@ def test_signin_flags_are_checked(tmp_path):
         '--project', 'p', '--region', 'r', '--temp_location', 'gs://b/t'],
        'DataflowRunner needs --output_table'),
   ]
+  (tmp_path / 'a_dir').mkdir()
+  (tmp_path / 'x.jsonl').write_text('{}\n')
+  cases += [
+      (['--input_file', tmp_path / 'a_dir'], '--input_file: %r is a directory'
+       % str(tmp_path / 'a_dir')),
+      (['--input_file', tmp_path / 'x.jsonl', '--warehouse', tmp_path / 'a_dir'],
+       '--warehouse: %r is a directory' % str(tmp_path / 'a_dir')),
+  ]
   for args, message in cases:
     result = run_main('user_signin', '--warehouse', tmp_path / 'w.duckdb', *args)
     assert result.returncode == 2, (args, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], (args, result.stderr)
+
+
+def test_compressed_replay_equals_the_plain_one(tmp_path):
+  import gzip
+  lines = [json.dumps({'userid': str(i), 'date': FIXED_DATE}).encode()
+           for i in range(50)] + [b'not json']
+  (tmp_path / 'plain.jsonl').write_bytes(b'\n'.join(lines) + b'\n')
+  with gzip.open(tmp_path / 'packed.jsonl.gz', 'wb') as f:
+    f.write(b'\n'.join(lines) + b'\n')
+  stored_by_file = []
+  for name in ('plain.jsonl', 'packed.jsonl.gz'):
+    db = tmp_path / (name + '.duckdb')
+    result = run_main('user_signin', '--input_file', tmp_path / name,
+                      '--warehouse', db)
+    assert result.returncode == 0, result.stderr
+    rows, dead = stored(db)
+    stored_by_file.append((sorted((r[1], r[2]) for r in rows),
+                           [d[1] for d in dead]))
+  assert stored_by_file[0] == stored_by_file[1]
+  assert len(stored_by_file[0][0]) == 50 and stored_by_file[0][1] == ['not_json']
 
 
 def test_help_documents_every_flag():

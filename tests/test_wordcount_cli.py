@@ -123,6 +123,25 @@ def test_bad_flags_give_one_line_and_exit_2(tmp_path, args, message):
   assert not glob.glob(str(tmp_path / 'out*'))
 
 
+def test_unusable_paths_give_one_line_naming_the_flag(tmp_path):
+  (tmp_path / 'in.txt').write_text('a b\n')
+  (tmp_path / 'a_file').write_text('x')
+  (tmp_path / 'a_dir').mkdir()
+  cases = [
+      (['--input', tmp_path], '--input: %r is a directory' % str(tmp_path)),
+      (['--output', tmp_path / 'a_file' / 'sub' / 'counts'],
+       '--output: cannot create the folder'),
+      (['--output_table', tmp_path / 'a_dir'], '--output_table: %r is a '
+       'directory' % str(tmp_path / 'a_dir')),
+  ]
+  for args, message in cases:
+    full = ['--input', tmp_path / 'in.txt', '--output', tmp_path / 'out'] + args
+    result = run_main('wordcount', *full)
+    assert result.returncode == 2, (args, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], (args, result.stderr)
+
+
 def test_help_lists_pipelines_and_flags():
   top = run_main('--help')
   assert top.returncode == 0

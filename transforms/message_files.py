@@ -22,7 +22,8 @@ class ReadFileLines(beam.DoFn):
   def process(self, metadata):
     with FileSystems.open(metadata.path,
                           compression_type=CompressionTypes.AUTO) as f:
-      for number, line in enumerate(f, start=1):
+      # Beam's CompressedFile (.gz, .bz2, ...) has readline but no iterator.
+      for number, line in enumerate(iter(f.readline, b''), start=1):
         data = line.rstrip(b'\r\n')
         if data.strip():
           yield PubsubMessage(

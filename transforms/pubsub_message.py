@@ -8,12 +8,17 @@ Accepted ``date`` forms:
 - a string in ISO 8601 / RFC 3339 (python-dateutil's ``isoparse``): with an
   offset or ``Z``; naive means ``default_timezone`` (UTC unless told); a date
   alone means its midnight; any single separator between date and time;
+- a string in RFC 2822 / HTTP form with an explicit zone (``Tue, 17 Oct
+  2017 20:57:17 GMT``, as JavaScript's ``Date.toUTCString()``, e-mail and HTTP
+  headers write it), parsed by the standard library; a weekday that does not
+  match the date, or the zone ``-0000`` ("unknown"), is refused;
 - a JSON number of seconds since the Unix epoch, or of milliseconds when its
   absolute value is 1e11 or more (1e11 s is the year 5138; 1e11 ms is 1973).
 The result is UTC and must fit BigQuery's TIMESTAMP (years 0001-9999).
 """
 
 import datetime
+import email.utils
 import json
 import math
 import re
@@ -90,10 +95,15 @@ def parse_date(value, default_tz=UTC):
   if not isinstance(value, str):
     raise Invalid('bad_date', 'date must be a string or a number, not %s'
                   % type(value).__name__)
+  text = value.strip()
   try:
-    parsed = parse_iso8601(value.strip())
+    if _RFC2822.fullmatch(text):
+      parsed = parse_rfc2822(text)
+    else:
+      parsed = parse_iso8601(text)
   except (ValueError, OverflowError) as e:
-    raise Invalid('bad_date', 'date %r is not ISO 8601: %s' % (_clip(value), e))
+    raise Invalid('bad_date', 'date %r is neither ISO 8601 nor RFC 2822 with '
+                  'a zone: %s' % (_clip(value), e))
   if parsed.tzinfo is None:
     parsed = parsed.replace(tzinfo=default_tz)
   try:
@@ -120,6 +130,25 @@ def parse_iso8601(text):
     except ValueError:
       pass
   return date_parser.isoparse(text)
+
+
+_RFC2822 = re.compile(
+    r'(?:(Mon|Tue|Wed|Thu|Fri|Sat|Sun),\s*)?\d{1,2}\s+'
+    r'(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)\s+\d{4}\s+'
+    r'\d{2}:\d{2}(?::\d{2})?\s+(?:[+-]\d{4}|GMT|UTC?|[ECMP][SD]T)',
+    re.IGNORECASE)
+_WEEKDAYS = ('mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun')
+
+
+def parse_rfc2822(text):
+  """RFC 2822 / HTTP date text with an explicit zone -> aware datetime."""
+  parsed = email.utils.parsedate_to_datetime(text)
+  if parsed.tzinfo is None:
+    raise ValueError('zone -0000 means unknown')
+  weekday = _RFC2822.fullmatch(text).group(1)
+  if weekday and _WEEKDAYS.index(weekday.lower()) != parsed.weekday():
+    raise ValueError('%s is not a %s' % (parsed.date(), weekday))
+  return parsed
 
 
 def _from_epoch(number):
