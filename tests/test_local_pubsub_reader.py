@@ -246,3 +246,30 @@ def test_live_windows_fire_and_count_exactly_the_stored_rows(
   con.close()
   assert not mismatched
   assert 0 < counted <= count
+
+
+def test_messages_travel_as_pubsub_protos_not_pickles():
+  import datetime
+  import pickle
+
+  from apache_beam.io.gcp.pubsub import PubsubMessage
+  from google.pubsub_v1.types import PubsubMessage as Proto
+
+  from transforms.local_pubsub import PubsubMessageProtoCoder
+  coder = PubsubMessageProtoCoder()
+  when = datetime.datetime(2017, 10, 17, 20, 57, 17, 338320,
+                           tzinfo=datetime.timezone.utc)
+  for message in (
+      PubsubMessage(b'{"userid": "1"}', {'k': 'v', 'x-too-many-attempts': '6'},
+                    message_id='42', publish_time=when),
+      PubsubMessage(b'\xff\x00', {}, message_id='7', publish_time=None)):
+    encoded = coder.encode(message)
+    proto = Proto.deserialize(encoded)  # Pub/Sub's own message proto
+    assert proto.data == message.data and proto.message_id == message.message_id
+    back = coder.decode(encoded)
+    assert (back.data, back.attributes, back.message_id, back.publish_time) == (
+        message.data, message.attributes, message.message_id,
+        message.publish_time)
+  # What arrives on the port is decoded as a proto, never unpickled.
+  with pytest.raises(Exception):
+    coder.decode(pickle.dumps(PubsubMessage(b'x', {})))

@@ -23,6 +23,7 @@ use Beam's ``ReadFromPubSub``, whose source checkpoints and deduplicates.
 """
 
 import collections
+import datetime
 import logging
 import threading
 import time
@@ -42,6 +43,7 @@ MAX_EVENT_BYTES = 3 << 20  # Beam's TestStream client keeps gRPC's 4 MiB cap
 MAX_PAYLOAD_BYTES = 2 << 20  # longer payloads travel cut to this + 1 byte
 ORIGINAL_SIZE_ATTRIBUTE = 'x-original-size'
 ACK_DEADLINE_SECONDS = 10
+UTC = datetime.timezone.utc
 WATERMARK_EVERY_SECONDS = 0.5
 
 
@@ -133,6 +135,35 @@ def subscriber_client(receive_bytes=256 << 20):
     channel = SubscriberGrpcTransport.create_channel(options=options)
   return pubsub_v1.SubscriberClient(
       transport=SubscriberGrpcTransport(channel=channel))
+
+
+class PubsubMessageProtoCoder(coders.Coder):
+  """PubsubMessage <-> Pub/Sub's own message proto: how pulled messages
+  travel from the pump to the runner (an encoding that cannot run code,
+  unlike pickles)."""
+  @staticmethod
+  def _proto_class():
+    from google.pubsub_v1.types import PubsubMessage as ProtoPlusMessage
+    return ProtoPlusMessage.pb()
+
+  def encode(self, message):
+    proto = self._proto_class()(
+        data=message.data or b'', attributes=message.attributes or {},
+        message_id=message.message_id or '')
+    if message.publish_time is not None:
+      proto.publish_time.FromDatetime(message.publish_time)
+    return proto.SerializeToString()
+
+  def decode(self, encoded):
+    proto = self._proto_class().FromString(encoded)
+    publish_time = (proto.publish_time.ToDatetime(tzinfo=UTC)
+                    if proto.HasField('publish_time') else None)
+    return PubsubMessage(proto.data, dict(proto.attributes),
+                         message_id=proto.message_id or None,
+                         publish_time=publish_time)
+
+  def is_deterministic(self):
+    return True
 
 
 def to_message(received, attempts=1, max_attempts=None,
@@ -257,7 +288,7 @@ class PubSubPump(object):
     self.max_messages = max_messages
     self.pull_timeout = pull_timeout
     self.leases = leases
-    self.coder = coders.PickleCoder()
+    self.coder = PubsubMessageProtoCoder()
     self._client = None
     self._pulling = threading.Event()
     self._pulling.set()
@@ -408,17 +439,14 @@ def serve(subscription, max_messages=2000, attempts_db=None, max_attempts=5,
   crashes. Returns (pump, controller); controller.endpoint goes to
   ``ReadFromPubSubAckOnCommit``. Stop with controller.stop(); pump.close().
   """
-  import socket
-
   from apache_beam.testing.test_stream_service import TestStreamServiceController
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
   pump = PubSubPump(
       subscription, max_messages=max_messages,
       attempts=DeliveryAttempts(attempts_db) if attempts_db else None,
       max_attempts=max_attempts, timestamp_attribute=timestamp_attribute).start()
-  controller = TestStreamServiceController(pump, endpoint='127.0.0.1:%d' % port)
+  # No endpoint: gRPC binds a free loopback port (localhost:0) itself, in
+  # one step, so no other process can take it in between.
+  controller = TestStreamServiceController(pump)
   controller.start()
   return pump, controller
 
@@ -431,5 +459,5 @@ class ReadFromPubSubAckOnCommit(beam.PTransform):
 
   def expand(self, pbegin):
     return pbegin | 'PulledMessages' >> TestStream(
-        coder=coders.PickleCoder(), output_tags=[None],
+        coder=PubsubMessageProtoCoder(), output_tags=[None],
         endpoint=self._endpoint)
