@@ -9,8 +9,6 @@ table, each keyed by the message id.
 import json
 import logging
 import os
-import signal
-import threading
 import time
 
 import apache_beam as beam
@@ -19,6 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import StandardOptions
 
 from pipelines import cli
+from pipelines import local_stream
 from transforms import local_pubsub
 from transforms import message_files
 from transforms import pubsub_message
@@ -102,6 +101,19 @@ class SigninOptions(PipelineOptions):
         help='Local ack-after-commit reader: a message pulled this many times '
         'without being stored (it crashed the pipeline each time) becomes a '
         'too_many_attempts dead letter.')
+    parser.add_argument(
+        '--max_in_flight', type=int, default=local_pubsub.MAX_IN_FLIGHT,
+        help='Local ack-after-commit reader: at most this many messages '
+        'pulled and not yet acknowledged; it pauses pulling at the bound.')
+    parser.add_argument(
+        '--max_in_flight_mb', type=int,
+        default=local_pubsub.MAX_IN_FLIGHT_BYTES >> 20,
+        help='The same bound in megabytes of payload.')
+    parser.add_argument(
+        '--drain_seconds', type=float, default=10,
+        help='Local streaming stop (SIGTERM, Ctrl-C): how long messages in '
+        'flight may take to be stored; the whole stop takes at most this + '
+        '5 s whatever Pub/Sub does, and a second signal exits at once.')
     parser.add_argument(
         '--status_file', default=None,
         help='Local runs also write their progress here as JSON, each time '
@@ -214,11 +226,15 @@ def check(options, opts):
   for flag, value in (('--window_seconds', opts.window_seconds),
                       ('--max_delivery_attempts', opts.max_delivery_attempts),
                       ('--max_message_bytes', opts.max_message_bytes),
-                      ('--progress_seconds', opts.progress_seconds)):
+                      ('--progress_seconds', opts.progress_seconds),
+                      ('--max_in_flight', opts.max_in_flight),
+                      ('--max_in_flight_mb', opts.max_in_flight_mb)):
     if value <= 0:
       raise cli.UsageError('%s must be positive, not %s' % (flag, value))
   if opts.allowed_lateness_seconds < 0:
     raise cli.UsageError('--allowed_lateness_seconds must be 0 or more')
+  if opts.drain_seconds < 0:
+    raise cli.UsageError('--drain_seconds must be 0 or more')
   try:
     pubsub_message.resolve_timezone(opts.default_timezone)
   except ValueError as e:
@@ -256,8 +272,9 @@ class Progress(object):
   Reads the DuckDB tables (what is committed) through its own cursor, and
   the process-wide tally for messages read.
   """
-  def __init__(self, opts):
+  def __init__(self, opts, pump=None):
     self._opts = opts
+    self._pump = pump
     self._local = not opts.output_table
     self._started = time.monotonic()
     self._last = (self._started, 0)
@@ -288,6 +305,7 @@ class Progress(object):
     return self._stored
 
   def report(self, final=False):
+    """Logs one progress line, writes the status file; returns the status."""
     now = time.monotonic()
     seen = tally.snapshot().get('messages_in', 0)
     last_time, last_seen = self._last
@@ -295,7 +313,7 @@ class Progress(object):
     self._last = (now, seen)
     status = {'messages_in': seen, 'rate_per_s': round(rate, 1),
               'elapsed_s': round(now - self._started, 1), 'final': final}
-    stored = self.stored(wait=final)
+    stored = self.stored()
     if stored is not None:
       status.update(stored)
       status['stored_total'] = stored['rows'] + sum(
@@ -303,7 +321,9 @@ class Progress(object):
     elif self._opts.input_subscription:
       # BigQuery: what the local reader heard BigQuery accept this run.
       status['stored_total'] = local_pubsub.LEASES.committed_total
-    _LOG.info('progress: %s', json.dumps(status, sort_keys=True))
+    if self._pump is not None:
+      status.update(self._pump.status())
+    _LOG.info('%s', local_stream.progress_line(status))
     if self._opts.status_file:
       tmp = self._opts.status_file + '.tmp'
       with open(tmp, 'w') as f:
@@ -326,83 +346,10 @@ def summary(status, opts):
   elif 'stored_total' in status:
     lines.append('  stored:       %d  (rows and dead letters BigQuery accepted '
                  'in %s)' % (status['stored_total'], opts.output_table))
+  if status.get('in_flight'):
+    lines.append('  not acknowledged: %d  (Pub/Sub redelivers them to the next '
+                 'run, which stores each once)' % status['in_flight'])
   return '\n'.join(lines)
-
-
-# Beam's local Pub/Sub read long-polls for up to 30 s, and cancel() waits for
-# it; every bundle is committed to the sink as it finishes, so stop waiting.
-CANCEL_WAIT_SECONDS = 3
-# How long a stop waits for pulled messages to be stored and acknowledged.
-DRAIN_SECONDS = 60
-
-
-def cancel_within(result, seconds):
-  """Asks the runner to stop; returns after ``seconds`` even if it has not."""
-  def cancel():
-    try:
-      result.cancel()
-    except Exception as e:  # pylint: disable=broad-except
-      _LOG.debug('cancel: %s', e)
-  worker = threading.Thread(target=cancel, daemon=True, name='cancel-pipeline')
-  worker.start()
-  worker.join(seconds)
-  if worker.is_alive():
-    _LOG.info('runner still waiting on a Pub/Sub pull; leaving it behind')
-
-
-def run_streaming_locally(pipeline, opts, pump=None):
-  """Runs until SIGINT/SIGTERM (or failure), logging progress; stops cleanly.
-
-  With the ack-after-commit ``pump``, a stop first stops pulling and waits
-  until every pulled message is stored and acknowledged. Signals stay
-  handled until the summary is out, so a second SIGTERM (from a supervisor,
-  or `timeout`) cannot kill the stop half-way.
-  """
-  stop = threading.Event()
-  failure = []
-
-  def on_signal(signum, _):
-    if stop.is_set():
-      _LOG.info('already stopping (signal %d)', signum)
-    stop.set()
-  previous = {sig: signal.signal(sig, on_signal)
-              for sig in (signal.SIGINT, signal.SIGTERM)}
-  try:
-    progress = Progress(opts)
-    result = pipeline.run()
-
-    def wait():
-      try:
-        result.wait_until_finish()
-        if not stop.is_set():  # a stream does not end by itself
-          failure.append(RuntimeError('the stream ended unexpectedly'))
-      except Exception as e:  # pylint: disable=broad-except
-        failure.append(e)
-      stop.set()
-    threading.Thread(target=wait, daemon=True, name='wait-pipeline').start()
-    while not stop.wait(opts.progress_seconds):
-      progress.report()
-    if pump is not None and not failure:
-      pump.stop_pulling()
-      _LOG.info('stopping: pulling stopped; storing the %d messages in flight',
-                local_pubsub.LEASES.count())
-      if not local_pubsub.LEASES.wait_until_empty(DRAIN_SECONDS):
-        _LOG.warning('%d messages not stored within %d s: not acknowledged, '
-                     'Pub/Sub will redeliver them', local_pubsub.LEASES.count(),
-                     DRAIN_SECONDS)
-      pump.close()
-    if not failure:
-      _LOG.info('stopping: no new bundles start; what is committed stays')
-      cancel_within(result, CANCEL_WAIT_SECONDS)
-    status = progress.report(final=True)
-    print(summary(status, opts), flush=True)
-  finally:
-    for sig, handler in previous.items():
-      signal.signal(sig, handler)
-  if failure:
-    raise cli.PipelineFailed('the pipeline failed: %s' % str(
-        failure[0]).splitlines()[0])
-  return result
 
 
 def run(argv=None):
@@ -440,10 +387,17 @@ def run(argv=None):
           '--local_pubsub_reader ack_after_commit acknowledges what BigQuery '
           'accepted through streaming inserts; with --bigquery_method %s use '
           '--local_pubsub_reader beam' % opts.bigquery_method)
-    pump, controller = local_pubsub.serve(
-        opts.input_subscription, attempts_db=opts.warehouse,
-        max_attempts=opts.max_delivery_attempts,
-        timestamp_attribute=opts.timestamp_attribute)
+    try:
+      pump, controller = local_pubsub.serve(
+          opts.input_subscription, attempts_db=opts.warehouse,
+          max_attempts=opts.max_delivery_attempts,
+          timestamp_attribute=opts.timestamp_attribute,
+          max_in_flight=opts.max_in_flight,
+          max_in_flight_bytes=opts.max_in_flight_mb << 20)
+    except local_pubsub.PubSubUnavailable as e:
+      if e.missing:
+        raise cli.UsageError('--input_subscription: %s' % e)
+      raise cli.PipelineFailed(str(e))
     messages = pipeline | 'ReadFromPubSubAckOnCommit' >> (
         local_pubsub.ReadFromPubSubAckOnCommit(controller.endpoint))
     build(pipeline, opts, messages, on_commit=local_pubsub.AckOnCommit())
@@ -460,15 +414,17 @@ def run(argv=None):
                    schemas.SIGNIN_COUNTS):
       warehouse.prepare_duckdb_table(opts.warehouse, schema)
   try:
+    progress = Progress(opts, pump)
     if streaming:
-      return run_streaming_locally(pipeline, opts, pump)
-    progress = Progress(opts)
+      return local_stream.run_until_stopped(
+          pipeline, progress.report, lambda status: summary(status, opts),
+          pump, opts.progress_seconds, opts.drain_seconds)
     result = pipeline.run()
     result.wait_until_finish()
     print(summary(progress.report(final=True), opts))
     return result
   finally:
     if controller is not None:
-      pump.close()
+      pump.close(timeout=0.5)  # a no-op after a stop; bounded after a failure
       controller.stop()
     warehouse.DuckDBFiles.close_all()

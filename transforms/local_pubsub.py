@@ -25,6 +25,7 @@ use Beam's ``ReadFromPubSub``, whose source checkpoints and deduplicates.
 import collections
 import datetime
 import logging
+import os
 import threading
 import time
 
@@ -43,6 +44,15 @@ MAX_EVENT_BYTES = 3 << 20  # Beam's TestStream client keeps gRPC's 4 MiB cap
 MAX_PAYLOAD_BYTES = 2 << 20  # longer payloads travel cut to this + 1 byte
 ORIGINAL_SIZE_ATTRIBUTE = 'x-original-size'
 ACK_DEADLINE_SECONDS = 10
+# Read-ahead bound: pulled but not yet acknowledged. Two of the pump's
+# 2,000-message bundles plus what is being acknowledged keep the runner busy
+# (~1 s of work at the measured rates) while bounding memory, lease
+# extensions and the work left at a stop. Bytes as Pub/Sub's own client.
+MAX_IN_FLIGHT = 5000
+MAX_IN_FLIGHT_BYTES = 100 << 20
+ACK_CALL_SECONDS = 10  # acknowledge / modify deadline while running
+STOP_CALL_SECONDS = 2  # the same at a stop: a stop never waits on Pub/Sub
+START_SECONDS = 10  # how long a start waits for Pub/Sub to answer
 UTC = datetime.timezone.utc
 WATERMARK_EVERY_SECONDS = 0.5
 
@@ -51,25 +61,36 @@ class Leases(object):
   """Messages pulled but not yet acknowledged, process-wide.
 
   ``add`` when pulled, ``committed`` when a sink has stored the row or dead
-  letter, ``take_acks`` for the lease thread. Thread-safe.
+  letter, ``take_acks`` for the lease thread (``requeue_acks`` what Pub/Sub
+  did not take). Counts and bytes bound the read-ahead. Thread-safe.
   """
   def __init__(self):
     self._lock = threading.Condition()
-    self._in_flight = {}  # message id -> (subscription, ack id, pulled at)
+    # message id -> (subscription, ack id, bytes, publish time in epoch s)
+    self._in_flight = {}
     self._to_ack = collections.defaultdict(list)  # subscription -> ack ids
+    self._to_ack_count = 0
     self._committed_ids = []
+    self._bytes = 0
     self.committed_total = 0  # messages stored (and so acknowledgeable)
 
-  def add(self, subscription, message_id, ack_id):
+  def add(self, subscription, message_id, ack_id, size=0, published=None):
     with self._lock:
-      self._in_flight[message_id] = (subscription, ack_id, time.monotonic())
+      if message_id not in self._in_flight:
+        self._bytes += size
+      else:
+        self._bytes += size - self._in_flight[message_id][2]
+      self._in_flight[message_id] = (
+          subscription, ack_id, size, published or time.time())
 
   def committed(self, message_ids):
     with self._lock:
       for message_id in message_ids:
         lease = self._in_flight.pop(message_id, None)
         if lease is not None:
+          self._bytes -= lease[2]
           self._to_ack[lease[0]].append(lease[1])
+          self._to_ack_count += 1
           self._committed_ids.append(message_id)
           self.committed_total += 1
       self._lock.notify_all()
@@ -77,7 +98,14 @@ class Leases(object):
   def take_acks(self):
     with self._lock:
       acks, self._to_ack = dict(self._to_ack), collections.defaultdict(list)
+      self._to_ack_count = 0
       return acks
+
+  def requeue_acks(self, subscription, ack_ids):
+    """Acknowledgements Pub/Sub did not take, to be tried again."""
+    with self._lock:
+      self._to_ack[subscription].extend(ack_ids)
+      self._to_ack_count += len(ack_ids)
 
   def take_committed_ids(self):
     with self._lock:
@@ -86,12 +114,29 @@ class Leases(object):
 
   def in_flight(self, subscription=None):
     with self._lock:
-      return [(mid, ack) for mid, (sub, ack, _) in self._in_flight.items()
-              if subscription in (None, sub)]
+      return [(mid, lease[1]) for mid, lease in self._in_flight.items()
+              if subscription in (None, lease[0])]
 
   def count(self):
+    """Pulled and not yet acknowledged (stored or not)."""
     with self._lock:
-      return len(self._in_flight) + sum(len(a) for a in self._to_ack.values())
+      return len(self._in_flight) + self._to_ack_count
+
+  def unstored(self):
+    with self._lock:
+      return len(self._in_flight)
+
+  def unstored_bytes(self):
+    with self._lock:
+      return self._bytes
+
+  def lag_seconds(self):
+    """Age (since publishing) of the oldest message pulled but not stored."""
+    with self._lock:
+      if not self._in_flight:
+        return 0.0
+      return max(0.0, time.time() - min(
+          lease[3] for lease in self._in_flight.values()))
 
   def wait_until_empty(self, timeout):
     deadline = time.monotonic() + timeout
@@ -120,8 +165,6 @@ def subscriber_client(receive_bytes=256 << 20):
   With PUBSUB_EMULATOR_HOST set the client library keeps gRPC's 4 MiB default,
   so one pull of a few large messages fails; we build its channel ourselves.
   """
-  import os
-
   import grpc
   from google.cloud import pubsub_v1
   from google.pubsub_v1.services.subscriber.transports import (
@@ -280,7 +323,11 @@ class PubSubPump(object):
   """
   def __init__(self, subscription, max_messages=2000, pull_timeout=1.0,
                leases=LEASES, attempts=None, max_attempts=5,
-               timestamp_attribute=None):
+               timestamp_attribute=None, max_in_flight=MAX_IN_FLIGHT,
+               max_in_flight_bytes=MAX_IN_FLIGHT_BYTES):
+    self.max_in_flight = max_in_flight
+    self.max_in_flight_bytes = max_in_flight_bytes
+    self.reachability = Reachability(subscription)
     self.attempts = attempts
     self.max_attempts = max_attempts
     self.timestamp_attribute = timestamp_attribute
@@ -296,6 +343,10 @@ class PubSubPump(object):
     self._lease_thread = None
 
   # -- control -------------------------------------------------------------
+  @property
+  def client(self):
+    return self._client
+
   def start(self):
     self._client = subscriber_client()
     self._lease_thread = threading.Thread(
@@ -307,15 +358,19 @@ class PubSubPump(object):
     """No new pulls; in-flight messages still commit and get acknowledged."""
     self._pulling.clear()
 
-  def close(self):
+  def close(self, timeout=STOP_CALL_SECONDS):
     """Stops; acknowledges what was committed and hands back (deadline 0)
-    what was not, so that the next run gets it at once."""
+    what was not, so that the next run gets it at once, each in one call of
+    at most ``timeout`` seconds that is not retried: a stop never waits on
+    Pub/Sub (what is not acknowledged is redelivered and absorbed by the
+    message-id key). Returns how many pulled messages stay unacknowledged."""
     self._pulling.clear()
     self._closed.set()
     if self._lease_thread:
-      self._lease_thread.join(5)
-    self._flush_acks()
-    self._modify_deadlines(0)
+      self._lease_thread.join(timeout)
+    if self._flush_acks(timeout):
+      self._modify_deadlines(0, timeout)
+    return self.leases.count()
 
   # -- the TestStreamService reader ------------------------------------------
   def read_multiple(self, unused_keys):
@@ -341,15 +396,28 @@ class PubSubPump(object):
         last_watermark = watermark
         yield watermark_event(watermark)
 
+  def _room(self):
+    """How many more messages may be pulled now (read-ahead bound)."""
+    if self.leases.unstored_bytes() >= self.max_in_flight_bytes:
+      return 0
+    return max(0, min(self.max_messages,
+                      self.max_in_flight - self.leases.count()))
+
   def _pull(self):
     """Up to max_messages as (ReceivedMessage, deliveries so far): pulls
     again while the backlog keeps answering (the emulator returns at most 100
-    per pull), for ~0.1 s at most; counts deliveries once per batch."""
-    received = self._pull_once(self.pull_timeout)
+    per pull), for ~0.1 s at most; counts deliveries once per batch. Pulls
+    nothing (waits a little) while ``max_in_flight`` messages or
+    ``max_in_flight_bytes`` are pulled and not yet acknowledged."""
+    room = self._room()
+    if not room:
+      time.sleep(0.02)
+      return []
+    received = self._pull_once(self.pull_timeout, room)
     started = time.monotonic()
-    while (received and len(received) < self.max_messages and
+    while (received and len(received) < room and
            time.monotonic() - started < self.GATHER_SECONDS):
-      more = self._pull_once(self.GATHER_SECONDS)
+      more = self._pull_once(self.GATHER_SECONDS, room - len(received))
       if not more:
         break
       received.extend(more)
@@ -360,21 +428,23 @@ class PubSubPump(object):
 
   GATHER_SECONDS = 0.1
 
-  def _pull_once(self, timeout):
+  def _pull_once(self, timeout, room):
     from google.api_core import exceptions
     try:
       response = self._client.pull(
-          subscription=self.subscription,
-          max_messages=min(self.max_messages, 1000), timeout=timeout)
-    except (exceptions.DeadlineExceeded, exceptions.ServiceUnavailable):
-      return []
+          subscription=self.subscription, max_messages=min(room, 1000),
+          timeout=timeout, retry=None)
+    except exceptions.DeadlineExceeded:
+      return []  # nothing to pull within the timeout (or Pub/Sub is frozen)
     except exceptions.GoogleAPICallError as e:
-      _LOG.warning('pull from %s failed: %s', self.subscription, e)
-      time.sleep(0.5)
+      time.sleep(self.reachability.failed('pull', e))
       return []
+    self.reachability.answered()
     received = list(response.received_messages)
     for r in received:
-      self.leases.add(self.subscription, r.message.message_id, r.ack_id)
+      self.leases.add(self.subscription, r.message.message_id, r.ack_id,
+                      len(r.message.data),
+                      r.message.publish_time.timestamp())
     return received
 
   def _element_events(self, received):
@@ -394,56 +464,155 @@ class PubSubPump(object):
   # -- acknowledgements and deadlines ----------------------------------------
   def _keep_leases(self):
     last_extension = time.monotonic()
-    while not self._closed.wait(0.1):
-      self._flush_acks()
+    wait = 0.1
+    while not self._closed.wait(wait):
+      # Backs off while Pub/Sub does not answer; the acks are kept.
+      wait = 0.1 if self._flush_acks() else min(
+          0.25 * 2 ** self.reachability.failures(), 5.0)
       if time.monotonic() - last_extension > ACK_DEADLINE_SECONDS / 3.0:
         last_extension = time.monotonic()
         self._extend_deadlines()
 
-  def _flush_acks(self):
+  def _flush_acks(self, timeout=ACK_CALL_SECONDS):
+    """Acknowledges what was stored; what Pub/Sub does not take is tried
+    again later. Returns False if Pub/Sub did not answer."""
     acks = self.leases.take_acks()
     if self.attempts is not None:
       try:
         self.attempts.forget(self.leases.take_committed_ids())
       except Exception as e:  # pylint: disable=broad-except
         _LOG.warning('could not forget delivery counts: %s', e)
+    answered = True
     for subscription, ack_ids in acks.items():
       for start in range(0, len(ack_ids), 1000):
         chunk = ack_ids[start:start + 1000]
         try:
-          self._client.acknowledge(subscription=subscription, ack_ids=chunk)
+          if not answered:
+            raise _NotTried()
+          self._client.acknowledge(subscription=subscription, ack_ids=chunk,
+                                   timeout=timeout, retry=None)
+          self.reachability.answered()
         except Exception as e:  # pylint: disable=broad-except
-          # Not acknowledged means redelivered: stored once all the same.
-          _LOG.warning('acknowledge failed (%s); Pub/Sub will redeliver '
-                       '%d committed messages', e, len(chunk))
+          if answered and not isinstance(e, _NotTried):
+            self.reachability.failed('acknowledge', e)
+          answered = False
+          self.leases.requeue_acks(subscription, chunk)
+    return answered
 
   def _extend_deadlines(self):
     self._modify_deadlines(ACK_DEADLINE_SECONDS)
 
-  def _modify_deadlines(self, seconds):
+  def _modify_deadlines(self, seconds, timeout=ACK_CALL_SECONDS):
     ack_ids = [ack for _, ack in self.leases.in_flight(self.subscription)]
     for start in range(0, len(ack_ids), 1000):
       try:
         self._client.modify_ack_deadline(
             subscription=self.subscription, ack_ids=ack_ids[start:start + 1000],
-            ack_deadline_seconds=seconds)
+            ack_deadline_seconds=seconds, timeout=timeout, retry=None)
+        self.reachability.answered()
       except Exception as e:  # pylint: disable=broad-except
-        _LOG.warning('could not set ack deadlines to %d s: %s', seconds, e)
+        self.reachability.failed('modify_ack_deadline', e)
+        return False
+    return True
+
+  def status(self):
+    """The reader's part of the progress: read-ahead, lag, reachability."""
+    return {'in_flight': self.leases.count(),
+            'lag_s': round(self.leases.lag_seconds(), 2),
+            'pubsub_unreachable_s': self.reachability.down_for()}
+
+
+class _NotTried(Exception):
+  """Pub/Sub did not answer an earlier call of this round."""
+
+
+class Reachability(object):
+  """Whether Pub/Sub answers: backs off while it does not, says so once."""
+  def __init__(self, subscription):
+    self._subscription = subscription
+    self._lock = threading.Lock()
+    self._down_since = None
+    self._failures = 0
+
+  def failed(self, call, error):
+    """Notes a failed call; returns how long to wait before the next."""
+    with self._lock:
+      self._failures += 1
+      if self._down_since is None:
+        self._down_since = time.monotonic()
+        _LOG.warning('Pub/Sub does not answer (%s %s: %s); waiting for it, '
+                     'nothing pulled is lost', call, self._subscription,
+                     str(error).splitlines()[0][:200])
+      return min(0.25 * 2 ** min(self._failures, 5), 5.0)
+
+  def answered(self):
+    with self._lock:
+      if self._down_since is not None:
+        _LOG.info('Pub/Sub answers again after %.1f s',
+                  time.monotonic() - self._down_since)
+      self._down_since = None
+      self._failures = 0
+
+  def failures(self):
+    return min(self._failures, 5)
+
+  def down_for(self):
+    with self._lock:
+      if self._down_since is None:
+        return 0.0
+      return round(time.monotonic() - self._down_since, 1)
+
+
+class PubSubUnavailable(Exception):
+  """Pub/Sub did not answer at start-up, or the subscription is missing."""
+  def __init__(self, message, missing=False):
+    super().__init__(message)
+    self.missing = missing
+
+
+def check_subscription(client, subscription, timeout=START_SECONDS):
+  """Waits up to ``timeout`` for Pub/Sub to show the subscription; raises
+  PubSubUnavailable (``missing`` when it answers that there is none)."""
+  from google.api_core import exceptions
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      client.get_subscription(subscription=subscription, timeout=2, retry=None)
+      return
+    except exceptions.NotFound:
+      raise PubSubUnavailable('subscription %s does not exist' % subscription,
+                              missing=True)
+    except exceptions.GoogleAPICallError as e:
+      if time.monotonic() > deadline:
+        host = os.environ.get('PUBSUB_EMULATOR_HOST', 'pubsub.googleapis.com')
+        raise PubSubUnavailable('Pub/Sub at %s did not answer within %.0f s '
+                                '(%s)' % (host, timeout, str(e).splitlines()[0][:120]))
+      time.sleep(0.5)
 
 
 def serve(subscription, max_messages=2000, attempts_db=None, max_attempts=5,
-          timestamp_attribute=None):
+          timestamp_attribute=None, max_in_flight=MAX_IN_FLIGHT,
+          max_in_flight_bytes=MAX_IN_FLIGHT_BYTES):
   """Starts a pump and Beam's TestStreamService for it on a loopback port.
 
   ``attempts_db`` (the DuckDB warehouse) keeps delivery counts across
-  crashes. Returns (pump, controller); controller.endpoint goes to
-  ``ReadFromPubSubAckOnCommit``. Stop with controller.stop(); pump.close().
+  crashes. Raises PubSubUnavailable if Pub/Sub does not show the
+  subscription within START_SECONDS. Returns (pump, controller);
+  controller.endpoint goes to ``ReadFromPubSubAckOnCommit``. Stop with
+  pump.close(); controller.stop().
   """
   from apache_beam.testing.test_stream_service import TestStreamServiceController
   pump = PubSubPump(
       subscription, max_messages=max_messages,
       attempts=DeliveryAttempts(attempts_db) if attempts_db else None,
-      max_attempts=max_attempts, timestamp_attribute=timestamp_attribute).start()
+      max_attempts=max_attempts, timestamp_attribute=timestamp_attribute,
+      max_in_flight=max_in_flight, max_in_flight_bytes=max_in_flight_bytes)
+  pump.start()
+  try:
+    check_subscription(pump.client, subscription)
+  except PubSubUnavailable:
+    pump.close(timeout=0.5)
+    raise
   # No endpoint: gRPC binds a free loopback port (localhost:0) itself, in
   # one step, so no other process can take it in between.
   controller = TestStreamServiceController(pump)
