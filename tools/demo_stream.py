@@ -15,10 +15,9 @@ import subprocess
 import sys
 import time
 
-import duckdb
-
 from tools import publish_signins
 from tools import status as status_file
+from transforms.duckdb_files import wait_to_read
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WINDOW_SECONDS = 5  # short windows, so that some close during the demo
@@ -44,11 +43,9 @@ class DuckDBTables(object):
     self.where = path
 
   def query(self, sql):
-    con = duckdb.connect(self.path, read_only=True)
-    try:
+    # As main.py query does: the running pipeline releases the file for us.
+    with wait_to_read(self.path) as con:
       return con.execute(sql.format(**self.names)).fetchall()
-    finally:
-      con.close()
 
 
 class BigQueryTables(object):
@@ -76,7 +73,7 @@ class BigQueryTables(object):
 def show_tables(tables):
   print('\nrows per table (%s):' % tables.where)
   for table in TABLES:
-    print('  %-22s %6d' % (tables.names[table], tables.query(
+    print('  %-30s %6d' % (tables.names[table], tables.query(
         'SELECT count(*) FROM %s' % tables.names[table])[0][0]))
   print('\ndead letters by reason:')
   for reason, n in tables.query(REASONS_SQL):
@@ -99,6 +96,8 @@ def run_stream(tables, project, topic, sub, count, timeout, status_path):
        '--progress_seconds', '1'] + tables.flags, cwd=ROOT)
   accounted = 0
   try:
+    status_file.wait_for(status_path, lambda s: 'messages_in' in s,
+                         lambda: proc.poll() is None, 60)  # tables are made
     started = time.monotonic()
     n, ids, kinds = publish_signins.publish(
         project, topic, count, bad_fraction=0.1, max_message_bytes=MAX_BYTES)
