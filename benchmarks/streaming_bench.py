@@ -33,6 +33,8 @@ from tools import emulators  # noqa: E402
 from tools import publish_signins  # noqa: E402
 
 MAX_BYTES = 4096
+PROJECT = 'bench-project'
+QUERY_SECONDS = []  # how long each main.py query took in the 'queried' case
 
 
 POLL_SECONDS = 0.05
@@ -63,19 +65,54 @@ def poll(status_path, key, target, proc, timeout=600):
 CASES = {
     'bare': 'bare `ReadFromPubSub` + counting step',
     'beam_read': '`main.py user_signin --local_pubsub_reader beam`',
-    'ack_after_commit': '`main.py user_signin` (default: ack-after-commit reader)',
+    'ack_after_commit': '`main.py user_signin` (default: ack-after-commit reader, DuckDB)',
+    'unbounded': 'the same, read-ahead unbounded (`--max_in_flight 1000000000`)',
+    'queried': 'the same as the default, `main.py query` every second meanwhile',
+    'bigquery': 'the same into the BigQuery emulator (`--output_table`, Beam\'s `WriteToBigQuery`)',
 }
+BIGQUERY_DATASET = 'bench'
 
 
 def command(name, subscription, status, db):
   if name == 'bare':
     return [sys.executable, os.path.join(HERE, 'bare_pubsub_read.py'),
             '--input_subscription', subscription, '--status_file', status]
+  extra = {
+      'beam_read': ['--local_pubsub_reader', 'beam'],
+      'unbounded': ['--max_in_flight', '1000000000'],
+      'bigquery': ['--output_table', '%s:%s.s_%s' % (
+          PROJECT, BIGQUERY_DATASET, uuid.uuid4().hex[:8])],
+  }.get(name, [])
   return [sys.executable, os.path.join(ROOT, 'main.py'), 'user_signin',
           '--input_subscription', subscription, '--warehouse', db,
           '--max_message_bytes', str(MAX_BYTES), '--status_file', status,
-          '--progress_seconds', '0.1', '--local_pubsub_reader',
-          'beam' if name == 'beam_read' else name]
+          '--progress_seconds', '0.1'] + extra
+
+
+class QueryEverySecond(object):
+  """A person's second terminal: main.py query on the warehouse every second."""
+  def __init__(self, db):
+    import threading
+    self._db = db
+    self._stop = threading.Event()
+    self.answers = []
+    self._thread = threading.Thread(target=self._loop, daemon=True)
+    self._thread.start()
+
+  def _loop(self):
+    while not self._stop.wait(1.0):
+      if not os.path.exists(self._db):
+        continue
+      started = time.monotonic()
+      subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), 'query',
+                      '--warehouse', self._db, 'SELECT count(*) FROM signins'],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     cwd=ROOT)
+      self.answers.append(time.monotonic() - started)
+
+  def stop(self):
+    self._stop.set()
+    self._thread.join()
 
 
 def run_case(name, project, count, tmp, rate=None):
@@ -95,6 +132,7 @@ def run_case(name, project, count, tmp, rate=None):
   proc = subprocess.Popen(command(name, subscription, status, db),
                           stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT)
   proc.log_path = log.name
+  querying = QueryEverySecond(db) if name == 'queried' else None
   try:
     if rate:
       while not os.path.exists(status):
@@ -103,6 +141,9 @@ def run_case(name, project, count, tmp, rate=None):
                               rate=rate, max_message_bytes=MAX_BYTES)
     first, done = poll(status, key, count, proc)
   finally:
+    if querying:
+      querying.stop()
+      QUERY_SECONDS.extend(querying.answers)
     proc.send_signal(signal.SIGTERM)
     try:
       proc.wait(30)
@@ -156,29 +197,35 @@ def main(argv=None):
                      'PYTHONPATH': ROOT})
   with tempfile.TemporaryDirectory() as tmp:
     emulator = emulators.PubSubEmulator(
-        log_path=os.path.join(tmp, 'pubsub.log'), project='bench-project')
+        log_path=os.path.join(tmp, 'pubsub.log'), project=PROJECT)
     emulator.start()
     os.environ.update(emulator.env())
+    bigquery = emulators.BigQueryEmulator(
+        log_path=os.path.join(tmp, 'bigquery.log'), project=PROJECT).start()
+    os.environ.update(bigquery.env(), GOOGLE_CLOUD_PROJECT=PROJECT)
+    from transforms import emulators as clients
+    clients.bigquery_client(PROJECT).create_dataset(BIGQUERY_DATASET)
     rates = {name: [] for name in CASES}
     latency = {}
     try:
       # The emulator is a JVM: warm it up so that no case pays for its JIT.
       for name in CASES:
-        run_case(name, 'bench-project', args.messages // 2, tmp)
+        run_case(name, PROJECT, args.messages // 2, tmp)
       for round_ in range(args.repeat):
         order = list(rates) if round_ % 2 == 0 else list(reversed(rates))
         for name in order:
-          rate = run_case(name, 'bench-project', args.messages, tmp)
+          rate = run_case(name, PROJECT, args.messages, tmp)
           rates[name].append(rate)
           print('round %d  %-16s %7.0f msgs/s' % (round_ + 1, name, rate),
                 flush=True)
       for name in ('beam_read', 'ack_after_commit'):
-        latency[name] = run_case(name, 'bench-project', args.latency_messages,
+        latency[name] = run_case(name, PROJECT, args.latency_messages,
                                  tmp, rate=args.latency_rate)
         print('latency %-16s median %.3f s, p99 %.3f s' % (
             name, latency[name][0], latency[name][1]), flush=True)
     finally:
       emulator.stop()
+      bigquery.stop()
   ours_us, bare_us = parse_cost()
   medians = {name: statistics.median(r) for name, r in rates.items()}
   bare = medians['bare']
@@ -195,6 +242,15 @@ def main(argv=None):
       'read, %.1fx the same pipeline on Beam\'s read.' % (
           medians['ack_after_commit'] / bare,
           medians['ack_after_commit'] / medians['beam_read']),
+      'Read-ahead bound (`--max_in_flight` 5,000) against unbounded: %.2fx; '
+      'with `main.py query` every second: %.2fx the same run without '
+      '(queries answered in %.2f s median, %.2f s at most).' % (
+          medians['ack_after_commit'] / medians['unbounded'],
+          medians['queried'] / medians['ack_after_commit'],
+          statistics.median(QUERY_SECONDS or [0]), max(QUERY_SECONDS or [0])),
+      'Into BigQuery (emulator) through Beam\'s streaming inserts: %.0f '
+      'msgs/s, %.2fx the DuckDB path.' % (
+          medians['bigquery'], medians['bigquery'] / medians['ack_after_commit']),
       'Parse + validate: %.1f us per message; bare `json.loads`: %.1f us '
       '(%.1fx).' % (ours_us, bare_us, ours_us / bare_us),
   ])

@@ -41,6 +41,18 @@ def new_subscription(emulator, count):
   return 'projects/%s/subscriptions/%s' % (emulator.project, sub), ids
 
 
+def start_and_wait(tmp_path, subscription, stored_at_least, *extra):
+  """The pipeline on ``subscription``, once it has stored that many."""
+  db, status = tmp_path / 'wh.duckdb', tmp_path / 'status.json'
+  proc = start_pipeline(
+      tmp_path, '--input_subscription', subscription, '--warehouse', db,
+      '--max_message_bytes', 2048, '--progress_seconds', 0.3,
+      '--status_file', status, *extra)
+  wait_for_status(
+      status, lambda s: s.get('stored_total', 0) >= stored_at_least, proc)
+  return proc, db
+
+
 def run_to_completion(tmp_path, subscription, db, count, *extra):
   status = tmp_path / ('status-%s.json' % uuid.uuid4().hex[:6])
   proc = start_pipeline(
@@ -63,12 +75,7 @@ def assert_stored_exactly_once(db, ids):
 
 def test_stop_while_pubsub_does_not_answer(pubsub_emulator, tmp_path):
   subscription, ids = new_subscription(pubsub_emulator, 3000)
-  db, status = tmp_path / 'wh.duckdb', tmp_path / 'status.json'
-  proc = start_pipeline(
-      tmp_path, '--input_subscription', subscription, '--warehouse', db,
-      '--max_message_bytes', 2048, '--progress_seconds', 0.3,
-      '--status_file', status, '--drain_seconds', 2)
-  wait_for_status(status, lambda s: s.get('stored_total', 0) >= 500, proc)
+  proc, db = start_and_wait(tmp_path, subscription, 500, '--drain_seconds', 2)
   with frozen(pubsub_emulator):
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
@@ -85,12 +92,7 @@ def test_stop_while_pubsub_does_not_answer(pubsub_emulator, tmp_path):
 
 def test_second_signal_exits_at_once(pubsub_emulator, tmp_path):
   subscription, ids = new_subscription(pubsub_emulator, 2000)
-  db, status = tmp_path / 'wh.duckdb', tmp_path / 'status.json'
-  proc = start_pipeline(
-      tmp_path, '--input_subscription', subscription, '--warehouse', db,
-      '--max_message_bytes', 2048, '--progress_seconds', 0.3,
-      '--status_file', status, '--drain_seconds', 60)
-  wait_for_status(status, lambda s: s.get('stored_total', 0) >= 200, proc)
+  proc, db = start_and_wait(tmp_path, subscription, 200, '--drain_seconds', 60)
   with frozen(pubsub_emulator):  # so that the first stop is slow
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.5)
