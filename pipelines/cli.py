@@ -203,15 +203,15 @@ def prepare_local_bigquery(options, tables, create=()):
   can query them from the start, and file loads get a gs:// temp location on
   the GCS emulator when none is given."""
   from google.api_core import exceptions
+  from google.cloud import bigquery
 
   from transforms import emulators
   cloud = options.view_as(GoogleCloudOptions)
   specs = {flag: spec for flag, spec in tables.items() if spec}
   if not specs:
     return
-  first = parse_table_spec(next(iter(specs.values())), cloud.project)
   if not cloud.project:
-    cloud.project = first[0]
+    cloud.project = parse_table_spec(next(iter(specs.values())))[0]
   client = emulators.bigquery_client(cloud.project)
   for flag, spec in specs.items():
     project, dataset, _ = parse_table_spec(spec, client.project)
@@ -226,7 +226,6 @@ def prepare_local_bigquery(options, tables, create=()):
       raise UsageError('%s: cannot reach BigQuery: %s' % (
           flag, str(e).splitlines()[0]))
   for spec, schema in create:
-    from google.cloud import bigquery
     project, dataset, table = parse_table_spec(spec, client.project)
     client.create_table(bigquery.Table(
         '%s.%s.%s' % (project, dataset, table),

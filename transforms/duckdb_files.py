@@ -188,9 +188,11 @@ def wait_to_read(path, timeout=10.0):
       try:
         con = duckdb.connect(path, read_only=True)
       except duckdb.IOException as e:
-        if not is_lock_error(e) or time.monotonic() > deadline:
+        if not is_lock_error(e):
+          raise
+        if time.monotonic() > deadline:
           raise TimeoutError('%s stayed locked for %.0f s: %s' % (
-              path, timeout, str(e).splitlines()[0])) if is_lock_error(e) else e
+              path, timeout, str(e).splitlines()[0]))
         time.sleep(READ_RETRY_SECONDS)
   finally:
     with contextlib.suppress(OSError):
