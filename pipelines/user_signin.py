@@ -72,6 +72,11 @@ class SigninOptions(PipelineOptions):
         help='How long after a window closes late sign-ins still update its '
         'count (their rows are stored whatever their lateness).')
     parser.add_argument(
+        '--count_shards', type=int, default=signin_counts.DEFAULT_SHARDS,
+        help='The windowed counts group users into this many keys per window '
+        '(fewer keyed states: what limits the local runner with many users); '
+        '0 keys by user. Same rows and totals either way.')
+    parser.add_argument(
         '--default_timezone', default='UTC',
         help='Time zone of dates without an offset (IANA name, e.g. '
         'Europe/Paris).')
@@ -196,7 +201,7 @@ def build(pipeline, opts, messages=None, on_commit=None):
       on_commit=on_commit)
   _ = lost | 'LogRefusedDeadLetters' >> beam.Map(_log_refused_dead_letter)
   counts = rows | 'CountPerWindow' >> signin_counts.CountSigninsPerWindow(
-      opts.window_seconds, opts.allowed_lateness_seconds)
+      opts.window_seconds, opts.allowed_lateness_seconds, opts.count_shards)
   _ = counts | 'WriteCounts' >> WriteTable(
       specs['counts'], schemas.SIGNIN_COUNTS, method, replace=True)
   return {'rows': rows, 'dead_letters': all_dead, 'counts': counts}
@@ -233,6 +238,8 @@ def check(options, opts):
       raise cli.UsageError('%s must be positive, not %s' % (flag, value))
   if opts.allowed_lateness_seconds < 0:
     raise cli.UsageError('--allowed_lateness_seconds must be 0 or more')
+  if opts.count_shards < 0:
+    raise cli.UsageError('--count_shards must be 0 or more')
   if opts.drain_seconds < 0:
     raise cli.UsageError('--drain_seconds must be 0 or more')
   try:

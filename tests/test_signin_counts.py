@@ -1,15 +1,18 @@
 """Event-time counts with TestStream: on-time, late, and too-late sign-ins."""
 
 import argparse
+import collections
 import datetime
 
 import apache_beam as beam
 import duckdb
+import pytest
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import BeamAssertException
 from apache_beam.testing.util import assert_that
 from apache_beam.testing.util import equal_to
 from apache_beam.transforms.window import TimestampedValue
@@ -34,7 +37,8 @@ def signin(userid, seconds):
   return TimestampedValue({'userid': userid, 'date': at(seconds)}, seconds)
 
 
-def test_on_time_late_and_too_late():
+@pytest.mark.parametrize('shards', [0, 1, 16])
+def test_on_time_late_and_too_late(shards):
   stream = (
       TestStream()
       .advance_watermark_to(0)
@@ -47,14 +51,48 @@ def test_on_time_late_and_too_late():
   with streaming_pipeline() as p:
     counts = (
         p | stream
-        | signin_counts.CountSigninsPerWindow(60, allowed_lateness_seconds=300)
+        | signin_counts.CountSigninsPerWindow(
+            60, allowed_lateness_seconds=300, shards=shards)
         | beam.Map(lambda r: (r['window_start'], r['window_end'], r['userid'],
                               r['signins'], r['pane_timing'], r['pane_index'])))
-    assert_that(counts, equal_to([
+    expected = [
         (at(0), at(60), 'a', 2, 'ON_TIME', 0),
         (at(0), at(60), 'b', 1, 'ON_TIME', 0),
         (at(0), at(60), 'a', 3, 'LATE', 1),
-    ]))
+    ]
+    if shards and (signin_counts.user_shard('a', shards) ==
+                   signin_counts.user_shard('b', shards)):
+      # a's late sign-in fires the shard's pane: b's total, unchanged, again.
+      expected.append((at(0), at(60), 'b', 1, 'LATE', 1))
+    assert_that(counts, equal_to(expected))
+
+
+@pytest.mark.parametrize('shards', [1, 3, 16])
+def test_sharded_counts_equal_per_user_counts(shards):
+  """Many users over several windows: the latest pane of every (user,
+  window) is the same total with shards as with a key per user."""
+  import random
+  rng = random.Random(shards)
+  signins = [signin('u%d' % rng.randrange(40), rng.randrange(0, 300))
+             for _ in range(500)]
+  expected = collections.Counter(
+      (r.value['userid'], int(r.timestamp) // 60 * 60) for r in signins)
+
+  def latest_equal_expected(rows):
+    best = {}
+    for r in rows:
+      key = (r['userid'], int(r['window_start'].timestamp()))
+      if key not in best or r['pane_index'] > best[key]['pane_index']:
+        best[key] = r
+    got = {k: v['signins'] for k, v in best.items()}
+    if got != dict(expected):
+      raise BeamAssertException('latest panes %s != %s' % (got, expected))
+  with streaming_pipeline() as p:
+    stream = (TestStream().advance_watermark_to(0).add_elements(signins[:250])
+              .add_elements(signins[250:]).advance_watermark_to_infinity())
+    counts = p | stream | signin_counts.CountSigninsPerWindow(
+        60, allowed_lateness_seconds=0, shards=shards)
+    assert_that(counts, latest_equal_expected)
 
 
 def message(userid, seconds, message_id):
@@ -70,7 +108,7 @@ def test_whole_graph_stores_too_late_rows_but_not_their_counts(tmp_path):
   opts = argparse.Namespace(
       default_timezone='UTC', max_message_bytes=4096, output_table=None,
       warehouse=db, dead_letter_table=None, counts_table=None,
-      window_seconds=60, allowed_lateness_seconds=300,
+      window_seconds=60, allowed_lateness_seconds=300, count_shards=16,
       bigquery_method='default')
   stream = (
       TestStream()

@@ -21,13 +21,14 @@ BAD_KINDS = ('not_utf8', 'not_json', 'not_object', 'missing_userid',
              'too_large')
 
 
-def good_payload(rng, date):
-  return {'userid': str(rng.randint(10000000, 10000049)), 'date': date}
+def good_payload(rng, date, users=50):
+  return {'userid': str(rng.randint(10000000, 10000000 + users - 1)),
+          'date': date}
 
 
-def bad_payload(kind, rng, date, max_message_bytes):
+def bad_payload(kind, rng, date, max_message_bytes, users=50):
   """Bytes that the pipeline must dead-letter with reason ``kind``."""
-  good = good_payload(rng, date)
+  good = good_payload(rng, date, users)
   as_json = {
       'not_object': ['93234234', date],
       'missing_userid': {'date': date},
@@ -47,7 +48,7 @@ def bad_payload(kind, rng, date, max_message_bytes):
   return json.dumps(as_json[kind]).encode()
 
 
-def messages(count, bad_fraction, date, max_message_bytes, seed=7):
+def messages(count, bad_fraction, date, max_message_bytes, seed=7, users=50):
   """(payload bytes, expected reason or None) for ``count`` messages."""
   rng = random.Random(seed)
   bad_every = int(round(1 / bad_fraction)) if bad_fraction > 0 else 0
@@ -57,9 +58,9 @@ def messages(count, bad_fraction, date, max_message_bytes, seed=7):
     if bad_every and i % bad_every == bad_every - 1:
       kind = BAD_KINDS[bad_seen % len(BAD_KINDS)]
       bad_seen += 1
-      yield bad_payload(kind, rng, when, max_message_bytes), kind
+      yield bad_payload(kind, rng, when, max_message_bytes, users), kind
     else:
-      yield json.dumps(good_payload(rng, when)).encode(), None
+      yield json.dumps(good_payload(rng, when, users)).encode(), None
 
 
 def ensure_topic(publisher, topic_path, subscription_path=None):
@@ -79,7 +80,7 @@ def ensure_topic(publisher, topic_path, subscription_path=None):
 
 
 def publish(project, topic, count, bad_fraction=0.1, rate=None, date=None,
-            subscription=None, max_message_bytes=1 << 20):
+            subscription=None, max_message_bytes=1 << 20, users=50):
   """Publishes and returns (number published, message ids, reasons by kind)."""
   from google.cloud import pubsub_v1
   publisher = pubsub_v1.PublisherClient(
@@ -91,7 +92,7 @@ def publish(project, topic, count, bad_fraction=0.1, rate=None, date=None,
   futures, kinds = [], {}
   started = time.monotonic()
   for i, (data, kind) in enumerate(messages(count, bad_fraction, date,
-                                            max_message_bytes)):
+                                            max_message_bytes, users=users)):
     futures.append(publisher.publish(topic_path, data, sample_index=str(i)))
     kinds[kind or 'valid'] = kinds.get(kind or 'valid', 0) + 1
     if rate:
@@ -118,6 +119,8 @@ def main(argv=None):
   parser.add_argument('--date', default=None,
                       help='date of every message (default: now, so live '
                       'windows fill)')
+  parser.add_argument('--users', type=int, default=50,
+                      help='how many distinct user ids the valid sign-ins use')
   parser.add_argument('--max-message-bytes', type=int, default=1 << 20,
                       help='the pipeline\'s limit; too_large messages exceed it')
   args = parser.parse_args(argv)
@@ -125,12 +128,15 @@ def main(argv=None):
     parser.error('--bad-fraction must be between 0 and 1')
   if args.count < 0:
     parser.error('--count must be 0 or more')
+  if args.users < 1:
+    parser.error('--users must be 1 or more')
   target = os.environ.get('PUBSUB_EMULATOR_HOST') or 'Google Cloud Pub/Sub'
   from google.api_core import exceptions
   try:
     n, ids, kinds = publish(args.project, args.topic, args.count,
                             args.bad_fraction, args.rate, args.date,
-                            args.subscription, args.max_message_bytes)
+                            args.subscription, args.max_message_bytes,
+                            args.users)
   except (exceptions.GoogleAPIError, ValueError) as e:
     print('publish: error: %s' % str(e).splitlines()[0], file=sys.stderr)
     return 1

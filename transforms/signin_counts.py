@@ -4,9 +4,18 @@ Rows carry their sign-in ``date`` as element timestamp. Windows fire when the
 watermark passes their end, then once more for each late sign-in that arrives
 within the allowed lateness (panes accumulate, so the latest pane is the
 total); sign-ins later than that are not counted (their rows are still stored).
+
+Keys: the local runner's cost grows with the number of keyed states it
+holds (it scans every key's timers on every watermark tick), so by default
+users are grouped into ``shards`` keys per window, each carrying its users'
+counts, and expanded back into one row per user after the GroupByKey: the
+same rows and totals, ``shards`` keys per window instead of one per user.
+A late sign-in fires its shard's pane, which repeats the (unchanged) totals
+of the other users of that shard. ``shards=0`` keys by user.
 """
 
 import collections
+import zlib
 
 import apache_beam as beam
 from apache_beam.transforms import trigger
@@ -47,8 +56,9 @@ class CountPerUserAndWindowInBundle(beam.DoFn):
   Emitted at the window's end in that window: a GroupByKey decides lateness
   by window, so what is on time, late or dropped does not change.
   """
-  def __init__(self, window_seconds):
+  def __init__(self, window_seconds, shards=0):
     self._size_micros = int(round(window_seconds * 1e6))
+    self._shards = shards
 
   def start_bundle(self):
     self._counts = collections.defaultdict(int)
@@ -60,28 +70,76 @@ class CountPerUserAndWindowInBundle(beam.DoFn):
 
   def finish_bundle(self):
     counts, self._counts = self._counts, None
-    for (userid, start), n in counts.items():
+    if self._shards:
+      # (shard, {userid: n}) per shard and window.
+      sharded = collections.defaultdict(dict)
+      for (userid, start), n in counts.items():
+        sharded[(user_shard(userid, self._shards), start)][userid] = n
+      counts = sharded
+    for (key, start), value in counts.items():
       win = window.IntervalWindow(
           Timestamp(micros=start), Timestamp(micros=start + self._size_micros))
-      yield WindowedValue((userid, n), win.max_timestamp(), [win])
+      yield WindowedValue((key, value), win.max_timestamp(), [win])
+
+
+def user_shard(userid, shards):
+  """A stable shard of a user id, the same in every process and run."""
+  return zlib.crc32(userid.encode('utf-8')) % shards
+
+
+class MergeUserCounts(beam.CombineFn):
+  """{userid: n} partial counts -> their per-user sums."""
+  def create_accumulator(self):
+    return {}
+
+  def add_input(self, accumulator, counts):
+    for userid, n in counts.items():
+      accumulator[userid] = accumulator.get(userid, 0) + n
+    return accumulator
+
+  def merge_accumulators(self, accumulators):
+    merged = {}
+    for accumulator in accumulators:
+      self.add_input(merged, accumulator)
+    return merged
+
+  def extract_output(self, accumulator):
+    return dict(accumulator)
+
+
+def expand_users(shard_counts):
+  """(shard, {userid: n}) -> (userid, n) each, in the same window and pane."""
+  _, counts = shard_counts
+  return sorted(counts.items())
+
+
+DEFAULT_SHARDS = 16
 
 
 class CountSigninsPerWindow(beam.PTransform):
   """Rows -> signin_counts rows: fixed event-time windows, late firings."""
-  def __init__(self, window_seconds=60, allowed_lateness_seconds=300):
+  def __init__(self, window_seconds=60, allowed_lateness_seconds=300,
+               shards=DEFAULT_SHARDS):
     super().__init__()
     self._window_seconds = window_seconds
     self._lateness = allowed_lateness_seconds
+    self._shards = shards
 
   def expand(self, rows):
-    return (
+    windowed = (
         rows
         | 'CountPerBundle' >> beam.ParDo(
-            CountPerUserAndWindowInBundle(self._window_seconds))
+            CountPerUserAndWindowInBundle(self._window_seconds, self._shards))
         | 'FixedWindows' >> beam.WindowInto(
             window.FixedWindows(self._window_seconds),
             trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
             allowed_lateness=self._lateness,
-            accumulation_mode=trigger.AccumulationMode.ACCUMULATING)
-        | 'SumPerUser' >> beam.CombinePerKey(sum)
-        | 'ToCountRows' >> beam.ParDo(FormatWindowCount()))
+            accumulation_mode=trigger.AccumulationMode.ACCUMULATING))
+    if self._shards:
+      per_user = (
+          windowed
+          | 'SumPerShard' >> beam.CombinePerKey(MergeUserCounts())
+          | 'ExpandPerUser' >> beam.FlatMap(expand_users))
+    else:
+      per_user = windowed | 'SumPerUser' >> beam.CombinePerKey(sum)
+    return per_user | 'ToCountRows' >> beam.ParDo(FormatWindowCount())
