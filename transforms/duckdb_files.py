@@ -29,6 +29,7 @@ _LOG = logging.getLogger(__name__)
 HOLD_SECONDS = 1.5
 GAP_SECONDS = 0.1
 READ_RETRY_SECONDS = 0.02
+MEMORY_LIMIT = '1GB'  # per writing process
 
 
 def readers_dir(path):
@@ -156,7 +157,9 @@ def _connect(path, wait=True):
   delay = 0.01
   while True:
     try:
-      return duckdb.connect(path)
+      # DuckDB's own default is 80% of RAM for its buffer cache, which a
+      # long stream would fill; the warehouse's working set is far smaller.
+      return duckdb.connect(path, config={'memory_limit': MEMORY_LIMIT})
     except duckdb.IOException as e:
       if not is_lock_error(e):
         raise
