@@ -6,32 +6,20 @@ Every message ends in exactly one place: the rows table or the dead-letter
 table, each keyed by the message id.
 """
 
-import json
-import logging
-import os
-import time
-
-import apache_beam as beam
-from apache_beam.io.gcp import pubsub
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.options.pipeline_options import StandardOptions
 
 from pipelines import cli
-from pipelines import local_stream
-from transforms import local_pubsub
-from transforms import message_files
+from pipelines import message_pipeline
 from transforms import pubsub_message
 from transforms import schemas
 from transforms import signin_counts
-from transforms import tally
-from transforms import warehouse
-from transforms.duckdb_files import Busy
-
-_LOG = logging.getLogger(__name__)
+from transforms import warehouse  # noqa: F401 (tests reach DuckDBFiles here)
 
 PROG = 'main.py user_signin'
 DESCRIPTION = __doc__
-SOURCE_FLAGS = ('--input_subscription', '--input_topic', '--input_file')
+LOCAL_TABLES = {'rows': schemas.SIGNINS.name,
+                'dead_letters': schemas.SIGNIN_ERRORS.name,
+                'counts': schemas.SIGNIN_COUNTS.name}
 
 
 class SigninOptions(PipelineOptions):
@@ -40,26 +28,9 @@ class SigninOptions(PipelineOptions):
 
   @classmethod
   def _add_argparse_args(cls, parser):
-    parser.add_argument(
-        '--input_subscription', default=None,
-        help='Read this Pub/Sub subscription, projects/P/subscriptions/S '
-        '(streaming).')
-    parser.add_argument(
-        '--input_topic', default=None,
-        help='Read this Pub/Sub topic, projects/P/topics/T, through a '
-        'temporary subscription (streaming).')
-    parser.add_argument(
-        '--input_file', default=None,
-        help='Replay JSON lines from files (glob, local or gs://), one message '
-        'per line, through the same transforms (batch).')
-    parser.add_argument(
-        '--warehouse', default='output/warehouse.duckdb',
-        help='Local DuckDB file for tables signins, signin_errors and '
+    message_pipeline.add_source_flags(
+        parser, 'Local DuckDB file for tables signins, signin_errors and '
         'signin_counts, used when --output_table is not given.')
-    parser.add_argument(
-        '--dead_letter_table', default=None,
-        help='BigQuery table for dead letters (default: --output_table with '
-        'suffix _error_records, as Google\'s Pub/Sub-to-BigQuery template).')
     parser.add_argument(
         '--counts_table', default=None,
         help='BigQuery table for windowed counts (default: --output_table '
@@ -80,49 +51,6 @@ class SigninOptions(PipelineOptions):
         '--default_timezone', default='UTC',
         help='Time zone of dates without an offset (IANA name, e.g. '
         'Europe/Paris).')
-    parser.add_argument(
-        '--max_message_bytes', type=int,
-        default=pubsub_message.MAX_MESSAGE_BYTES,
-        help='Larger payloads become too_large dead letters (a prefix kept).')
-    parser.add_argument(
-        '--progress_seconds', type=float, default=5,
-        help='Local streaming runs log progress this often.')
-    parser.add_argument(
-        '--local_pubsub_reader', default='ack_after_commit',
-        choices=['ack_after_commit', 'beam'],
-        help='Local runs reading --input_subscription: ack_after_commit '
-        'acknowledges a message only once its row or dead letter is stored '
-        '(committed to DuckDB, or accepted by BigQuery\'s streaming inserts) '
-        'and pulls up to 2,000 at a time; beam is Beam\'s own local read (acks '
-        'on pull, 10 per bundle). Dataflow always uses Beam\'s read.')
-    parser.add_argument(
-        '--timestamp_attribute', default=None,
-        help='Pub/Sub attribute holding each message\'s event time '
-        '(milliseconds since the epoch or RFC 3339) for the reader\'s '
-        'watermark; a message whose attribute is not a timestamp becomes a '
-        'bad_timestamp_attribute dead letter with the local reader.')
-    parser.add_argument(
-        '--max_delivery_attempts', type=int, default=5,
-        help='Local ack-after-commit reader: a message pulled this many times '
-        'without being stored (it crashed the pipeline each time) becomes a '
-        'too_many_attempts dead letter.')
-    parser.add_argument(
-        '--max_in_flight', type=int, default=local_pubsub.MAX_IN_FLIGHT,
-        help='Local ack-after-commit reader: at most this many messages '
-        'pulled and not yet acknowledged; it pauses pulling at the bound.')
-    parser.add_argument(
-        '--max_in_flight_mb', type=int,
-        default=local_pubsub.MAX_IN_FLIGHT_BYTES >> 20,
-        help='The same bound in megabytes of payload.')
-    parser.add_argument(
-        '--drain_seconds', type=float, default=10,
-        help='Local streaming stop (SIGTERM, Ctrl-C): how long messages in '
-        'flight may take to be stored; the whole stop takes at most this + '
-        '5 s whatever Pub/Sub does, and a second signal exits at once.')
-    parser.add_argument(
-        '--status_file', default=None,
-        help='Local runs also write their progress here as JSON, each time '
-        'they log it.')
 
 
 def table_specs(opts):
@@ -138,43 +66,6 @@ def table_specs(opts):
           'counts': opts.warehouse}
 
 
-def read_messages(pipeline, opts):
-  """The source named by the flags, as PubsubMessages."""
-  if opts.input_file:
-    return pipeline | 'ReadMessageFiles' >> message_files.ReadMessagesFromFiles(
-        opts.input_file)
-  return pipeline | 'ReadFromPubSub' >> beam.io.ReadFromPubSub(
-      subscription=opts.input_subscription, topic=opts.input_topic,
-      with_attributes=True, timestamp_attribute=opts.timestamp_attribute)
-
-
-class WriteTable(beam.PTransform):
-  """Rows -> the table named by ``spec`` (BigQuery or DuckDB); returns refused rows.
-
-  ``on_commit`` hears of rows once they are stored (committed to DuckDB, or
-  accepted by BigQuery's streaming inserts), in the process that wrote them.
-  """
-  def __init__(self, spec, schema, bigquery_method='default', replace=False,
-               on_commit=None, write_time_column=None):
-    super().__init__()
-    self._spec = spec
-    self._schema = schema
-    self._method = bigquery_method
-    self._replace = replace
-    self._on_commit = on_commit
-    self._write_time_column = write_time_column
-
-  def expand(self, rows):
-    if warehouse.is_local_warehouse(self._spec):
-      return rows | 'WriteToDuckDB' >> warehouse.WriteToDuckDB(
-          self._spec, self._schema, hold_connection=True,
-          replace=self._replace, on_commit=self._on_commit,
-          write_time_column=self._write_time_column)
-    return rows | 'WriteToBigQuery' >> warehouse.WriteRowsToBigQuery(
-        self._spec, self._schema, self._method,
-        write_time_column=self._write_time_column, on_commit=self._on_commit)
-
-
 def build(pipeline, opts, messages=None, on_commit=None):
   """Adds the sign-in graph; ``messages`` replaces the flag-chosen source.
 
@@ -182,181 +73,39 @@ def build(pipeline, opts, messages=None, on_commit=None):
   ack-after-commit reader acknowledges messages then).
   """
   if messages is None:
-    messages = read_messages(pipeline, opts)
+    messages = message_pipeline.read_messages(pipeline, opts)
   parsed = messages | 'ParseSignins' >> pubsub_message.ParseSignins(
       opts.default_timezone, opts.max_message_bytes)
-  rows, dead = parsed.rows, parsed[pubsub_message.DEAD_LETTERS]
+  rows = parsed.rows
   specs = table_specs(opts)
-  method = opts.bigquery_method
-  refused_rows = rows | 'WriteRows' >> WriteTable(
-      specs['rows'], schemas.SIGNINS, method, on_commit=on_commit,
-      write_time_column='ingested_at')
-  refused_dead = (
-      refused_rows
-      | 'RefusedRowsToDeadLetters' >> beam.Map(
-          pubsub_message.refused_row_dead_letter))
-  all_dead = (dead, refused_dead) | 'AllDeadLetters' >> beam.Flatten()
-  lost = all_dead | 'WriteDeadLetters' >> WriteTable(
-      specs['dead_letters'], schemas.SIGNIN_ERRORS, method,
-      on_commit=on_commit)
-  _ = lost | 'LogRefusedDeadLetters' >> beam.Map(_log_refused_dead_letter)
+  all_dead = message_pipeline.store(
+      rows, parsed[pubsub_message.DEAD_LETTERS], specs,
+      {'rows': schemas.SIGNINS, 'dead_letters': schemas.SIGNIN_ERRORS},
+      opts.bigquery_method, on_commit, write_time_column='ingested_at')
   counts = rows | 'CountPerWindow' >> signin_counts.CountSigninsPerWindow(
       opts.window_seconds, opts.allowed_lateness_seconds, opts.count_shards)
-  _ = counts | 'WriteCounts' >> WriteTable(
-      specs['counts'], schemas.SIGNIN_COUNTS, method, replace=True)
+  _ = counts | 'WriteCounts' >> message_pipeline.WriteTable(
+      specs['counts'], schemas.SIGNIN_COUNTS, opts.bigquery_method,
+      replace=True)
   return {'rows': rows, 'dead_letters': all_dead, 'counts': counts}
-
-
-def _log_refused_dead_letter(refused):
-  row, error = refused
-  _LOG.error('the dead-letter table refused message %s (%s): %s',
-             row.get('message_id'), row.get('reason'), error)
 
 
 def check(options, opts):
   """One-line errors, before any work, for flags that cannot work."""
-  given = [f for f in SOURCE_FLAGS if getattr(opts, f[2:])]
-  if len(given) != 1:
-    raise cli.UsageError('give exactly one of %s (got %s)' % (
-        ', '.join(SOURCE_FLAGS), ', '.join(given) or 'none'))
-  for flag, value, parse in (
-      ('--input_subscription', opts.input_subscription,
-       pubsub.parse_subscription),
-      ('--input_topic', opts.input_topic, pubsub.parse_topic)):
-    if value:
-      try:
-        parse(value)
-      except ValueError as e:
-        raise cli.UsageError('%s: %s' % (flag, e))
-  for flag, value in (('--window_seconds', opts.window_seconds),
-                      ('--max_delivery_attempts', opts.max_delivery_attempts),
-                      ('--max_message_bytes', opts.max_message_bytes),
-                      ('--progress_seconds', opts.progress_seconds),
-                      ('--max_in_flight', opts.max_in_flight),
-                      ('--max_in_flight_mb', opts.max_in_flight_mb)):
-    if value <= 0:
-      raise cli.UsageError('%s must be positive, not %s' % (flag, value))
+  message_pipeline.check_sources(
+      options, opts, ('--output_table', '--dead_letter_table', '--counts_table'))
+  if opts.window_seconds <= 0:
+    raise cli.UsageError('--window_seconds must be positive, not %s'
+                         % opts.window_seconds)
   if opts.allowed_lateness_seconds < 0:
     raise cli.UsageError('--allowed_lateness_seconds must be 0 or more')
   if opts.count_shards < 0:
     raise cli.UsageError('--count_shards must be 0 or more')
-  if opts.drain_seconds < 0:
-    raise cli.UsageError('--drain_seconds must be 0 or more')
   try:
     pubsub_message.resolve_timezone(opts.default_timezone)
   except ValueError as e:
     raise cli.UsageError('--default_timezone: %s' % e)
-  for flag in ('--output_table', '--dead_letter_table', '--counts_table'):
-    value = getattr(opts, flag[2:])
-    if value:
-      try:
-        warehouse.check_table_spec(value, flag)
-      except ValueError as e:
-        raise cli.UsageError(str(e))
-      if warehouse.is_local_warehouse(value):
-        raise cli.UsageError('%s takes a BigQuery table; use --warehouse for '
-                             'a local DuckDB file' % flag)
-  if (opts.dead_letter_table or opts.counts_table) and not opts.output_table:
-    raise cli.UsageError('--dead_letter_table and --counts_table go with '
-                         '--output_table')
-  if cli.is_dataflow(options):
-    if not opts.output_table:
-      raise cli.UsageError('DataflowRunner needs --output_table (BigQuery); '
-                           '--warehouse is a local file')
-    return
-  if cli.is_dry_run(options):
-    return
-  if opts.input_file:
-    cli.match_input_files('--input_file', opts.input_file, options)
-  if not opts.output_table or opts.input_subscription:
-    # The local reader keeps delivery counts in the warehouse file too.
-    cli.check_local_output('--warehouse', opts.warehouse)
-
-
-class Progress(object):
-  """Counts what the local run has stored, for the log and the status file.
-
-  Reads the DuckDB tables (what is committed) through its own cursor, and
-  the process-wide tally for messages read.
-  """
-  def __init__(self, opts, pump=None):
-    self._opts = opts
-    self._pump = pump
-    self._local = not opts.output_table
-    self._started = time.monotonic()
-    self._last = (self._started, 0)
-    self._stored = None
-
-  def stored(self, wait=False):
-    """Counts in the warehouse; the last ones while another process holds
-    the file (a progress line never waits for a reader)."""
-    if not self._local or not os.path.exists(self._opts.warehouse):
-      return None
-    try:
-      with warehouse.DuckDBFiles.use(self._opts.warehouse, wait=wait) as con:
-        tables = {r[0] for r in con.execute('SHOW TABLES').fetchall()}
-
-        def count(sql, table):
-          return con.execute(sql).fetchall() if table in tables else []
-        rows = count('SELECT count(*) FROM signins', 'signins')
-        dead = count('SELECT reason, count(*) FROM signin_errors GROUP BY 1 '
-                     'ORDER BY 1', 'signin_errors')
-        windows = count('SELECT count(*) FROM signin_counts', 'signin_counts')
-    except Busy:
-      return self._stored
-    self._stored = {
-        'rows': rows[0][0] if rows else 0,
-        'dead_letters': dict(dead),
-        'count_rows': windows[0][0] if windows else 0,
-    }
-    return self._stored
-
-  def report(self, final=False):
-    """Logs one progress line, writes the status file; returns the status."""
-    now = time.monotonic()
-    seen = tally.snapshot().get('messages_in', 0)
-    last_time, last_seen = self._last
-    rate = (seen - last_seen) / max(now - last_time, 1e-6)
-    self._last = (now, seen)
-    status = {'messages_in': seen, 'rate_per_s': round(rate, 1),
-              'elapsed_s': round(now - self._started, 1), 'final': final}
-    stored = self.stored()
-    if stored is not None:
-      status.update(stored)
-      status['stored_total'] = stored['rows'] + sum(
-          stored['dead_letters'].values())
-    elif self._opts.input_subscription:
-      # BigQuery: what the local reader heard BigQuery accept this run.
-      status['stored_total'] = local_pubsub.LEASES.committed_total
-    if self._pump is not None:
-      status.update(self._pump.status())
-    _LOG.info('%s', local_stream.progress_line(status))
-    if self._opts.status_file:
-      tmp = self._opts.status_file + '.tmp'
-      with open(tmp, 'w') as f:
-        json.dump(status, f, sort_keys=True)
-      os.replace(tmp, self._opts.status_file)
-    return status
-
-
-def summary(status, opts):
-  lines = ['user_signin: %d messages read in %.1f s' % (
-      status['messages_in'], status['elapsed_s'])]
-  if 'rows' in status:
-    lines.append('  rows:         %d  (%s, table signins)' % (
-        status['rows'], opts.warehouse))
-    dead = status['dead_letters']
-    lines.append('  dead letters: %d  %s' % (sum(dead.values()), ', '.join(
-        '%s=%d' % kv for kv in sorted(dead.items()))))
-    lines.append('  count rows:   %d  (table signin_counts)' %
-                 status['count_rows'])
-  elif 'stored_total' in status:
-    lines.append('  stored:       %d  (rows and dead letters BigQuery accepted '
-                 'in %s)' % (status['stored_total'], opts.output_table))
-  if status.get('in_flight'):
-    lines.append('  not acknowledged: %d  (Pub/Sub redelivers them to the next '
-                 'run, which stores each once)' % status['in_flight'])
-  return '\n'.join(lines)
+  message_pipeline.check_locations(options, opts)
 
 
 def run(argv=None):
@@ -366,72 +115,13 @@ def run(argv=None):
       argv, [SigninOptions, cli.BigQueryOutputOptions], PROG, DESCRIPTION)
   opts = cli.flag_values(options)
   check(options, opts)
-  streaming = not opts.input_file
-  options.view_as(StandardOptions).streaming = streaming
-  dataflow = cli.is_dataflow(options)
-  if dataflow:
-    cli.prepare_for_dataflow(options)
-  else:
-    cli.keep_auth_on_loopback()
-    cli.choose_local_runner(options, argv, streaming=streaming)
-  rendering = cli.use_render_runner_if_asked(options)
-  if opts.output_table and not dataflow and not rendering:
-    specs = table_specs(opts)
-    cli.prepare_local_bigquery(options, {
-        '--output_table': specs['rows'],
-        '--dead_letter_table': specs['dead_letters'],
-        '--counts_table': specs['counts']}, create=[
-            (specs['rows'], schemas.SIGNINS),
-            (specs['dead_letters'], schemas.SIGNIN_ERRORS),
-            (specs['counts'], schemas.SIGNIN_COUNTS)])
-  pipeline = beam.Pipeline(options=options)
-  pump = controller = None
-  if (streaming and not dataflow and not rendering and opts.input_subscription
-      and opts.local_pubsub_reader == 'ack_after_commit'):
-    if opts.output_table and opts.bigquery_method not in (
-        'default', 'streaming_inserts'):
-      raise cli.UsageError(
-          '--local_pubsub_reader ack_after_commit acknowledges what BigQuery '
-          'accepted through streaming inserts; with --bigquery_method %s use '
-          '--local_pubsub_reader beam' % opts.bigquery_method)
-    try:
-      pump, controller = local_pubsub.serve(
-          opts.input_subscription, attempts_db=opts.warehouse,
-          max_attempts=opts.max_delivery_attempts,
-          timestamp_attribute=opts.timestamp_attribute,
-          max_in_flight=opts.max_in_flight,
-          max_in_flight_bytes=opts.max_in_flight_mb << 20)
-    except local_pubsub.PubSubUnavailable as e:
-      if e.missing:
-        raise cli.UsageError('--input_subscription: %s' % e)
-      raise cli.PipelineFailed(str(e))
-    messages = pipeline | 'ReadFromPubSubAckOnCommit' >> (
-        local_pubsub.ReadFromPubSubAckOnCommit(controller.endpoint))
-    build(pipeline, opts, messages, on_commit=local_pubsub.AckOnCommit())
-  else:
-    build(pipeline, opts)
-  if dataflow or rendering:
-    result = pipeline.run()
-    if not streaming:
-      result.wait_until_finish()
-    return result
-  tally.reset()
-  if not opts.output_table:  # all three tables exist from the start
-    for schema in (schemas.SIGNINS, schemas.SIGNIN_ERRORS,
-                   schemas.SIGNIN_COUNTS):
-      warehouse.prepare_duckdb_table(opts.warehouse, schema)
-  try:
-    progress = Progress(opts, pump)
-    if streaming:
-      return local_stream.run_until_stopped(
-          pipeline, progress.report, lambda status: summary(status, opts),
-          pump, opts.progress_seconds, opts.drain_seconds)
-    result = pipeline.run()
-    result.wait_until_finish()
-    print(summary(progress.report(final=True), opts))
-    return result
-  finally:
-    if controller is not None:
-      pump.close(timeout=0.5)  # a no-op after a stop; bounded after a failure
-      controller.stop()
-    warehouse.DuckDBFiles.close_all()
+  specs = table_specs(opts)
+  return message_pipeline.run(
+      'user_signin', argv, options, opts,
+      lambda pipeline, messages=None, on_commit=None: build(
+          pipeline, opts, messages, on_commit),
+      ([(schemas.SIGNINS, None), (schemas.SIGNIN_ERRORS, None),
+        (schemas.SIGNIN_COUNTS, None)], LOCAL_TABLES),
+      [('--output_table', specs['rows'], schemas.SIGNINS),
+       ('--dead_letter_table', specs['dead_letters'], schemas.SIGNIN_ERRORS),
+       ('--counts_table', specs['counts'], schemas.SIGNIN_COUNTS)])

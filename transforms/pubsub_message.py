@@ -189,8 +189,10 @@ def dead_letter(message, reason, error, stacktrace=None, now=None):
   }
 
 
-def parse_signin(message, default_tz=UTC, max_bytes=MAX_MESSAGE_BYTES):
-  """PubsubMessage -> row dict; raises Invalid for a bad message."""
+def decode_object(message, max_bytes=MAX_MESSAGE_BYTES):
+  """PubsubMessage -> its JSON object; raises Invalid (too_large, not_utf8,
+  not_json, not_object, or a reader's poison mark). Any message pipeline's
+  first step."""
   _check_reader_marks(message)
   data = message.data or b''
   if len(data) > max_bytes:
@@ -207,15 +209,22 @@ def parse_signin(message, default_tz=UTC, max_bytes=MAX_MESSAGE_BYTES):
   if not isinstance(payload, dict):
     raise Invalid('not_object', 'payload is JSON %s, not an object'
                   % type(payload).__name__)
+  return payload
+
+
+def parse_signin(message, default_tz=UTC, max_bytes=MAX_MESSAGE_BYTES):
+  """PubsubMessage -> row dict; raises Invalid for a bad message."""
+  payload = decode_object(message, max_bytes)
   return {
       'userid': parse_userid(payload.get('userid')),
       'date': parse_date(payload.get('date'), default_tz),
       'message_id': message.message_id,
-      'publish_time': _publish_time(message),
+      'publish_time': publish_time(message),
   }
 
 
-def _publish_time(message):
+def publish_time(message):
+  """The message's publish time as an aware UTC datetime (None for files)."""
   published = getattr(message, 'publish_time', None)
   if published is None:
     return None

@@ -4,13 +4,24 @@ the Arrow schema used for local bulk inserts are all derived."""
 import base64
 import dataclasses
 import datetime
+import math
 from typing import Optional, Tuple
 
+# BigQuery type -> DuckDB type: the closest exact one. BIGNUMERIC (76 digits)
+# has no DuckDB type (DECIMAL stops at 38): its exact decimal text is kept.
 _DUCKDB_TYPES = {
     'STRING': 'VARCHAR',
     'INTEGER': 'BIGINT',
     'TIMESTAMP': 'TIMESTAMPTZ',
     'BYTES': 'BLOB',
+    'FLOAT': 'DOUBLE',
+    'NUMERIC': 'DECIMAL(38, 9)',
+    'BIGNUMERIC': 'VARCHAR',
+    'BOOLEAN': 'BOOLEAN',
+    'DATE': 'DATE',
+    'TIME': 'TIME',
+    'DATETIME': 'TIMESTAMP',
+    'JSON': 'JSON',
 }
 
 
@@ -50,6 +61,14 @@ class Field:
           'INTEGER': pa.int64(),
           'TIMESTAMP': pa.timestamp('us', tz='UTC'),
           'BYTES': pa.binary(),
+          'FLOAT': pa.float64(),
+          'NUMERIC': pa.decimal128(38, 9),
+          'BIGNUMERIC': pa.string(),
+          'BOOLEAN': pa.bool_(),
+          'DATE': pa.date32(),
+          'TIME': pa.time64('us'),
+          'DATETIME': pa.timestamp('us'),
+          'JSON': pa.string(),
       }[self.type]
     return pa.list_(base) if self.mode == 'REPEATED' else base
 
@@ -67,9 +86,76 @@ class Field:
           '%Y-%m-%d %H:%M:%S.%f UTC')
     if self.type == 'BYTES':
       return base64.b64encode(value).decode('ascii')
+    if self.type in ('NUMERIC', 'BIGNUMERIC'):
+      return str(value)
+    if self.type in ('DATE', 'TIME', 'DATETIME'):
+      return value.isoformat()
+    if self.type == 'FLOAT' and not math.isfinite(value):
+      return str(value).replace('inf', 'Infinity').replace('nan', 'NaN')
     if self.type == 'RECORD':
       return {f.name: f.to_bigquery_json(value.get(f.name)) for f in self.fields}
     return value
+
+  def to_arrow_value(self, value):
+    """What the Arrow type takes: BIGNUMERIC as its exact text."""
+    if value is None:
+      return None
+    if self.mode == 'REPEATED':
+      return [self._scalar_arrow(v) for v in value]
+    return self._scalar_arrow(value)
+
+  def _scalar_arrow(self, value):
+    if self.type == 'BIGNUMERIC':
+      return str(value)
+    if self.type == 'RECORD':
+      return {f.name: f.to_arrow_value(value.get(f.name)) for f in self.fields}
+    return value
+
+
+MODES = ('NULLABLE', 'REQUIRED', 'REPEATED')
+
+
+def field_from_bigquery(spec, path=''):
+  """One field of a BigQuery JSON schema -> Field; ValueError naming it."""
+  from transforms import json_rows
+  if not isinstance(spec, dict) or not isinstance(spec.get('name'), str):
+    raise ValueError('%s: a field needs a "name"' % (path or 'schema'))
+  name = spec['name']
+  where = '%s.%s' % (path, name) if path else name
+  kind = str(spec.get('type', '')).upper()
+  kind = json_rows.ALIASES.get(kind, kind)
+  if kind not in json_rows.TYPES:
+    raise ValueError('%s: unknown type %r' % (where, spec.get('type')))
+  mode = str(spec.get('mode') or 'NULLABLE').upper()
+  if mode not in MODES:
+    raise ValueError('%s: unknown mode %r' % (where, spec.get('mode')))
+  children = spec.get('fields') or []
+  if kind == 'RECORD' and not children:
+    raise ValueError('%s: a RECORD needs "fields"' % where)
+  return Field(name, kind, mode, spec.get('description') or '',
+               tuple(field_from_bigquery(f, where) for f in children))
+
+
+def table_from_bigquery_schema(fields, name, message_id_column=True):
+  """A BigQuery JSON schema (the list `bq show --schema` prints, or
+  {"fields": [...]}) -> TableSchema, keyed by message_id when asked."""
+  if isinstance(fields, dict):
+    fields = fields.get('fields')
+  if not isinstance(fields, list) or not fields:
+    raise ValueError('a BigQuery schema is a non-empty JSON list of fields')
+  parsed = tuple(field_from_bigquery(f) for f in fields)
+  names = [f.name for f in parsed]
+  if len(set(n.lower() for n in names)) != len(names):
+    raise ValueError('field names repeat (BigQuery ignores case)')
+  key = ()
+  if message_id_column:
+    if 'message_id' in names:
+      raise ValueError('the schema has a message_id field; the pipeline adds '
+                       'its own (or pass --nomessage_id_column)')
+    parsed += (Field('message_id', 'STRING', 'NULLABLE',
+                     'Pub/Sub message id, or file:PATH:LINE for replays.'),)
+    key = ('message_id',)
+  return TableSchema(name=name, fields=parsed, primary_key=key)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +196,9 @@ class TableSchema:
 
   def to_bigquery_json(self, row):
     return {f.name: f.to_bigquery_json(row.get(f.name)) for f in self.fields}
+
+  def to_arrow_row(self, row):
+    return {f.name: f.to_arrow_value(row.get(f.name)) for f in self.fields}
 
 
 WORD_COUNTS = TableSchema(
@@ -174,3 +263,14 @@ SIGNIN_COUNTS = TableSchema(
     ),
     primary_key=('window_start', 'userid'),
     description='Sign-ins per user per event-time window.')
+
+
+def error_records(name):
+  """The dead-letter table of a schema-driven pipeline: the sign-in one's
+  fields plus the path of the offending field (``items[2].price``)."""
+  return dataclasses.replace(
+      SIGNIN_ERRORS, name=name, fields=SIGNIN_ERRORS.fields + (
+          Field('field', 'STRING', 'NULLABLE',
+                'The offending field, e.g. items[2].price.'),),
+      description='Dead letters: every message that is not a row.')
+

@@ -123,7 +123,7 @@ class _InsertIntoDuckDB(beam.DoFn):
       now = datetime.datetime.now(datetime.timezone.utc)
       rows = [dict(row, **{self._write_time_column: now}) for row in rows]
     data = pa.Table.from_pylist(
-        [{n: row.get(n) for n in names} for row in rows],
+        [self._schema.to_arrow_row(row) for row in rows],
         schema=self._schema.arrow_schema())
     columns = ', '.join('"%s"' % n for n in names)
     con.register('_incoming_rows', data)
