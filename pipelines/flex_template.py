@@ -20,13 +20,17 @@ from pipelines import cli
 PIPELINES = {
     'wordcount': ('pipelines.wordcount', 'WordcountOptions'),
     'user_signin': ('pipelines.user_signin', 'SigninOptions'),
+    'pubsub_to_bigquery': ('pipelines.pubsub_to_bigquery',
+                           'PubsubToBigQueryOptions'),
 }
 TEMPLATES = os.path.join(cli.PROJECT_ROOT, 'templates')
 # Flags that make sense only on a laptop, left out of templates.
 LOCAL_ONLY = {'log_file', 'warehouse', 'progress_seconds', 'status_file',
-              'local_pubsub_reader', 'max_delivery_attempts'}
+              'local_pubsub_reader', 'max_delivery_attempts', 'max_in_flight',
+              'max_in_flight_mb', 'drain_seconds', 'table'}
 # Flags a template run cannot do without (their local defaults do not apply).
-REQUIRED = {'wordcount': {'input', 'output'}, 'user_signin': {'output_table'}}
+REQUIRED = {'wordcount': {'input', 'output'}, 'user_signin': {'output_table'},
+            'pubsub_to_bigquery': {'output_table', 'schema'}}
 # Validation for flags whose form is known (Dataflow checks them at launch).
 REGEXES = {
     'input_subscription': r'^projects/[^/]+/subscriptions/[^/]+$',
@@ -36,6 +40,7 @@ REGEXES = {
     'counts_table': r'^([^:]+:)?[^.]+\.[^.]+$',
     'input': r'^gs://[^/]+/.+$',
     'input_file': r'^gs://[^/]+/.+$',
+    'schema': r'^gs://[^/]+/.+$',
     'output': r'^gs://[^/]+/.+$',
 }
 
@@ -44,7 +49,8 @@ def template_actions(name):
   """(class, argparse action) for every flag a template of ``name`` takes."""
   module_name, class_name = PIPELINES[name]
   module = importlib.import_module(module_name)
-  classes = [getattr(module, class_name), cli.BigQueryOutputOptions]
+  classes = getattr(module, 'OPTIONS', [getattr(module, class_name),
+                                        cli.BigQueryOutputOptions])
   for cls in classes:
     parser = argparse.ArgumentParser(add_help=False)
     cls._add_argparse_args(parser)  # pylint: disable=protected-access

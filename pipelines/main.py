@@ -19,6 +19,10 @@ PIPELINES = {
         'pipelines.user_signin',
         'streaming: sign-in JSON from Pub/Sub (or a JSON-lines file) -> '
         'validated rows, dead letters and per-user counts in BigQuery or DuckDB'),
+    'pubsub_to_bigquery': (
+        'pipelines.pubsub_to_bigquery',
+        'streaming: any JSON event from Pub/Sub (or JSON lines) -> rows of the '
+        'BigQuery schema you give, dead letters naming reason and field'),
     'query': (
         'pipelines.query',
         'SQL on the local DuckDB warehouse, also while a stream writes it'),

@@ -14,6 +14,7 @@ import time
 
 import apache_beam as beam
 from apache_beam.io.gcp import pubsub
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import StandardOptions
 
 from pipelines import cli
@@ -30,7 +31,18 @@ _LOG = logging.getLogger(__name__)
 SOURCE_FLAGS = ('--input_subscription', '--input_topic', '--input_file')
 
 
-def add_source_flags(parser, warehouse_help):
+class MessageSourceOptions(PipelineOptions):
+  """Flags every message pipeline takes: sources, the local warehouse, dead
+  letters and local runs (one class, so that pipelines imported together,
+  as in tests, do not register them twice)."""
+  TITLE = 'source and local run'
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    add_source_flags(parser)
+
+
+def add_source_flags(parser):
   """The flags of sources, local warehouse, dead letters and local runs."""
   parser.add_argument(
       '--input_subscription', default=None,
@@ -46,7 +58,8 @@ def add_source_flags(parser, warehouse_help):
       'per line, through the same transforms (batch).')
   parser.add_argument(
       '--warehouse', default='output/warehouse.duckdb',
-      help=warehouse_help)
+      help='Local DuckDB file for the tables (and, with the local reader, '
+      'delivery counts), used when --output_table is not given.')
   parser.add_argument(
       '--dead_letter_table', default=None,
       help='BigQuery table for dead letters (default: --output_table with '

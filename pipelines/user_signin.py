@@ -28,9 +28,6 @@ class SigninOptions(PipelineOptions):
 
   @classmethod
   def _add_argparse_args(cls, parser):
-    message_pipeline.add_source_flags(
-        parser, 'Local DuckDB file for tables signins, signin_errors and '
-        'signin_counts, used when --output_table is not given.')
     parser.add_argument(
         '--counts_table', default=None,
         help='BigQuery table for windowed counts (default: --output_table '
@@ -51,6 +48,10 @@ class SigninOptions(PipelineOptions):
         '--default_timezone', default='UTC',
         help='Time zone of dates without an offset (IANA name, e.g. '
         'Europe/Paris).')
+
+
+OPTIONS = [SigninOptions, message_pipeline.MessageSourceOptions,
+           cli.BigQueryOutputOptions]
 
 
 def table_specs(opts):
@@ -112,7 +113,7 @@ def run(argv=None):
   """Parses flags and runs; local streaming runs until SIGINT or SIGTERM."""
   argv = list(argv or [])
   options = cli.parse_options(
-      argv, [SigninOptions, cli.BigQueryOutputOptions], PROG, DESCRIPTION)
+      argv, OPTIONS, PROG, DESCRIPTION)
   opts = cli.flag_values(options)
   check(options, opts)
   specs = table_specs(opts)

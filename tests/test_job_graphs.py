@@ -26,10 +26,15 @@ JOBS = {
     'user_signin': COMMON + [
         '--input_subscription', 'projects/demo-proj/subscriptions/signins',
         '--output_table', 'demo-proj:signins.signins'],
+    'pubsub_to_bigquery': COMMON + [
+        '--schema', os.path.join(ROOT, 'data', 'orders.json'),
+        '--input_subscription', 'projects/demo-proj/subscriptions/orders',
+        '--output_table', 'demo-proj:shop.orders'],
 }
 OUR_MODULES = re.compile(
-    r'(wordcount|user_signin|cli|text|pubsub_message|signin_counts|warehouse|'
-    r'message_files|schemas)\.py:\d+')
+    r'(wordcount|user_signin|pubsub_to_bigquery|message_pipeline|cli|text|'
+    r'pubsub_message|json_messages|signin_counts|warehouse|message_files|'
+    r'schemas)\.py:\d+')
 
 
 def step_names(name):
