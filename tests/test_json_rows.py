@@ -261,3 +261,21 @@ def test_any_object_is_one_row_or_one_refusal(payload):
     return
   assert set(row) == {f.name for f in fields}
   json.dumps(schema.to_bigquery_json(dict(row, message_id='m')))  # serialisable
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.datetimes(min_value=datetime.datetime(1, 1, 2),
+                    max_value=datetime.datetime(9999, 12, 30)),
+       st.sampled_from(['T', ' ']), st.sampled_from(['', 'Z', '+02:00', '-11:30']),
+       st.booleans())
+def test_fast_timestamp_path_equals_the_general_reader(when, sep, zone, micros):
+  text = when.strftime('%Y-%m-%d' + sep + '%H:%M:%S') + (
+      '.%06d' % when.microsecond if micros else '') + zone
+  try:
+    general = json_rows._timestamp(text, 'f')  # pylint: disable=protected-access
+  except json_rows.Refused as e:
+    with pytest.raises(json_rows.Refused) as fast:
+      json_rows._fast_timestamp(text, 'f')  # pylint: disable=protected-access
+    assert fast.value.reason == e.reason
+    return
+  assert json_rows._fast_timestamp(text, 'f') == general  # pylint: disable=protected-access

@@ -18,6 +18,8 @@ from transforms import pubsub_message
 from transforms import tally
 
 DEAD_LETTERS = pubsub_message.DEAD_LETTERS
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_MICROSECOND = datetime.timedelta(microseconds=1)
 REASONS = ('too_large', 'not_utf8', 'not_json', 'not_object', 'missing_field',
            'bad_value', 'out_of_range', 'unknown_field', 'sink_rejected',
            'internal_error', 'too_many_attempts', 'bad_timestamp_attribute')
@@ -38,17 +40,21 @@ class ParseJsonMessageFn(beam.DoFn):
     self.counters = {r: Metrics.counter(namespace, 'dead_letter_' + r)
                      for r in REASONS}
 
+  def setup(self):
+    self._convert = json_rows.RowConverter(self._data_fields, self._unknown)
+
   def start_bundle(self):
-    self._seen = 0
+    self._seen = self._rows = 0
 
   def finish_bundle(self):
     tally.add('messages_in', self._seen)
+    self.rows.inc(self._rows)  # per bundle: a counter update costs ~1 us
 
   def process(self, message, timestamp=beam.DoFn.TimestampParam):
     self._seen += 1
     try:
       payload = pubsub_message.decode_object(message, self._max_bytes)
-      row = json_rows.convert_object(payload, self._data_fields, self._unknown)
+      row = self._convert(payload)
     except pubsub_message.Invalid as e:
       yield self._dead(message, e.reason, e)
       return
@@ -60,11 +66,12 @@ class ParseJsonMessageFn(beam.DoFn):
       return
     if self._with_id:
       row['message_id'] = message.message_id
-    self.rows.inc()
+    self._rows += 1
     when = row.get(self._event_time_field) if self._event_time_field else (
         pubsub_message.publish_time(message))
     if isinstance(when, datetime.datetime):
-      yield beam.window.TimestampedValue(row, Timestamp.from_utc_datetime(when))
+      yield beam.window.TimestampedValue(
+          row, Timestamp(micros=(when - _EPOCH) // _MICROSECOND))
     else:  # no event time (a file replay without the field): the input's
       yield beam.window.TimestampedValue(row, timestamp)
 

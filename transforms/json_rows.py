@@ -42,6 +42,10 @@ _BIGNUMERIC = (38, 38)
 _BIGNUMERIC_MAX = decimal.Decimal(
     '578960446186580977117854925043439539266.34992332820282019728792003956'
     '564819967')
+_QUANTUM = {'NUMERIC': decimal.Decimal(1).scaleb(-_NUMERIC[0]),
+            'BIGNUMERIC': decimal.Decimal(1).scaleb(-_BIGNUMERIC[0])}
+_LIMIT = {'NUMERIC': decimal.Decimal(10) ** _NUMERIC[1] - _QUANTUM['NUMERIC'],
+          'BIGNUMERIC': _BIGNUMERIC_MAX}
 _DECIMAL = decimal.Context(prec=200, rounding=decimal.ROUND_HALF_UP)
 _TIMESTAMP_TEXT = re.compile(
     r'(\d{4}-\d{1,2}-\d{1,2})[T ](\d{1,2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)'
@@ -50,6 +54,9 @@ _DATE_TEXT = re.compile(r'\d{4}-\d{1,2}-\d{1,2}')
 _TIME_TEXT = re.compile(r'\d{1,2}:\d{2}:\d{2}(?:\.\d{1,9})?')
 _DATETIME_TEXT = re.compile(
     r'(\d{4}-\d{1,2}-\d{1,2})[T ](\d{1,2}:\d{2}:\d{2}(?:\.\d{1,9})?)')
+
+# JSON values kept as compact text with sorted keys (one encoder, built once).
+_JSON_TEXT = json.JSONEncoder(sort_keys=True, separators=(',', ':')).encode
 
 ALIASES = {'INT64': 'INTEGER', 'FLOAT64': 'FLOAT', 'BOOL': 'BOOLEAN',
            'STRUCT': 'RECORD'}
@@ -124,10 +131,10 @@ def _decimal(value, path, kind, limits):
       raise _bad(path, value, 'a finite ' + kind)
   else:
     raise _bad(path, value, 'a ' + kind)
-  rounded = number.quantize(decimal.Decimal(1).scaleb(-scale), context=_DECIMAL)
-  limit = (_BIGNUMERIC_MAX if kind == 'BIGNUMERIC' else
-           decimal.Decimal(10) ** digits - decimal.Decimal(1).scaleb(-scale))
-  if abs(rounded) > limit:
+  if number.as_tuple().exponent >= -scale and number.adjusted() < digits:
+    return number  # no rounding needed, and fewer integer digits than the limit
+  rounded = number.quantize(_QUANTUM[kind], context=_DECIMAL)
+  if abs(rounded) > _LIMIT[kind]:
     raise Refused('out_of_range', path, '%s is outside %s' % (value, kind))
   return rounded
 
@@ -210,81 +217,159 @@ def _datetime(value, path):
                                    _time(match.group(2), path, value))
 
 
-def _scalar(field, value, path, unknown):
+def _join(prefix, name):
+  return '%s.%s' % (prefix, name) if prefix else name
+
+
+_COMMON_TIMESTAMP = re.compile(
+    r'\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?'
+    r'(?:Z|[+-]\d{2}:\d{2})?')
+_COMMON_DATE = re.compile(r'\d{4}-\d{2}-\d{2}')
+
+
+def _fast_timestamp(value, path):
+  """The common RFC 3339 shapes through the standard library, else the
+  general reader (the same value either way; a test holds them equal)."""
+  if type(value) is str and _COMMON_TIMESTAMP.fullmatch(value):  # pylint: disable=unidiomatic-typecheck
+    try:
+      parsed = datetime.datetime.fromisoformat(value)
+      if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+      return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+      pass
+  return _timestamp(value, path)
+
+
+def _string(value, path):
+  if _is_number(value) or isinstance(value, bool):
+    return json.dumps(value)
+  raise _bad(path, value, 'a STRING')
+
+
+def _bytes(value, path):
+  if isinstance(value, str):
+    try:
+      return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+      pass
+  raise _bad(path, value, 'BYTES in base64')
+
+
+def _date_value(value, path):
+  if isinstance(value, str) and _DATE_TEXT.fullmatch(value.strip()):
+    return _date(value.strip(), path, value)
+  raise _bad(path, value, 'a DATE')
+
+
+def _time_value(value, path):
+  if isinstance(value, str) and _TIME_TEXT.fullmatch(value.strip()):
+    return _time(value.strip(), path, value)
+  raise _bad(path, value, 'a TIME')
+
+
+def _scalar_converter(field, unknown):
+  """field -> convert(value, path): the type's reader, common forms first."""
   kind = field.type
   if kind == 'STRING':
-    if isinstance(value, str):
-      return value
-    if _is_number(value) or isinstance(value, bool):
-      return json.dumps(value)
-    raise _bad(path, value, 'a STRING')
+    return lambda v, path: v if type(v) is str else _string(v, path)  # pylint: disable=unidiomatic-typecheck
   if kind == 'BYTES':
-    if isinstance(value, str):
-      try:
-        return base64.b64decode(value, validate=True)
-      except (binascii.Error, ValueError):
-        pass
-    raise _bad(path, value, 'BYTES in base64')
+    return _bytes
   if kind == 'INTEGER':
-    return _integer(value, path)
+    return lambda v, path: (v if type(v) is int and INT64_MIN <= v <= INT64_MAX  # pylint: disable=unidiomatic-typecheck
+                            else _integer(v, path))
   if kind == 'FLOAT':
-    return _float(value, path)
+    return lambda v, path: (float(v) if type(v) in (int, float)  # pylint: disable=unidiomatic-typecheck
+                            else _float(v, path))
   if kind in ('NUMERIC', 'BIGNUMERIC'):
-    return _decimal(value, path, kind,
-                    _NUMERIC if kind == 'NUMERIC' else _BIGNUMERIC)
+    limits = _NUMERIC if kind == 'NUMERIC' else _BIGNUMERIC
+    return lambda v, path: _decimal(v, path, kind, limits)
   if kind == 'BOOLEAN':
-    return _boolean(value, path)
+    return lambda v, path: v if type(v) is bool else _boolean(v, path)  # pylint: disable=unidiomatic-typecheck
   if kind == 'TIMESTAMP':
-    return _timestamp(value, path)
+    return _fast_timestamp
   if kind == 'DATE':
-    if isinstance(value, str) and _DATE_TEXT.fullmatch(value.strip()):
-      return _date(value.strip(), path, value)
-    raise _bad(path, value, 'a DATE')
+    def date_value(v, path):
+      if type(v) is str and _COMMON_DATE.fullmatch(v):  # pylint: disable=unidiomatic-typecheck
+        try:
+          return datetime.date.fromisoformat(v)
+        except ValueError:
+          pass
+      return _date_value(v, path)
+    return date_value
   if kind == 'TIME':
-    if isinstance(value, str) and _TIME_TEXT.fullmatch(value.strip()):
-      return _time(value.strip(), path, value)
-    raise _bad(path, value, 'a TIME')
+    return _time_value
   if kind == 'DATETIME':
-    return _datetime(value, path)
+    return _datetime
   if kind == 'JSON':
-    return json.dumps(value, sort_keys=True, separators=(',', ':'))
+    return lambda v, path: _JSON_TEXT(v)
   if kind == 'RECORD':
-    if not isinstance(value, dict):
-      raise _bad(path, value, 'an object')
-    return convert_object(value, field.fields, unknown, path)
-  raise Refused('bad_value', path, 'unsupported type %s' % kind)
+    convert = RowConverter(field.fields, unknown)
+
+    def record(v, path):
+      if type(v) is not dict:  # pylint: disable=unidiomatic-typecheck
+        raise _bad(path, v, 'an object')
+      return convert(v, path)
+    return record
+  raise ValueError('unsupported type %s' % kind)
 
 
-def _value(field, value, path, unknown):
+def _field_converter(field, unknown):
+  """field -> convert(value, prefix): mode handling around the type's reader."""
+  scalar = _scalar_converter(field, unknown)
+  name = field.name
   if field.mode == 'REPEATED':
+    def repeated(value, prefix):
+      if value is None:
+        return []
+      path = _join(prefix, name)
+      if type(value) is not list:  # pylint: disable=unidiomatic-typecheck
+        raise _bad(path, value, 'an array')
+      out = []
+      for i, item in enumerate(value):
+        item_path = '%s[%d]' % (path, i)
+        if item is None:
+          raise Refused('bad_value', item_path, 'null in an array')
+        out.append(scalar(item, item_path))
+      return out
+    return repeated
+  required = field.mode == 'REQUIRED'
+  nested = field.type == 'RECORD'  # its fields' paths need this one's
+
+  def single(value, prefix):
     if value is None:
-      return []
-    if not isinstance(value, list):
-      raise _bad(path, value, 'an array')
-    out = []
-    for i, item in enumerate(value):
-      item_path = '%s[%d]' % (path, i)
-      if item is None:
-        raise Refused('bad_value', item_path, 'null in an array')
-      out.append(_scalar(field, item, item_path, unknown))
-    return out
-  if value is None:
-    if field.mode == 'REQUIRED':
-      raise Refused('missing_field', path, 'required, absent or null')
-    return None
-  return _scalar(field, value, path, unknown)
+      if required:
+        raise Refused('missing_field', _join(prefix, name),
+                      'required, absent or null')
+      return None
+    try:
+      return scalar(value, _join(prefix, name) if nested else None)
+    except Refused as e:
+      if e.path is None:  # raised at this level: name the field now
+        raise Refused(e.reason, _join(prefix, name), str(e))
+      raise
+  return single
+
+
+class RowConverter(object):
+  """Fields -> a callable converting one JSON object, built once per schema
+  (each field's reader chosen up front, not per value)."""
+  def __init__(self, fields, unknown='ignore'):
+    self._convs = [(f.name, _field_converter(f, unknown)) for f in fields]
+    self._known = frozenset(f.name for f in fields)
+    self._reject = unknown == 'reject'
+
+  def __call__(self, payload, prefix=''):
+    row = {}
+    get = payload.get
+    for name, convert in self._convs:
+      row[name] = convert(get(name), prefix)
+    if self._reject and not self._known.issuperset(payload):
+      unknown = next(n for n in payload if n not in self._known)
+      raise Refused('unknown_field', _join(prefix, unknown), 'not in the schema')
+    return row
 
 
 def convert_object(payload, fields, unknown='ignore', prefix=''):
   """A JSON object -> {column: Python value} for ``fields``; raises Refused."""
-  row = {}
-  for field in fields:
-    path = '%s.%s' % (prefix, field.name) if prefix else field.name
-    row[field.name] = _value(field, payload.get(field.name), path, unknown)
-  if unknown == 'reject':
-    known = {f.name for f in fields}
-    for name in payload:
-      if name not in known:
-        path = '%s.%s' % (prefix, name) if prefix else name
-        raise Refused('unknown_field', path, 'not in the schema')
-  return row
+  return RowConverter(fields, unknown)(payload, prefix)
