@@ -84,7 +84,8 @@ def build(pipeline, opts, messages=None, on_commit=None):
       {'rows': schemas.SIGNINS, 'dead_letters': schemas.SIGNIN_ERRORS},
       opts.bigquery_method, on_commit, write_time_column='ingested_at')
   counts = rows | 'CountPerWindow' >> signin_counts.CountSigninsPerWindow(
-      opts.window_seconds, opts.allowed_lateness_seconds, opts.count_shards)
+      opts.window_seconds, opts.allowed_lateness_seconds, opts.count_shards,
+      skip_unchanged=getattr(opts, 'runner', None) not in cli.DATAFLOW_RUNNERS)
   _ = counts | 'WriteCounts' >> message_pipeline.WriteTable(
       specs['counts'], schemas.SIGNIN_COUNTS, opts.bigquery_method,
       replace=True)

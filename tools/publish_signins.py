@@ -49,12 +49,14 @@ def bad_payload(kind, rng, date, max_message_bytes, users=50):
 
 
 def messages(count, bad_fraction, date, max_message_bytes, seed=7, users=50):
-  """(payload bytes, expected reason or None) for ``count`` messages."""
+  """(payload bytes, expected reason or None) for ``count`` messages;
+  ``date`` is one ISO date, a function of the message's index, or None (now)."""
   rng = random.Random(seed)
   bad_every = int(round(1 / bad_fraction)) if bad_fraction > 0 else 0
   bad_seen = 0
   for i in range(count):
-    when = date or datetime.datetime.now(datetime.timezone.utc).isoformat()
+    when = date(i) if callable(date) else (
+        date or datetime.datetime.now(datetime.timezone.utc).isoformat())
     if bad_every and i % bad_every == bad_every - 1:
       kind = BAD_KINDS[bad_seen % len(BAD_KINDS)]
       bad_seen += 1

@@ -10,11 +10,14 @@ holds (it scans every key's timers on every watermark tick), so by default
 users are grouped into ``shards`` keys per window, each carrying its users'
 counts, and expanded back into one row per user after the GroupByKey: the
 same rows and totals, ``shards`` keys per window instead of one per user.
-A late sign-in fires its shard's pane, which repeats the (unchanged) totals
-of the other users of that shard. ``shards=0`` keys by user.
+A late sign-in fires its shard's pane: every user of the shard again, or on
+the local runner (``skip_unchanged``) only those whose total changed.
+``shards=0`` keys by user.
 """
 
 import collections
+import threading
+import uuid
 import zlib
 
 import apache_beam as beam
@@ -107,10 +110,47 @@ class MergeUserCounts(beam.CombineFn):
     return dict(accumulator)
 
 
-def expand_users(shard_counts):
-  """(shard, {userid: n}) -> (userid, n) each, in the same window and pane."""
-  _, counts = shard_counts
-  return sorted(counts.items())
+class ExpandChangedUsers(beam.DoFn):
+  """(shard, {userid: n}) -> (userid, n) for each user whose total this
+  process has not already emitted for the window, in the same window and
+  pane.
+
+  A late sign-in fires its whole shard's pane; without this filter every
+  other user of the shard would be written again with an unchanged total
+  (measured: a 50,000-message backlog over 10 windows ran at 604 msgs/s
+  against 979 with a key per user). The memory is bounded to the most
+  recent windows. Only with ``skip_unchanged`` (local runs): the local
+  runner commits this step's output before the sink runs, so what it
+  skipped was written; a runner that fuses it with the sink and retries the
+  fused work after a failure could skip a total that was never written, so
+  on Dataflow every user of the pane is emitted.
+  """
+  _emitted = {}  # (transform id, window start) -> {userid: total}; per process
+  _lock = threading.Lock()
+
+  def __init__(self, keep_windows, skip_unchanged):
+    self._id = uuid.uuid4().hex
+    self._keep = keep_windows
+    self._skip = skip_unchanged
+
+  def process(self, shard_counts, win=beam.DoFn.WindowParam):
+    _, counts = shard_counts
+    if not self._skip:
+      return sorted(counts.items())
+    key = (self._id, win.start)
+    with self._lock:
+      seen = self._emitted.get(key)
+      if seen is None:
+        seen = self._emitted[key] = {}
+        self._forget_old_windows()
+      changed = [(u, n) for u, n in counts.items() if seen.get(u) != n]
+      seen.update(changed)
+    return sorted(changed)
+
+  def _forget_old_windows(self):
+    mine = sorted(k for k in self._emitted if k[0] == self._id)
+    for key in mine[:-self._keep]:
+      del self._emitted[key]
 
 
 DEFAULT_SHARDS = 16
@@ -119,8 +159,9 @@ DEFAULT_SHARDS = 16
 class CountSigninsPerWindow(beam.PTransform):
   """Rows -> signin_counts rows: fixed event-time windows, late firings."""
   def __init__(self, window_seconds=60, allowed_lateness_seconds=300,
-               shards=DEFAULT_SHARDS):
+               shards=DEFAULT_SHARDS, skip_unchanged=False):
     super().__init__()
+    self._skip_unchanged = skip_unchanged
     self._window_seconds = window_seconds
     self._lateness = allowed_lateness_seconds
     self._shards = shards
@@ -139,7 +180,9 @@ class CountSigninsPerWindow(beam.PTransform):
       per_user = (
           windowed
           | 'SumPerShard' >> beam.CombinePerKey(MergeUserCounts())
-          | 'ExpandPerUser' >> beam.FlatMap(expand_users))
+          | 'ExpandPerUser' >> beam.ParDo(ExpandChangedUsers(
+              keep_windows=int(self._lateness // self._window_seconds) + 3,
+              skip_unchanged=self._skip_unchanged)))
     else:
       per_user = windowed | 'SumPerUser' >> beam.CombinePerKey(sum)
     return per_user | 'ToCountRows' >> beam.ParDo(FormatWindowCount())
