@@ -13,7 +13,6 @@ from pipelines import message_pipeline
 from transforms import pubsub_message
 from transforms import schemas
 from transforms import signin_counts
-from transforms import warehouse  # noqa: F401 (tests reach DuckDBFiles here)
 
 PROG = 'main.py user_signin'
 DESCRIPTION = __doc__

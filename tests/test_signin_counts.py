@@ -19,6 +19,7 @@ from apache_beam.transforms.window import TimestampedValue
 
 from pipelines import user_signin
 from transforms import signin_counts
+from transforms import warehouse
 
 UTC = datetime.timezone.utc
 
@@ -127,7 +128,7 @@ def test_whole_graph_stores_too_late_rows_but_not_their_counts(tmp_path):
       .advance_watermark_to_infinity())
   with streaming_pipeline() as p:
     user_signin.build(p, opts, messages=p | stream)
-  user_signin.warehouse.DuckDBFiles.close_all()
+  warehouse.DuckDBFiles.close_all()
   con = duckdb.connect(db, read_only=True)
   assert sorted(r[0] for r in con.execute(
       'SELECT message_id FROM signins').fetchall()) == ['m1', 'm2', 'm4', 'm5']
