@@ -8,10 +8,12 @@ checkpoint and a reopen (~50 ms) every time. So a writer here:
 
 - shares one connection per file across its threads (``DuckDBFiles.use``
   hands out a cursor), reopened only when it was released;
-- releases the file (a background thread checks every 50 ms) when nobody in
-  the process uses it and it has been held for ``hold_seconds`` (1.5 s by
-  default), then leaves it free for ``GAP_SECONDS`` before reopening: a
-  reader retrying every 50 ms gets in within ``hold_seconds`` + a little;
+- releases the file (a background thread checks every 50 ms) once it has
+  been held for ``hold_seconds`` (1.5 s by default): if threads still use
+  it, new users wait until those finish, so a busy stream whose threads
+  overlap cannot keep it forever; then leaves it free for ``GAP_SECONDS``
+  before reopening: a reader retrying every 50 ms gets in within
+  ``hold_seconds`` + one batch + a little;
 - releases it at once when a reader announces itself (``wait_to_read``
   leaves a file in ``<warehouse>.readers/``), as ``main.py query`` does;
 - while a reader holds the file, waits for it (saying so once), however
@@ -49,6 +51,7 @@ class _File(object):
     self.opened_at = 0.0
     self.released_at = 0.0
     self.hold_seconds = HOLD_SECONDS  # of the latest use
+    self.closing = False  # due for release: new users wait for it
 
 
 class Busy(Exception):
@@ -73,6 +76,8 @@ class DuckDBFiles(object):
     with cls._lock:
       entry = cls._files.setdefault(path, _File(path))
       entry.hold_seconds = hold_seconds
+      while entry.closing and wait:
+        cls._lock.wait(1.0)
       if entry.con is None:
         gap = entry.released_at + GAP_SECONDS - time.monotonic()
         if gap > 0 and wait:
@@ -89,7 +94,8 @@ class DuckDBFiles(object):
       cursor.close()
       with cls._lock:
         entry.users -= 1
-        if entry.users == 0 and hold_seconds == 0 and entry.con is not None:
+        if entry.users == 0 and entry.con is not None and (
+            hold_seconds == 0 or entry.closing):
           cls._release(entry)
 
   @classmethod
@@ -101,20 +107,26 @@ class DuckDBFiles(object):
 
   @classmethod
   def _release_when_due(cls):
-    """Releases files nobody uses once held long enough, or a reader waits."""
+    """Releases files held long enough, or that a reader waits for: at once
+    if nobody in the process uses them, else when the last user finishes."""
     while True:
       time.sleep(0.05)
       with cls._lock:
         for entry in cls._files.values():
-          if entry.con is not None and entry.users == 0 and (
-              time.monotonic() - entry.opened_at >= entry.hold_seconds or
+          if entry.con is None or entry.closing:
+            continue
+          if (time.monotonic() - entry.opened_at >= entry.hold_seconds or
               _readers_waiting(entry.path)):
-            cls._release(entry)
+            if entry.users == 0:
+              cls._release(entry)
+            else:
+              entry.closing = True
 
   @classmethod
   def _release(cls, entry):
     entry.con.close()
     entry.con = None
+    entry.closing = False
     entry.released_at = time.monotonic()
     cls._lock.notify_all()
 
