@@ -18,6 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import StandardOptions
 
 from pipelines import cli
+from pipelines import direct_runner_speedups
 from pipelines import local_stream
 from transforms import local_pubsub
 from transforms import message_files
@@ -385,6 +386,7 @@ def run(name, argv, options, opts, build, local_tables, bigquery_tables):
     progress = Progress(opts, progress_tables, pump)
     report = lambda status: summary(name, status, opts, progress_tables)  # noqa: E731
     if streaming:
+      direct_runner_speedups.apply()
       return local_stream.run_until_stopped(
           pipeline, progress.report, report, pump, opts.progress_seconds,
           opts.drain_seconds)

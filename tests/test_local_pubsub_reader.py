@@ -2,6 +2,7 @@
 pipeline is killed, stopped or interrupted mid-stream, and poison messages
 end as dead letters without stalling the stream. On the official emulator."""
 
+import datetime
 import os
 import random
 import signal
@@ -137,14 +138,22 @@ def test_ack_on_commit_hook_marks_rows_and_dead_letters():
   local_pubsub.LEASES.take_acks()
 
 
+def received_proto(data, attributes, message_id,
+                   published=datetime.datetime(2020, 1, 1,
+                                               tzinfo=datetime.timezone.utc)):
+  """A ReceivedMessage as the pump pulls it: the raw protobuf."""
+  from google.pubsub_v1.types import ReceivedMessage
+  received = ReceivedMessage.pb()()
+  received.message.data = data
+  received.message.attributes.update(attributes)
+  received.message.message_id = message_id
+  received.message.publish_time.FromDatetime(published)
+  return received
+
+
 def test_oversized_payloads_travel_cut_but_still_too_large():
-  class Received:
-    class message:
-      data = b'y' * (local_pubsub.MAX_PAYLOAD_BYTES + 500)
-      attributes = {'k': 'v'}
-      message_id = '42'
-      import datetime
-      publish_time = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+  Received = received_proto(b'y' * (local_pubsub.MAX_PAYLOAD_BYTES + 500),
+                            {'k': 'v'}, '42')
   message, ts = local_pubsub.to_message(Received)
   assert isinstance(message, PubsubMessage)
   assert len(message.data) == local_pubsub.MAX_PAYLOAD_BYTES + 1
@@ -197,20 +206,14 @@ def user_signin_warehouse_close(db):
 
 
 def test_timestamp_attribute_sets_the_element_time_or_marks_the_message():
-  import datetime
 
-  class Received:
-    class message:
-      data = b'{}'
-      attributes = {'ts': '1508273837250'}
-      message_id = '7'
-      publish_time = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+  Received = received_proto(b'{}', {'ts': '1508273837250'}, '7')
   _, ts = local_pubsub.to_message(Received, timestamp_attribute='ts')
   assert ts.micros == 1508273837250 * 1000
-  Received.message.attributes = {'ts': '2017-10-17T20:57:17.25Z'}
+  Received.message.attributes['ts'] = '2017-10-17T20:57:17.25Z'
   _, ts = local_pubsub.to_message(Received, timestamp_attribute='ts')
   assert ts.micros == 1508273837250 * 1000
-  Received.message.attributes = {'ts': 'yesterday'}
+  Received.message.attributes['ts'] = 'yesterday'
   message, ts = local_pubsub.to_message(Received, timestamp_attribute='ts')
   assert ts.micros == 1577836800 * 10**6  # publish time
   with pytest.raises(pm.Invalid) as raised:
@@ -249,7 +252,6 @@ def test_live_windows_fire_and_count_exactly_the_stored_rows(
 
 
 def test_messages_travel_as_pubsub_protos_not_pickles():
-  import datetime
   import pickle
 
   from apache_beam.io.gcp.pubsub import PubsubMessage

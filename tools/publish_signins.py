@@ -9,6 +9,7 @@ missing. Bad messages cycle through every kind the pipeline dead-letters.
 """
 
 import argparse
+import collections
 import datetime
 import json
 import os
@@ -19,6 +20,7 @@ import time
 BAD_KINDS = ('not_utf8', 'not_json', 'not_object', 'missing_userid',
              'bad_userid', 'missing_date', 'bad_date', 'date_out_of_range',
              'too_large')
+MAX_PENDING = 20000  # publish futures held at once
 
 
 def good_payload(rng, date, users=50):
@@ -91,17 +93,20 @@ def publish(project, topic, count, bad_fraction=0.1, rate=None, date=None,
   topic_path = publisher.topic_path(project, topic)
   ensure_topic(publisher, topic_path, subscription and
                pubsub_v1.SubscriberClient.subscription_path(project, subscription))
-  futures, kinds = [], {}
+  futures, ids, kinds = collections.deque(), [], {}
   started = time.monotonic()
   for i, (data, kind) in enumerate(messages(count, bad_fraction, date,
                                             max_message_bytes, users=users)):
     futures.append(publisher.publish(topic_path, data, sample_index=str(i)))
+    # A long run keeps ids, not a million futures holding their messages.
+    while len(futures) > MAX_PENDING or (futures and futures[0].done()):
+      ids.append(futures.popleft().result(timeout=60))
     kinds[kind or 'valid'] = kinds.get(kind or 'valid', 0) + 1
     if rate:
       delay = started + (i + 1) / rate - time.monotonic()
       if delay > 0:
         time.sleep(delay)
-  ids = [f.result(timeout=60) for f in futures]  # batched, not one by one
+  ids.extend(f.result(timeout=60) for f in futures)  # batched, not one by one
   return len(ids), ids, kinds
 
 

@@ -55,6 +55,7 @@ STOP_CALL_SECONDS = 2  # the same at a stop: a stop never waits on Pub/Sub
 START_SECONDS = 10  # how long a start waits for Pub/Sub to answer
 UTC = datetime.timezone.utc
 WATERMARK_EVERY_SECONDS = 0.5
+FORGET_EVERY_SECONDS = 1.0  # delivery counts of stored messages, dropped
 
 
 class Leases(object):
@@ -209,35 +210,53 @@ class PubsubMessageProtoCoder(coders.Coder):
     return True
 
 
-def to_message(received, attempts=1, max_attempts=None,
-               timestamp_attribute=None):
-  """A pulled ReceivedMessage -> (PubsubMessage cut to travel, its timestamp).
+def message_proto(received, attempts=1, max_attempts=None,
+                  timestamp_attribute=None):
+  """A pulled ReceivedMessage (raw protobuf) -> (Pub/Sub message proto cut to
+  travel, its timestamp): what the runner decodes with PubsubMessageProtoCoder.
 
   The timestamp is the publish time, or ``timestamp_attribute``'s value
   (milliseconds since the epoch or RFC 3339, as Beam's read takes it). A
   message over ``max_attempts`` deliveries, or whose timestamp attribute is
-  not a timestamp, is marked for the parse step to dead-letter.
+  not a timestamp, is marked for the parse step to dead-letter. Raw protos,
+  not the client's proto-plus wrappers: those cost 12% of a live stream's
+  time (benchmarks/README.md).
   """
   msg = received.message
-  data = bytes(msg.data)
-  attributes = dict(msg.attributes)
-  if len(data) > MAX_PAYLOAD_BYTES:
-    attributes[ORIGINAL_SIZE_ATTRIBUTE] = str(len(data))
-    data = data[:MAX_PAYLOAD_BYTES + 1]
-  publish_time = msg.publish_time
-  timestamp = Timestamp.from_utc_datetime(publish_time)
+  published = msg.publish_time
+  timestamp = Timestamp(seconds=published.seconds,
+                        micros=published.nanos // 1000)
+  attributes = msg.attributes
+  changes = {}
+  if len(msg.data) > MAX_PAYLOAD_BYTES:
+    changes[ORIGINAL_SIZE_ATTRIBUTE] = str(len(msg.data))
   if max_attempts and attempts > max_attempts:
-    attributes[pubsub_message.TOO_MANY_ATTEMPTS_ATTRIBUTE] = str(attempts)
+    changes[pubsub_message.TOO_MANY_ATTEMPTS_ATTRIBUTE] = str(attempts)
   if timestamp_attribute and timestamp_attribute in attributes:
     try:
       timestamp = parse_timestamp_attribute(attributes[timestamp_attribute])
     except ValueError as e:
-      attributes[pubsub_message.BAD_TIMESTAMP_ATTRIBUTE] = (
+      changes[pubsub_message.BAD_TIMESTAMP_ATTRIBUTE] = (
           'attribute %s=%r is not a timestamp: %s' % (
               timestamp_attribute, attributes[timestamp_attribute][:100], e))
-  message = PubsubMessage(data, attributes, message_id=msg.message_id,
-                          publish_time=publish_time)
-  return message, timestamp
+  if changes:
+    copy = type(msg)()
+    copy.CopyFrom(msg)
+    if ORIGINAL_SIZE_ATTRIBUTE in changes:
+      copy.data = msg.data[:MAX_PAYLOAD_BYTES + 1]
+    copy.attributes.update(changes)
+    msg = copy
+  return msg, timestamp
+
+
+def to_message(received, attempts=1, max_attempts=None,
+               timestamp_attribute=None):
+  """A pulled ReceivedMessage -> (PubsubMessage as the runner sees it, its
+  timestamp)."""
+  proto, timestamp = message_proto(received, attempts, max_attempts,
+                                   timestamp_attribute)
+  return (PubsubMessageProtoCoder().decode(proto.SerializeToString()),
+          timestamp)
 
 
 def parse_timestamp_attribute(value):
@@ -252,12 +271,15 @@ def parse_timestamp_attribute(value):
 # the local runner reads TestStreamService events as microseconds (a 1000x
 # error that leaves the watermark in January 1970, so no window ever fires).
 # We build the protos with microseconds, which is what the reader expects.
-def element_event(messages_and_times, coder):
-  """[(element, Timestamp)] -> a TestStreamPayload element event proto."""
+def element_event(messages_and_times, coder=None):
+  """[(element, Timestamp)] -> a TestStreamPayload element event proto;
+  elements that are protos travel as they are serialized."""
   payload = beam_runner_api_pb2.TestStreamPayload
+  encode = coder.encode if coder is not None else (
+      lambda proto: proto.SerializeToString())
   return payload.Event(element_event=payload.Event.AddElements(
       elements=[payload.TimestampedElement(
-          encoded_element=coder.encode(value), timestamp=ts.micros)
+          encoded_element=encode(value), timestamp=ts.micros)
                 for value, ts in messages_and_times],
       tag='None'))
 
@@ -326,6 +348,7 @@ class PubSubPump(object):
                timestamp_attribute=None, max_in_flight=MAX_IN_FLIGHT,
                max_in_flight_bytes=MAX_IN_FLIGHT_BYTES):
     self.max_in_flight = max_in_flight
+    self._last_forget = 0.0
     self.max_in_flight_bytes = max_in_flight_bytes
     self.reachability = Reachability(subscription)
     self.attempts = attempts
@@ -335,7 +358,6 @@ class PubSubPump(object):
     self.max_messages = max_messages
     self.pull_timeout = pull_timeout
     self.leases = leases
-    self.coder = PubsubMessageProtoCoder()
     self._client = None
     self._pulling = threading.Event()
     self._pulling.set()
@@ -368,7 +390,7 @@ class PubSubPump(object):
     self._closed.set()
     if self._lease_thread:
       self._lease_thread.join(timeout)
-    if self._flush_acks(timeout):
+    if self._flush_acks(timeout, final=True):
       self._modify_deadlines(0, timeout)
     return self.leases.count()
 
@@ -444,26 +466,27 @@ class PubSubPump(object):
       time.sleep(self.reachability.failed('pull', e))
       return []
     self.reachability.answered()
-    received = list(response.received_messages)
+    received = list(type(response).pb(response).received_messages)
     for r in received:
-      self.leases.add(self.subscription, r.message.message_id, r.ack_id,
-                      len(r.message.data),
-                      r.message.publish_time.timestamp())
+      msg = r.message
+      self.leases.add(self.subscription, msg.message_id, r.ack_id,
+                      len(msg.data),
+                      msg.publish_time.seconds + msg.publish_time.nanos * 1e-9)
     return received
 
   def _element_events(self, received):
     batch, size = [], 0
     for r, attempts in received:
-      message, ts = to_message(
+      message, ts = message_proto(
           r, attempts, self.max_attempts, self.timestamp_attribute)
       cost = len(message.data) + 200
       if batch and size + cost > MAX_EVENT_BYTES:
-        yield element_event(batch, self.coder)
+        yield element_event(batch)
         batch, size = [], 0
       batch.append((message, ts))
       size += cost
     if batch:
-      yield element_event(batch, self.coder)
+      yield element_event(batch)
 
   # -- acknowledgements and deadlines ----------------------------------------
   def _keep_leases(self):
@@ -477,11 +500,15 @@ class PubSubPump(object):
         last_extension = time.monotonic()
         self._extend_deadlines()
 
-  def _flush_acks(self, timeout=ACK_CALL_SECONDS):
+  def _flush_acks(self, timeout=ACK_CALL_SECONDS, final=False):
     """Acknowledges what was stored; what Pub/Sub does not take is tried
-    again later. Returns False if Pub/Sub did not answer."""
+    again later. Returns False if Pub/Sub did not answer. Delivery counts of
+    stored messages are dropped every FORGET_EVERY_SECONDS (each is a
+    DuckDB commit) and at the end."""
     acks = self.leases.take_acks()
-    if self.attempts is not None:
+    if self.attempts is not None and (
+        final or time.monotonic() - self._last_forget >= FORGET_EVERY_SECONDS):
+      self._last_forget = time.monotonic()
       try:
         self.attempts.forget(self.leases.take_committed_ids())
       except Exception as e:  # pylint: disable=broad-except
