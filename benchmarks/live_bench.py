@@ -90,6 +90,59 @@ def publish_backlog(topic, args):
                           users=args.users)
 
 
+# Issue 11's table: (case, what the issue measured, scenario flags).
+ISSUE_CASES = [
+    ('10,000 pre-published, 50 users, one window (the streaming benchmark)',
+     '7,604 msgs/s', dict(backlog=10000, users=50, spread_minutes=0, seconds=0)),
+    ('50,000 pre-published, 5,000 users, one window', '3,556-4,042 msgs/s',
+     dict(backlog=50000, users=5000, spread_minutes=0, seconds=0)),
+    ('50,000 pre-published, 5,000 users, dates over 10 minutes', '2,078 msgs/s',
+     dict(backlog=50000, users=5000, spread_minutes=10, seconds=0)),
+    ('live: 2,000 msgs/s for 60 s, 5,000 users', '~1,000 msgs/s, 60,200 behind',
+     dict(backlog=0, users=5000, rate=2000, seconds=60)),
+    ('live: 1,500 msgs/s for 200 s, 5,000 users',
+     '~750 msgs/s while publishing', dict(backlog=0, users=5000, rate=1500,
+                                          seconds=200)),
+    ('live: 5,000 msgs/s for 60 s, 5,000 users (the target)', '-',
+     dict(backlog=0, users=5000, rate=5000, seconds=60)),
+]
+
+
+def case_cell(r, timeout):
+  """A case's result in one cell: backlogs by rate, live runs by lag."""
+  if r['catch_up'] is None:
+    return 'not caught up within %.0f s' % timeout
+  if r['offered'] == 0:
+    return '%.0f msgs/s' % r['stored_rate']
+  return '%d behind at the last publish, caught up in %.1f s' % (
+      r['behind'], r['catch_up'])
+
+
+def run_issue_cases(args, tmp, code_variants):
+  """Every case of ISSUE_CASES for every (label, shards, code), one table."""
+  rows = ['| case | the issue | %s |' % ' | '.join(
+      label for label, _, _ in code_variants),
+          '| --- | --- |%s' % (' --- |' * len(code_variants))]
+  for case, quoted, flags in ISSUE_CASES:
+    cells = []
+    for label, shards, code in code_variants:
+      scenario = argparse.Namespace(**dict(vars(args), **flags))
+      r = run_variant(shards, scenario, tmp, code)
+      print('%s [%s] %s' % (case, label, r_line(r)), flush=True)
+      cells.append('%s; counts %s, %d / %d stored' % (
+          case_cell(r, args.catch_up_timeout),
+          'exact' if r['count_mismatches'] == 0 else
+          '%d differ' % r['count_mismatches'], r['stored'], r['published']))
+    rows.append('| %s | %s | %s |' % (case, quoted, ' | '.join(cells)))
+  return '\n'.join(rows)
+
+
+def r_line(r):
+  return ', '.join('%s=%s' % (k, round(v, 3) if isinstance(v, float) else
+                              rss_text(v) if k == 'rss' else v)
+                   for k, v in r.items())
+
+
 def rss_text(samples):
   """'start -> max -> end MiB' (and every minute of a long run)."""
   if not samples:
@@ -105,7 +158,23 @@ def rss_text(samples):
   return text
 
 
-def run_variant(shards, args, tmp):
+def baseline_tree(ref, tmp):
+  """A checkout of ``ref`` (git worktree, detached) to run side by side."""
+  path = os.path.join(tmp, 'baseline')
+  subprocess.run(['git', 'worktree', 'add', '--detach', '--force', path, ref],
+                 cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+                 stderr=subprocess.DEVNULL)
+  return path
+
+
+def remove_baseline_tree(path):
+  subprocess.run(['git', 'worktree', 'remove', '--force', path], cwd=ROOT,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def run_variant(shards, args, tmp, code=ROOT):
+  """One run of main.py user_signin from ``code`` (this tree, or a baseline
+  checkout); ``shards`` None runs without --count_shards."""
   topic, sub = 'live-%s' % uuid.uuid4().hex[:8], 'live-sub-%s' % uuid.uuid4().hex[:8]
   publish_signins.publish(PROJECT, topic, 0, subscription=sub)
   status = os.path.join(tmp, sub + '.json')
@@ -113,14 +182,16 @@ def run_variant(shards, args, tmp):
   log = open(os.path.join(tmp, sub + '.log'), 'w')
   if args.backlog:  # pre-published: waiting when the pipeline starts
     publish_backlog(topic, args)
+  shard_flags = [] if shards is None else ['--count_shards', str(shards)]
   proc = subprocess.Popen(
-      [sys.executable, os.path.join(ROOT, 'main.py'), 'user_signin',
+      [sys.executable, os.path.join(code, 'main.py'), 'user_signin',
        '--input_subscription', 'projects/%s/subscriptions/%s' % (PROJECT, sub),
        '--warehouse', db, '--max_message_bytes', str(MAX_BYTES),
        '--window_seconds', str(WINDOW_SECONDS), '--allowed_lateness_seconds',
-       str(LATENESS_SECONDS), '--count_shards', str(shards), '--status_file', status,
-       '--progress_seconds', '0.5'] + args.pipeline_flags.split(),
-      stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT)
+       str(LATENESS_SECONDS), '--status_file', status,
+       '--progress_seconds', '0.5'] + shard_flags + args.pipeline_flags.split(),
+      stdout=subprocess.DEVNULL, stderr=log, cwd=code,
+      env=dict(os.environ, PYTHONPATH=code))
   rss = RssSampler(proc.pid)
   try:
     status_file.wait_for(status, lambda s: 'messages_in' in s,
@@ -217,6 +288,12 @@ def main(argv=None):
   parser.add_argument('--section', default='live',
                       help='which results section of benchmarks/README.md')
   parser.add_argument('--catch-up-timeout', type=float, default=600)
+  parser.add_argument('--baseline', default=None, metavar='GIT_REF',
+                      help='also run the code of this commit (a git worktree), '
+                      'side by side')
+  parser.add_argument('--issue-cases', action='store_true',
+                      help='run the cases of issue 11\'s table (backlogs and '
+                      'live bursts) instead of one scenario; one table')
   parser.add_argument('--write-readme', action='store_true')
   args = parser.parse_args(argv)
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -229,17 +306,35 @@ def main(argv=None):
         log_path=os.path.join(tmp, 'pubsub.log'), project=PROJECT)
     emulator.start()
     os.environ.update(emulator.env())
+    baseline = baseline_tree(args.baseline, tmp) if args.baseline else None
     try:
-      for round_ in range(args.repeat):
-        for shards in (variants if round_ % 2 == 0 else variants[::-1]):
-          r = run_variant(shards, args, tmp)
-          results[shards].append(r)
-          print('count_shards %-3d %s' % (shards, ', '.join(
-              '%s=%s' % (k, round(v, 3) if isinstance(v, float) else
-                         rss_text(v) if k == 'rss' else v)
-              for k, v in r.items())), flush=True)
+      if args.issue_cases:
+        code_variants = ([('baseline %s' % args.baseline, None, baseline)]
+                         if baseline else []) + [
+                             ('now (`--count_shards %d`)' % v, v, ROOT)
+                             for v in variants]
+        report = run_issue_cases(args, tmp, code_variants)
+      else:
+        for round_ in range(args.repeat):
+          for shards in (variants if round_ % 2 == 0 else variants[::-1]):
+            r = run_variant(shards, args, tmp)
+            results[shards].append(r)
+            print('count_shards %-3d %s' % (shards, r_line(r)), flush=True)
     finally:
+      if baseline:
+        remove_baseline_tree(baseline)
       emulator.stop()
+  if not args.issue_cases:
+    report = results_table(results, args)
+  print('\n' + report)
+  if args.write_readme:
+    from results import replace_section
+    replace_section(args.section, 'Last run %s: `./run.sh bench live %s`'
+                    '\n\n%s\n' % (time.strftime('%Y-%m-%d'),
+                                   ' '.join(argv or sys.argv[1:]), report))
+
+
+def results_table(results, args):
   rows = ['| `--count_shards` | offered msgs/s (live) | behind at last publish | '
           'catch-up | stored msgs/s overall | latency p50 / p99 | RSS | '
           'counts == SQL (windows) | stored / published |',
@@ -256,13 +351,7 @@ def main(argv=None):
                       'yes' if r['count_mismatches'] == 0 else
                       '%d differ' % r['count_mismatches'], r['windows_checked'],
                       r['stored'], r['published']))
-  report = '\n'.join(rows)
-  print('\n' + report)
-  if args.write_readme:
-    from results import replace_section
-    replace_section(args.section, 'Last run %s: `./run.sh bench live %s`'
-                    '\n\n%s\n' % (time.strftime('%Y-%m-%d'),
-                                   ' '.join(argv or sys.argv[1:]), report))
+  return '\n'.join(rows)
 
 
 if __name__ == '__main__':

@@ -506,7 +506,9 @@ class PubSubPump(object):
     stored messages are dropped every FORGET_EVERY_SECONDS (each is a
     DuckDB commit) and at the end."""
     acks = self.leases.take_acks()
-    if self.attempts is not None and (
+    if self.attempts is None:
+      self.leases.take_committed_ids()  # nothing to forget: not kept
+    elif (
         final or time.monotonic() - self._last_forget >= FORGET_EVERY_SECONDS):
       self._last_forget = time.monotonic()
       try:
