@@ -271,16 +271,15 @@ def parse_timestamp_attribute(value):
 # the local runner reads TestStreamService events as microseconds (a 1000x
 # error that leaves the watermark in January 1970, so no window ever fires).
 # We build the protos with microseconds, which is what the reader expects.
-def element_event(messages_and_times, coder=None):
-  """[(element, Timestamp)] -> a TestStreamPayload element event proto;
-  elements that are protos travel as they are serialized."""
+def element_event(protos_and_times):
+  """[(message proto, Timestamp)] -> a TestStreamPayload element event proto;
+  each message travels serialized as it came (PubsubMessageProtoCoder reads
+  it on the runner's side)."""
   payload = beam_runner_api_pb2.TestStreamPayload
-  encode = coder.encode if coder is not None else (
-      lambda proto: proto.SerializeToString())
   return payload.Event(element_event=payload.Event.AddElements(
       elements=[payload.TimestampedElement(
-          encoded_element=encode(value), timestamp=ts.micros)
-                for value, ts in messages_and_times],
+          encoded_element=proto.SerializeToString(), timestamp=ts.micros)
+                for proto, ts in protos_and_times],
       tag='None'))
 
 
