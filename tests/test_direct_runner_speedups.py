@@ -70,3 +70,89 @@ def test_stateful_pipeline_runs_the_same_with_the_cache_installed():
               | beam.ParDo(RunningTotal())
               | beam.combiners.Count.PerKey())
     assert_that(totals, equal_to([('a', 2), ('b', 1)]))
+
+
+def _late_counts(events, expected):
+  """Runs per-key sums in 60 s windows (lateness 120 s, a late pane per late
+  element, accumulating) of a TestStream and checks them, as (key, sum,
+  window start, timing), against ``expected``."""
+  from apache_beam.options.pipeline_options import PipelineOptions
+  from apache_beam.options.pipeline_options import StandardOptions
+  from apache_beam.testing.test_stream import TestStream
+  from apache_beam.transforms import trigger
+  from apache_beam.transforms import window
+  stream = TestStream()
+  for kind, arg in events:
+    if kind == 'add':
+      stream = stream.add_elements(
+          [window.TimestampedValue(kv, ts) for kv, ts in arg])
+    else:
+      stream = stream.advance_watermark_to(arg)
+  stream = stream.advance_watermark_to_infinity()
+  options = PipelineOptions()
+  options.view_as(StandardOptions).streaming = True
+
+  class Describe(beam.DoFn):
+    def process(self, kv, win=beam.DoFn.WindowParam,
+                pane=beam.DoFn.PaneInfoParam):
+      yield kv[0], kv[1], int(win.start), pane.timing
+
+  with TestPipeline(options=options) as p:
+    out = (p | stream
+           | beam.WindowInto(
+               window.FixedWindows(60),
+               trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+               allowed_lateness=120,
+               accumulation_mode=trigger.AccumulationMode.ACCUMULATING)
+           | beam.CombinePerKey(sum)
+           | beam.ParDo(Describe()))
+    assert_that(out, equal_to(expected))
+
+
+def test_window_state_past_its_lateness_is_dropped_and_panes_stay_the_same():
+  from apache_beam.utils.windowed_value import PaneInfoTiming as T
+  direct_runner_speedups.apply()
+  before = direct_runner_speedups.collected_windows
+  events = [
+      ('add', [(('a', 1), 10), (('b', 2), 20), (('a', 3), 70)]),
+      ('watermark', 65),        # window 0 fires on time: a=1, b=2
+      ('add', [(('a', 5), 30)]),  # late, within lateness: a=6 (accumulated)
+      ('watermark', 200),       # window 60 on time: a=3; window 0 expires
+      ('add', [(('a', 100), 40), (('a', 7), 190)]),  # window 0: too late
+      ('watermark', 260),
+      ('add', [(('a', 1), 250)]),  # window 60 expired; window 180 new
+  ]
+  expected = [('a', 1, 0, T.ON_TIME), ('b', 2, 0, T.ON_TIME),
+              ('a', 6, 0, T.LATE), ('a', 3, 60, T.ON_TIME),
+              ('a', 7, 180, T.ON_TIME), ('a', 1, 240, T.ON_TIME)]
+  _late_counts(events, expected)
+  assert direct_runner_speedups.collected_windows > before
+
+
+def test_expired_windows_are_past_lateness_and_without_timers():
+  from apache_beam.transforms.trigger import _ListStateTag
+  from apache_beam.transforms.trigger import InMemoryUnmergedState
+  from apache_beam.transforms.trigger import MergeableStateAdapter
+  from apache_beam.transforms.window import IntervalWindow
+  from apache_beam.utils.timestamp import Duration
+  from apache_beam.utils.timestamp import Timestamp
+  raw = InMemoryUnmergedState()
+  state = MergeableStateAdapter(raw)  # how Beam's trigger driver keeps it
+  tag = _ListStateTag('elements')
+  old, pending, current = (IntervalWindow(0, 60), IntervalWindow(60, 120),
+                           IntervalWindow(240, 300))
+  for w in (old, pending, current):
+    state.add_state(w, tag, 1)
+  state.set_timer(pending, 'trigger', 'WATERMARK', Timestamp(119))
+  lateness = Duration(120)
+  assert direct_runner_speedups.expired_windows(
+      raw, Timestamp(180), lateness) == {}  # at the bound: still open
+  expired = direct_runner_speedups.expired_windows(
+      raw, Timestamp(181), lateness)
+  assert list(expired) == [old]
+  direct_runner_speedups.drop_windows(raw, expired)
+  assert sorted(raw.state) == sorted(
+      MergeableStateAdapter(raw).window_ids[w][0] for w in (pending, current))
+  after = MergeableStateAdapter(raw)
+  assert after.known_windows() == [pending, current]
+  assert after.get_state(current, tag) == [1]
