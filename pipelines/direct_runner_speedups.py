@@ -30,7 +30,7 @@ import types
 _LOG = logging.getLogger(__name__)
 _applied = False
 _lock = threading.Lock()
-collected_windows = 0  # (key, window) states dropped, for tests and logs
+collected_windows = 0  # (key, window) states dropped, for tests
 
 
 def _cached_specs(original):
@@ -90,7 +90,8 @@ def _collecting_expired_windows(original):
     if expired:
       global collected_windows
       drop_windows(state, expired)
-      collected_windows += len(expired)
+      with _lock:  # evaluators run in the runner's worker threads
+        collected_windows += len(expired)
       self.keyed_holds[encoded_k] = state.get_earliest_hold()
   process_element.original = original
   return process_element
