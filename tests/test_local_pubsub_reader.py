@@ -6,6 +6,7 @@ import datetime
 import os
 import random
 import signal
+import time
 import uuid
 
 import duckdb
@@ -15,6 +16,7 @@ from apache_beam.io.gcp.pubsub import PubsubMessage
 from tests.test_user_signin_stream import start_pipeline
 from tests.test_user_signin_stream import wait_for_status
 from tools import publish_signins
+from transforms import duckdb_files
 from transforms import local_pubsub
 from transforms import pubsub_message as pm
 
@@ -249,6 +251,57 @@ def test_live_windows_fire_and_count_exactly_the_stored_rows(
   con.close()
   assert not mismatched
   assert 0 < counted <= count
+
+
+def test_watermark_holds_at_what_was_pulled_while_a_backlog_is_read():
+  from apache_beam.utils.timestamp import Timestamp
+  now = 1000.0
+  last = Timestamp.of(900)
+  step = lambda newest, idle=False: local_pubsub.next_watermark(  # noqa: E731
+      last, newest, idle, now=now)
+  # Messages pulled: their newest timestamp, not the clock.
+  assert step(Timestamp.of(950)) == Timestamp.of(950)
+  # Nothing pulled: unchanged, until the pulls have been empty a while.
+  assert step(None) == last
+  assert step(None, idle=True) == Timestamp.of(now)
+  # Never past the clock, never backwards.
+  assert step(Timestamp.of(5000)) == Timestamp.of(now)
+  assert step(Timestamp.of(10)) == last
+
+
+@pytest.mark.emulator
+def test_a_backlog_read_in_small_pulls_is_counted_on_time(
+    pubsub_emulator, tmp_path):
+  """Sign-ins published seconds before the pipeline starts, read 100 at a
+  time: each window's count equals its rows, as the watermark follows the
+  messages read, not the clock (with the clock, all but the first pull's
+  would be past a 2 s lateness, stored but not counted; and the emulator
+  does answer a pull with nothing while a backlog waits)."""
+  topic, sub, subscription = fresh_subscription(pubsub_emulator)
+  count, _, _ = publish_signins.publish(
+      pubsub_emulator.project, topic, 1500, bad_fraction=0.0,
+      subscription=sub, rate=1000)
+  time.sleep(4)  # the backlog ages past its windows' lateness
+  db, status = tmp_path / 'wh.duckdb', tmp_path / 'status.json'
+  proc = start(subscription, db, status, '--window_seconds', '1',
+               '--allowed_lateness_seconds', '2', '--max_in_flight', '100')
+  wait_for_status(status, lambda s: s.get('stored_total', 0) >= count, proc)
+  # The last windows fire once the reader sees nothing more waiting.
+  deadline = time.monotonic() + 30
+  while True:
+    with duckdb_files.wait_to_read(str(db)) as con:
+      counted, rows, oldest = con.execute(
+          'SELECT (SELECT sum(signins) FROM signin_counts), count(*), '
+          'min(ingested_at) - max(date) FROM signins').fetchone()
+    if counted == count or time.monotonic() > deadline:
+      break
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=90)
+  assert proc.returncode == 0, err
+  assert rows == count
+  assert oldest > datetime.timedelta(seconds=3)  # all past the lateness
+  assert counted == count
 
 
 def test_messages_travel_as_pubsub_protos_not_pickles():

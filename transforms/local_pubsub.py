@@ -55,6 +55,8 @@ STOP_CALL_SECONDS = 2  # the same at a stop: a stop never waits on Pub/Sub
 START_SECONDS = 10  # how long a start waits for Pub/Sub to answer
 UTC = datetime.timezone.utc
 WATERMARK_EVERY_SECONDS = 0.5
+IDLE_SECONDS = 1.0  # pulls empty this long: nothing waiting, watermark = now
+HEARTBEAT_SECONDS = 5.0  # the longest the reader stays silent
 FORGET_EVERY_SECONDS = 1.0  # delivery counts of stored messages, dropped
 
 
@@ -290,6 +292,29 @@ def watermark_event(watermark):
       new_watermark=watermark.micros, tag='None'))
 
 
+def next_watermark(last, newest, idle, now=None):
+  """The reader's next watermark: what Dataflow's Pub/Sub read estimates
+  (the oldest message not yet read), as far as one subscriber can tell.
+
+  Messages just pulled hold it at the newest of their timestamps
+  (``newest``): while a backlog is read (the pipeline behind live traffic,
+  or a restart reading what the last run left), what is still in Pub/Sub is
+  no older than what was just pulled, so event-time windows do not close
+  over it and its rows are on time, not late. Only once the pulls have come
+  back empty for IDLE_SECONDS (``idle``: nothing is waiting; one empty
+  answer is no proof, Pub/Sub may return one with a backlog) is it now.
+  Otherwise it stays. Never past now, never backwards.
+  """
+  now = Timestamp.of(int((time.time() if now is None else now) * 1000) / 1000.0)
+  if newest is not None:
+    candidate = min(now, newest)
+  elif idle:
+    candidate = now
+  else:
+    return last
+  return max(last, candidate)
+
+
 class DeliveryAttempts(object):
   """How often each unacknowledged message was pulled, kept in the warehouse
   file so that it survives crashes: a message that kills the pipeline every
@@ -339,8 +364,9 @@ class PubSubPump(object):
   """Pulls a subscription in large batches and serves them as TestStream events.
 
   ``read_multiple`` is the TestStreamService reader: a generator of event
-  protos that never ends until ``close``; when idle it advances the watermark
-  to now (a heartbeat: Beam stops a TestStream silent for 30 s).
+  protos that never ends until ``close``. Its watermark follows the messages
+  pulled, and is now once nothing waits (``next_watermark``); it speaks at
+  least every HEARTBEAT_SECONDS (Beam stops a TestStream silent for 30 s).
   """
   def __init__(self, subscription, max_messages=2000, pull_timeout=1.0,
                leases=LEASES, attempts=None, max_attempts=5,
@@ -396,10 +422,13 @@ class PubSubPump(object):
   # -- the TestStreamService reader ------------------------------------------
   def read_multiple(self, unused_keys):
     last_watermark = Timestamp.of(0)
+    empty_since = None  # when the pulls began to come back empty
+    last_event_at = time.monotonic()
     while not self._closed.is_set():
       try:
-        received = self._pull() if self._pulling.is_set() else []
-        events = list(self._element_events(received))
+        pulled_at = time.monotonic()
+        received = self._pull() if self._pulling.is_set() else None
+        events, newest = self._element_events(received or [])
       except Exception:  # pylint: disable=broad-except
         # An exception here would end Beam's TestStream, and the stream with
         # it. Pulled messages stay unacknowledged: Pub/Sub redelivers them.
@@ -408,14 +437,25 @@ class PubSubPump(object):
         continue
       if not received and not self._pulling.is_set():
         time.sleep(0.2)
+      if events:
+        last_event_at = time.monotonic()
       yield from events
-      # Local runner semantics, as Beam's read: the watermark is now. Every
-      # event costs the runner a round through the graph, so at most a few
-      # watermark advances per second.
-      watermark = Timestamp.of(int(time.time() * 1000) / 1000.0)
-      if watermark - last_watermark >= WATERMARK_EVERY_SECONDS:
-        last_watermark = watermark
-        yield watermark_event(watermark)
+      if received:
+        empty_since = None
+      elif received is not None and empty_since is None:
+        empty_since = pulled_at
+      watermark = next_watermark(
+          last_watermark, newest, idle=empty_since is not None and
+          time.monotonic() - empty_since >= IDLE_SECONDS)
+      # Every event costs the runner a round through the graph, so at most a
+      # few watermark advances per second; and one at least every
+      # HEARTBEAT_SECONDS, even unchanged (Beam ends a TestStream silent for
+      # 30 s: a long stall at the read-ahead bound, a Pub/Sub outage).
+      if (watermark - last_watermark >= WATERMARK_EVERY_SECONDS or
+          time.monotonic() - last_event_at >= HEARTBEAT_SECONDS):
+        last_watermark = max(last_watermark, watermark)
+        last_event_at = time.monotonic()
+        yield watermark_event(last_watermark)
 
   def _room(self):
     """How many more messages may be pulled now (read-ahead bound). At the
@@ -429,16 +469,19 @@ class PubSubPump(object):
                                max(1, self.max_in_flight // 2)) else 0
 
   def _pull(self):
-    """Up to max_messages as (ReceivedMessage, deliveries so far): pulls
-    again while the backlog keeps answering (the emulator returns at most 100
-    per pull), for ~0.1 s at most; counts deliveries once per batch. Pulls
-    nothing (waits a little) while ``max_in_flight`` messages or
-    ``max_in_flight_bytes`` are pulled and not yet acknowledged."""
+    """Up to max_messages as (ReceivedMessage, deliveries so far), or None
+    when it did not pull (read-ahead bound reached, Pub/Sub not answering).
+    Pulls again while the backlog keeps answering (the emulator returns at
+    most 100 per pull), for ~0.1 s at most; counts deliveries once per
+    batch. Pulls nothing (waits a little) while ``max_in_flight`` messages
+    or ``max_in_flight_bytes`` are pulled and not yet acknowledged."""
     room = self._room()
     if not room:
       time.sleep(0.02)
-      return []
+      return None
     received = self._pull_once(self.pull_timeout, room)
+    if received is None:
+      return None
     started = time.monotonic()
     while (received and len(received) < room and
            time.monotonic() - started < self.GATHER_SECONDS):
@@ -463,7 +506,7 @@ class PubSubPump(object):
       return []  # nothing to pull within the timeout (or Pub/Sub is frozen)
     except exceptions.GoogleAPICallError as e:
       time.sleep(self.reachability.failed('pull', e))
-      return []
+      return None  # not known what is waiting
     self.reachability.answered()
     received = list(type(response).pb(response).received_messages)
     for r in received:
@@ -474,18 +517,23 @@ class PubSubPump(object):
     return received
 
   def _element_events(self, received):
-    batch, size = [], 0
+    """[(ReceivedMessage, deliveries)] -> (element event protos, the newest
+    message timestamp among them or None)."""
+    events, batch, size, newest = [], [], 0, None
     for r, attempts in received:
       message, ts = message_proto(
           r, attempts, self.max_attempts, self.timestamp_attribute)
+      if newest is None or ts > newest:
+        newest = ts
       cost = len(message.data) + 200
       if batch and size + cost > MAX_EVENT_BYTES:
-        yield element_event(batch)
+        events.append(element_event(batch))
         batch, size = [], 0
       batch.append((message, ts))
       size += cost
     if batch:
-      yield element_event(batch)
+      events.append(element_event(batch))
+    return events, newest
 
   # -- acknowledgements and deadlines ----------------------------------------
   def _keep_leases(self):
