@@ -245,3 +245,12 @@ def test_ambiguous_or_wrong_dates_stay_bad_date(text):
   with pytest.raises(pm.Invalid) as e:
     pm.parse_date(text)
   assert e.value.reason == 'bad_date'
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.datetimes(min_value=datetime.datetime(1, 1, 1),
+                    max_value=datetime.datetime(9999, 12, 31, 23, 59, 59, 999999)))
+def test_event_timestamp_is_beams_own_conversion(when):
+  from apache_beam.utils.timestamp import Timestamp
+  when = when.replace(tzinfo=datetime.timezone.utc)
+  assert pm.utc_timestamp(when) == Timestamp.from_utc_datetime(when)

