@@ -120,7 +120,8 @@ def run_stream(tables, project, topic, sub, count, timeout, status_path):
         accounted, n, time.monotonic() - started,
         'every message accounted for' if accounted == n else 'MISSING SOME'),
         flush=True)
-    # Event-time windows fire once the watermark (now, locally) passes them.
+    # Event-time windows fire once the watermark passes them (locally: now,
+    # once Pub/Sub has had nothing waiting for a second).
     status_file.wait_for(status_path, lambda s: False, running,
                          WINDOW_SECONDS + 2)
   finally:
