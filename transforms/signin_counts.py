@@ -16,7 +16,6 @@ the local runner (``skip_unchanged``) only those whose total changed.
 """
 
 import collections
-import datetime
 import threading
 import uuid
 import zlib
@@ -28,9 +27,7 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 from apache_beam.utils.windowed_value import WindowedValue
 
-
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
-_MICROSECOND = datetime.timedelta(microseconds=1)
+from transforms import pubsub_message
 
 
 class FormatWindowCount(beam.DoFn):
@@ -76,7 +73,7 @@ class CountPerUserAndWindowInBundle(beam.DoFn):
     # read from the row, the runner takes its cheapest per-element path
     # (no DoFn parameters). FixedWindows(size) without offset: the window
     # starts at ts - ts % size.
-    micros = (row['date'] - _EPOCH) // _MICROSECOND
+    micros = pubsub_message.epoch_micros(row['date'])
     self._counts[(row['userid'], micros - micros % self._size_micros)] += 1
 
   def finish_bundle(self):
