@@ -30,6 +30,8 @@ setuptools.setup(
         pinned('google-cloud-bigquery'),
         pinned('python-dateutil'),
         pinned('duckdb'),
+        pinned('msgspec'),
+        pinned('shapely'),
     ],
     entry_points={'console_scripts': ['beam-pipelines=pipelines.main:main']},
 )

@@ -193,6 +193,16 @@ def check_local_output(flag, path, is_file=True):
     raise UsageError('%s: cannot write in %r' % (flag, folder))
 
 
+def check_local_warehouse(flag, path):
+  """A local DuckDB warehouse must be one this run can open and write: a
+  one-line UsageError (exit 2) before anything is read or acknowledged."""
+  from transforms import warehouse
+  check_local_output(flag, path)
+  problem = warehouse.duckdb_file_problem(path)
+  if problem:
+    raise UsageError('%s: %r: %s' % (flag, path, problem))
+
+
 LOCAL_TEMP_BUCKET = 'beam-temp'
 
 

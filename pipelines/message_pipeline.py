@@ -165,7 +165,7 @@ def check_locations(options, opts):
     cli.match_input_files('--input_file', opts.input_file, options)
   if not opts.output_table or opts.input_subscription:
     # The local reader keeps delivery counts in the warehouse file too.
-    cli.check_local_output('--warehouse', opts.warehouse)
+    cli.check_local_warehouse('--warehouse', opts.warehouse)
 
 
 def read_messages(pipeline, opts):

@@ -129,7 +129,7 @@ def check(options):
     return None  # a dry run must not touch gs:// (or the network)
   cli.check_local_output('--output', opts.output)
   if opts.output_table and warehouse.is_local_warehouse(opts.output_table):
-    cli.check_local_output('--output_table', opts.output_table)
+    cli.check_local_warehouse('--output_table', opts.output_table)
   matched = cli.match_input_files('--input', opts.input, options)
   return sum(m.size_in_bytes for m in matched)
 

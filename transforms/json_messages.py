@@ -11,18 +11,17 @@ import traceback
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.utils.timestamp import Timestamp
 
+from transforms import event_time
 from transforms import json_rows
 from transforms import pubsub_message
 from transforms import tally
 
 DEAD_LETTERS = pubsub_message.DEAD_LETTERS
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
-_MICROSECOND = datetime.timedelta(microseconds=1)
-REASONS = ('too_large', 'not_utf8', 'not_json', 'not_object', 'missing_field',
-           'bad_value', 'out_of_range', 'unknown_field', 'sink_rejected',
-           'internal_error', 'too_many_attempts', 'bad_timestamp_attribute')
+REASONS = (('too_large', 'not_utf8', 'not_json', 'not_object')
+           + json_rows.REASONS
+           + ('sink_rejected', 'internal_error', 'too_many_attempts',
+              'bad_timestamp_attribute'))
 
 
 class ParseJsonMessageFn(beam.DoFn):
@@ -53,8 +52,12 @@ class ParseJsonMessageFn(beam.DoFn):
   def process(self, message, timestamp=beam.DoFn.TimestampParam):
     self._seen += 1
     try:
-      payload = pubsub_message.decode_object(message, self._max_bytes)
+      payload, checked = pubsub_message.decode_object(message, self._max_bytes)
       row = self._convert(payload)
+      if not checked:
+        unencodable = json_rows.first_unencodable(row)
+        if unencodable is not None:
+          raise json_rows.surrogate_refusal(unencodable)
     except pubsub_message.Invalid as e:
       yield self._dead(message, e.reason, e)
       return
@@ -70,8 +73,7 @@ class ParseJsonMessageFn(beam.DoFn):
     when = row.get(self._event_time_field) if self._event_time_field else (
         pubsub_message.publish_time(message))
     if isinstance(when, datetime.datetime):
-      yield beam.window.TimestampedValue(
-          row, Timestamp(micros=(when - _EPOCH) // _MICROSECOND))
+      yield event_time.stamped(row, when)
     else:  # no event time (a file replay without the field): the input's
       yield beam.window.TimestampedValue(row, timestamp)
 

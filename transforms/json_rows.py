@@ -1,230 +1,268 @@
-"""A JSON object -> a row for a BigQuery table schema, read the way
-BigQuery's JSON ingestion reads it, or a refusal naming the field and why.
+"""A JSON object -> a row for a BigQuery table schema, with the exact value
+BigQuery would store, or a refusal naming the field and why.
 
-Per type (BigQuery's documented JSON forms; where BigQuery accepts a form,
-so do we):
-- STRING: a JSON string; numbers and booleans become their JSON text.
-- BYTES: a base64 string.
-- INTEGER / INT64: a JSON integer, an integral float, or a string of an
-  integer; within -2^63 .. 2^63-1 (else out_of_range).
-- FLOAT / FLOAT64: a number, a numeric string, or "NaN", "Infinity",
-  "-Infinity".
-- NUMERIC: a number or numeric string, rounded half away from zero to 9
-  decimal places; at most 29 integer digits (else out_of_range).
-- BIGNUMERIC: the same to 38 decimal places and 38 integer digits
-  (BigQuery's exact bound, 5.789...e38, is checked too).
-- BOOLEAN / BOOL: true/false, or the strings "true"/"false" (any case).
-- TIMESTAMP: an RFC 3339 / ISO 8601 or "YYYY-MM-DD HH:MM:SS[.ffffff] [zone]"
-  string (naive means UTC), or a number of seconds since the epoch; years
-  0001-9999 in UTC.
-- DATE "YYYY-MM-DD", TIME "HH:MM:SS[.ffffff]", DATETIME "YYYY-MM-DD[T ]
-  HH:MM:SS[.ffffff]" (no zone).
-- JSON: any JSON value, kept as its JSON text.
-- RECORD / STRUCT: an object, checked field by field, to any depth.
-Modes: REQUIRED (absent or null: missing_field), NULLABLE, REPEATED (a JSON
-array; null or absent is an empty array; a null element is bad_value).
-Fields the schema does not know are ignored, or with ``unknown='reject'``
-refused as unknown_field.
+Numbers arrive as their JSON text (``exact_json``) and are converted from
+it, never through a binary float. Keys match columns case-insensitively, as
+BigQuery's column names do. The accepted and refused forms of every type
+are listed in the README ("Values, type by type"); a test checks each line.
+Reasons: missing_field, bad_value, out_of_range, unknown_field,
+duplicate_field.
 """
 
 import base64
 import binascii
 import datetime
 import decimal
-import json
 import math
 import re
 
-UTC = datetime.timezone.utc
-INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
-_NUMERIC = (9, 29)  # (scale, integer digits)
-_BIGNUMERIC = (38, 38)
-_BIGNUMERIC_MAX = decimal.Decimal(
-    '578960446186580977117854925043439539266.34992332820282019728792003956'
-    '564819967')
-_QUANTUM = {'NUMERIC': decimal.Decimal(1).scaleb(-_NUMERIC[0]),
-            'BIGNUMERIC': decimal.Decimal(1).scaleb(-_BIGNUMERIC[0])}
-_LIMIT = {'NUMERIC': decimal.Decimal(10) ** _NUMERIC[1] - _QUANTUM['NUMERIC'],
-          'BIGNUMERIC': _BIGNUMERIC_MAX}
-_DECIMAL = decimal.Context(prec=200, rounding=decimal.ROUND_HALF_UP)
-_TIMESTAMP_TEXT = re.compile(
-    r'(\d{4}-\d{1,2}-\d{1,2})[T ](\d{1,2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)'
-    r'\s*(Z|UTC|[+-]\d{2}(?::?\d{2})?)?', re.IGNORECASE)
-_DATE_TEXT = re.compile(r'\d{4}-\d{1,2}-\d{1,2}')
-_TIME_TEXT = re.compile(r'\d{1,2}:\d{2}:\d{2}(?:\.\d{1,9})?')
-_DATETIME_TEXT = re.compile(
-    r'(\d{4}-\d{1,2}-\d{1,2})[T ](\d{1,2}:\d{2}:\d{2}(?:\.\d{1,9})?)')
+from transforms import exact_json
+from transforms.exact_json import Number
 
-# JSON values kept as compact text with sorted keys (one encoder, built once).
-_JSON_TEXT = json.JSONEncoder(sort_keys=True, separators=(',', ':')).encode
+UTC = datetime.timezone.utc
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+UINT64_MAX = (1 << 64) - 1
+# Exact arithmetic: 200 digits hold any BIGNUMERIC (77) with room to spare.
+_EXACT = decimal.Context(prec=200, rounding=decimal.ROUND_HALF_UP,
+                         Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
+# (decimal places, smallest, largest) as BigQuery documents them.
+_DECIMAL_TYPES = {
+    'NUMERIC': (9, _EXACT.create_decimal('-' + '9' * 29 + '.' + '9' * 9),
+                _EXACT.create_decimal('9' * 29 + '.' + '9' * 9)),
+    'BIGNUMERIC': (38, _EXACT.create_decimal('-%de-38' % (1 << 255)),
+                   _EXACT.create_decimal('%de-38' % ((1 << 255) - 1))),
+}
+_MIN_MICROS = -62135596800 * 10**6           # 0001-01-01 00:00:00 UTC
+_MAX_MICROS = 253402300800 * 10**6 - 1       # 9999-12-31 23:59:59.999999 UTC
+
+# [0-9], never \d: Python's \d and int() take Arabic-Indic or full-width
+# digits, which BigQuery does not.
+_NUMBER_TEXT = re.compile(r'\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*')
+_INTEGER_TEXT = re.compile(r'\s*[+-]?[0-9]+\s*')
+_DATE = r'([0-9]{4,})-([0-9]{1,2})-([0-9]{1,2})'
+_CLOCK = r'([0-9]{1,2}):([0-9]{2})(?::([0-9]{2})(?:\.([0-9]{1,9}))?)?'
+_ZONE = r'(Z|UTC|[+-][0-9]{2}(?::?[0-9]{2})?)'
+_DATE_TEXT = re.compile(_DATE)
+_TIME_TEXT = re.compile(r'([0-9]{1,2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?')
+_TIMESTAMP_TEXT = re.compile(
+    _DATE + r'(?:[T ]' + _CLOCK + r'\s*' + _ZONE + r'?)?', re.IGNORECASE)
+_DATETIME_TEXT = re.compile(
+    _DATE + r'[T ]([0-9]{1,2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?')
+_COMMON_TIMESTAMP = re.compile(
+    r'[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}'
+    r'(?::[0-9]{2}(?:\.[0-9]{1,6})?)?(?:Z|[+-][0-9]{2}:[0-9]{2})?')
+_COMMON_DATE = re.compile(r'[0-9]{4}-[0-9]{2}-[0-9]{2}')
 
 ALIASES = {'INT64': 'INTEGER', 'FLOAT64': 'FLOAT', 'BOOL': 'BOOLEAN',
-           'STRUCT': 'RECORD'}
+           'STRUCT': 'RECORD', 'BIGDECIMAL': 'BIGNUMERIC', 'DECIMAL': 'NUMERIC'}
 TYPES = ('STRING', 'BYTES', 'INTEGER', 'FLOAT', 'NUMERIC', 'BIGNUMERIC',
-         'BOOLEAN', 'TIMESTAMP', 'DATE', 'TIME', 'DATETIME', 'JSON', 'RECORD')
+         'BOOLEAN', 'TIMESTAMP', 'DATE', 'TIME', 'DATETIME', 'JSON',
+         'GEOGRAPHY', 'RECORD')
+REASONS = ('missing_field', 'bad_value', 'out_of_range', 'unknown_field',
+           'duplicate_field')
 
 
 class Refused(Exception):
   """A value that cannot be stored: ``reason`` is a stable code, ``path`` the
   field (``items[2].price``)."""
   def __init__(self, reason, path, message):
+    path = exact_json.printable(path) if path else path
     super().__init__('%s: %s' % (path, message) if path else message)
     self.reason = reason
     self.path = path
 
 
+def _shown(value):
+  """A value as the message showed it, clipped, safe for any sink."""
+  if type(value) is Number:  # pylint: disable=unidiomatic-typecheck
+    text = str(value)
+  elif type(value) is int and value.bit_length() > 256:  # pylint: disable=unidiomatic-typecheck
+    text = 'an integer of %d bits' % value.bit_length()
+  else:
+    try:
+      text = exact_json.dumps(value)
+    except (TypeError, ValueError, UnicodeEncodeError, RecursionError):
+      text = exact_json.printable(repr(value))
+  return text if len(text) <= 80 else text[:80] + '...'
+
+
 def _bad(path, value, what):
-  text = json.dumps(value)
-  if len(text) > 80:
-    text = text[:80] + '...'
-  return Refused('bad_value', path, '%s is not %s' % (text, what))
+  return Refused('bad_value', path, '%s is not %s' % (_shown(value), what))
+
+
+def _out_of_range(path, value, what):
+  return Refused('out_of_range', path, '%s is outside %s' % (_shown(value), what))
+
+
+def _decimal_of(value):
+  """A JSON number (int, Number text, or a Python float) -> exact Decimal."""
+  if type(value) is float:  # pylint: disable=unidiomatic-typecheck
+    return decimal.Decimal(repr(value))
+  return decimal.Decimal(value)
 
 
 def _is_number(value):
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
+  kind = type(value)
+  return kind is int or kind is Number or kind is float
 
 
 def _integer(value, path):
-  if isinstance(value, bool):
-    raise _bad(path, value, 'an INTEGER')
-  if isinstance(value, int):
+  kind = type(value)
+  if kind is int:
     number = value
-  elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
-    number = int(value)
-  elif isinstance(value, str) and re.fullmatch(r'\s*[+-]?\d+\s*', value):
+  elif kind is Number or kind is float:
+    if kind is float and not math.isfinite(value):
+      raise _bad(path, value, 'an INTEGER')
+    exact = _decimal_of(value)
+    if exact.adjusted() >= 19:  # 1e19 and above: no INT64, integral or not
+      raise _out_of_range(path, value, 'INT64')
+    if exact != exact.to_integral_value():
+      raise _bad(path, value, 'an INTEGER')
+    number = int(exact)
+  elif kind is str and _INTEGER_TEXT.fullmatch(value):
+    if len(value.strip().lstrip('+-').lstrip('0')) > 19:
+      raise _out_of_range(path, value, 'INT64')
     number = int(value)
   else:
     raise _bad(path, value, 'an INTEGER')
   if not INT64_MIN <= number <= INT64_MAX:
-    raise Refused('out_of_range', path, '%d is outside INT64' % number)
+    raise _out_of_range(path, value, 'INT64')
   return number
 
 
+_FLOAT_WORDS = {'nan': math.nan, 'infinity': math.inf, '+infinity': math.inf,
+                '-infinity': -math.inf, 'inf': math.inf, '+inf': math.inf,
+                '-inf': -math.inf}
+
+
 def _float(value, path):
-  if _is_number(value):
-    return float(value)
-  if isinstance(value, str):
-    special = {'nan': math.nan, 'infinity': math.inf, '-infinity': -math.inf,
-               '+infinity': math.inf}
-    if value.strip().lower() in special:
-      return special[value.strip().lower()]
+  kind = type(value)
+  if kind is float:
+    return value
+  if kind is int:
     try:
-      if re.fullmatch(r'\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*', value):
-        return float(value)
+      return float(value)  # correctly rounded
     except OverflowError:
-      pass
-  raise _bad(path, value, 'a FLOAT')
+      raise _out_of_range(path, value, 'FLOAT64')
+  if kind is Number or (kind is str and _NUMBER_TEXT.fullmatch(value)):
+    number = float(value)  # the nearest double to the decimal text
+    if math.isinf(number):
+      raise _out_of_range(path, value, 'FLOAT64')
+    return number
+  if kind is str and value.strip().lower() in _FLOAT_WORDS:
+    return _FLOAT_WORDS[value.strip().lower()]
+  raise _bad(path, value, 'a FLOAT64')
 
 
-def _decimal(value, path, kind, limits):
-  scale, digits = limits
-  if _is_number(value) and not (isinstance(value, float)
-                                 and not math.isfinite(value)):
-    number = decimal.Decimal(repr(value) if isinstance(value, float)
-                             else value)
-  elif isinstance(value, str):
-    try:
-      number = decimal.Decimal(value.strip())
-    except decimal.InvalidOperation:
-      raise _bad(path, value, 'a ' + kind)
-    if not number.is_finite():
-      raise _bad(path, value, 'a finite ' + kind)
-  else:
-    raise _bad(path, value, 'a ' + kind)
-  if number.as_tuple().exponent >= -scale and number.adjusted() < digits:
-    return number  # no rounding needed, and fewer integer digits than the limit
-  rounded = number.quantize(_QUANTUM[kind], context=_DECIMAL)
-  if abs(rounded) > _LIMIT[kind]:
-    raise Refused('out_of_range', path, '%s is outside %s' % (value, kind))
-  return rounded
+_QUANTUM = {kind: decimal.Decimal(1).scaleb(-scale)
+            for kind, (scale, _, _) in _DECIMAL_TYPES.items()}
+# Below 10^this the value, even rounded, is inside the type's range.
+_SAFE_DIGITS = {'NUMERIC': 28, 'BIGNUMERIC': 37}
+
+
+def _decimal(value, path, kind_name):
+  scale, smallest, largest = _DECIMAL_TYPES[kind_name]
+  kind = type(value)
+  try:
+    if kind is Number or kind is int:
+      number = decimal.Decimal(value)
+    elif kind is str and value.isascii() and '_' not in value:
+      number = decimal.Decimal(value)  # surrounding blanks allowed, as BigQuery
+    elif kind is float and math.isfinite(value):
+      number = decimal.Decimal(repr(value))
+    else:
+      raise _bad(path, value, 'a ' + kind_name)
+  except decimal.InvalidOperation:
+    raise _bad(path, value, 'a ' + kind_name)
+  if not number.is_finite():
+    raise _bad(path, value, 'a finite ' + kind_name)
+  magnitude = number.adjusted()
+  if magnitude > 40:  # far outside either type: no need to round
+    raise _out_of_range(path, value, kind_name)
+  rounded = number.quantize(_QUANTUM[kind_name], context=_EXACT)  # half away from zero
+  if rounded != number:
+    number = rounded
+  if magnitude >= _SAFE_DIGITS[kind_name] and not smallest <= number <= largest:
+    raise _out_of_range(path, value, kind_name)
+  return number
 
 
 def _boolean(value, path):
-  if isinstance(value, bool):
+  if type(value) is bool:  # pylint: disable=unidiomatic-typecheck
     return value
-  if isinstance(value, str) and value.strip().lower() in ('true', 'false'):
+  if type(value) is str and value.strip().lower() in ('true', 'false'):  # pylint: disable=unidiomatic-typecheck
     return value.strip().lower() == 'true'
   raise _bad(path, value, 'a BOOLEAN')
 
 
-def _fraction_micros(text):
-  """'12:34:56.1234567' -> (12:34:56, micros): BigQuery keeps microseconds."""
-  main, _, frac = text.partition('.')
-  return main, int((frac + '000000')[:6]) if frac else 0
+def _micros(fraction):
+  """'1234567' (digits after the point) -> microseconds: BigQuery keeps six."""
+  return int((fraction + '000000')[:6]) if fraction else 0
 
 
-def _date(text, path, value):
+def _date_parts(year, month, day, path, value, what):
   try:
-    year, month, day = (int(p) for p in text.split('-'))
-    return datetime.date(year, month, day)
+    return datetime.date(int(year), int(month), int(day))
   except ValueError as e:
-    raise Refused('out_of_range' if 'year' in str(e) else 'bad_value', path,
-                  '%s is not a DATE: %s' % (json.dumps(value), e))
+    if len(year) > 4 or int(year) == 0:
+      raise _out_of_range(path, value, what + ' (years 0001-9999)')
+    raise Refused('bad_value', path, '%s is not a %s: %s' % (
+        _shown(value), what, e))
 
 
-def _time(text, path, value):
-  main, micros = _fraction_micros(text)
+def _clock(hour, minute, second, fraction, path, value, what):
   try:
-    hour, minute, second = (int(p) for p in main.split(':'))
-    return datetime.time(hour, minute, second, micros)
+    return datetime.time(int(hour), int(minute), int(second or 0),
+                         _micros(fraction))
   except ValueError as e:
-    raise Refused('bad_value', path, '%s is not a TIME: %s' % (
-        json.dumps(value), e))
+    raise Refused('bad_value', path, '%s is not a %s: %s' % (
+        _shown(value), what, e))
+
+
+def datetime_from_epoch(seconds):
+  """Seconds since the epoch (a Decimal) -> aware UTC datetime, rounded to
+  the microsecond exactly; OverflowError outside years 0001-9999."""
+  if not seconds.is_finite() or seconds.adjusted() > 12:
+    raise OverflowError('outside years 0001-9999')
+  micros = int(seconds.scaleb(6, context=_EXACT).quantize(
+      1, rounding=decimal.ROUND_HALF_EVEN, context=_EXACT))
+  if not _MIN_MICROS <= micros <= _MAX_MICROS:
+    raise OverflowError('outside years 0001-9999')
+  return _EPOCH + datetime.timedelta(microseconds=micros)
+
+
+def _epoch_timestamp(value, path):
+  """Seconds since the epoch (exact decimal arithmetic) -> aware datetime."""
+  if type(value) is float and not math.isfinite(value):  # pylint: disable=unidiomatic-typecheck
+    raise _bad(path, value, 'a TIMESTAMP')
+  try:
+    return datetime_from_epoch(_decimal_of(value))
+  except OverflowError:
+    raise _out_of_range(path, value, 'TIMESTAMP (years 0001-9999)')
 
 
 def _timestamp(value, path):
   if _is_number(value):
-    if not math.isfinite(value):
-      raise _bad(path, value, 'a TIMESTAMP')
-    try:
-      return datetime.datetime(1970, 1, 1, tzinfo=UTC) + datetime.timedelta(
-          seconds=value)
-    except OverflowError:
-      raise Refused('out_of_range', path, '%s is outside TIMESTAMP' % value)
-  if not isinstance(value, str):
-    raise _bad(path, value, 'a TIMESTAMP')
-  text = value.strip()
-  if _DATE_TEXT.fullmatch(text):
-    date_part, time_part, zone = text, '00:00:00', None
-  else:
-    match = _TIMESTAMP_TEXT.fullmatch(text)
-    if not match:
-      raise _bad(path, value, 'a TIMESTAMP')
-    date_part, time_part, zone = match.groups()
-  day = _date(date_part, path, value)
-  if time_part.count(':') == 1:
-    time_part += ':00'
-  clock = _time(time_part, path, value)
-  if zone is None or zone.upper() in ('Z', 'UTC'):
-    offset = datetime.timedelta(0)
-  else:
-    sign = -1 if zone[0] == '-' else 1
-    digits = zone[1:].replace(':', '')
-    offset = sign * datetime.timedelta(hours=int(digits[:2]),
-                                       minutes=int(digits[2:] or 0))
-  try:
-    local = datetime.datetime.combine(day, clock, tzinfo=UTC)
-    return local - offset
-  except OverflowError:
-    raise Refused('out_of_range', path, '%s is outside TIMESTAMP' % value)
-
-
-def _datetime(value, path):
-  match = isinstance(value, str) and _DATETIME_TEXT.fullmatch(value.strip())
+    return _epoch_timestamp(value, path)
+  match = type(value) is str and _TIMESTAMP_TEXT.fullmatch(value.strip())  # pylint: disable=unidiomatic-typecheck
   if not match:
-    raise _bad(path, value, 'a DATETIME')
-  return datetime.datetime.combine(_date(match.group(1), path, value),
-                                   _time(match.group(2), path, value))
-
-
-def _join(prefix, name):
-  return '%s.%s' % (prefix, name) if prefix else name
-
-
-_COMMON_TIMESTAMP = re.compile(
-    r'\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?'
-    r'(?:Z|[+-]\d{2}:\d{2})?')
-_COMMON_DATE = re.compile(r'\d{4}-\d{2}-\d{2}')
+    raise _bad(path, value, 'a TIMESTAMP')
+  year, month, day, hour, minute, second, fraction, zone = match.groups()
+  day_ = _date_parts(year, month, day, path, value, 'TIMESTAMP')
+  clock = _clock(hour or 0, minute or 0, second, fraction, path, value,
+                 'TIMESTAMP')
+  offset = datetime.timedelta(0)
+  if zone and zone.upper() not in ('Z', 'UTC'):
+    digits = zone[1:].replace(':', '')
+    offset = datetime.timedelta(hours=int(digits[:2]),
+                                minutes=int(digits[2:] or 0))
+    if zone[0] == '-':
+      offset = -offset
+  try:
+    return datetime.datetime.combine(day_, clock, tzinfo=UTC) - offset
+  except OverflowError:
+    raise _out_of_range(path, value, 'TIMESTAMP (years 0001-9999)')
 
 
 def _fast_timestamp(value, path):
@@ -233,7 +271,10 @@ def _fast_timestamp(value, path):
   if type(value) is str and _COMMON_TIMESTAMP.fullmatch(value):  # pylint: disable=unidiomatic-typecheck
     try:
       parsed = datetime.datetime.fromisoformat(value)
-      if parsed.tzinfo is None:
+      zone = parsed.tzinfo
+      if zone is UTC:
+        return parsed
+      if zone is None:
         return parsed.replace(tzinfo=UTC)
       return parsed.astimezone(UTC)
     except (ValueError, OverflowError):
@@ -241,14 +282,53 @@ def _fast_timestamp(value, path):
   return _timestamp(value, path)
 
 
+def _datetime(value, path):
+  match = type(value) is str and _DATETIME_TEXT.fullmatch(value.strip())  # pylint: disable=unidiomatic-typecheck
+  if not match:
+    raise _bad(path, value, 'a DATETIME')
+  year, month, day, hour, minute, second, fraction = match.groups()
+  return datetime.datetime.combine(
+      _date_parts(year, month, day, path, value, 'DATETIME'),
+      _clock(hour, minute, second, fraction, path, value, 'DATETIME'))
+
+
+def _date_value(value, path):
+  if type(value) is str:  # pylint: disable=unidiomatic-typecheck
+    if _COMMON_DATE.fullmatch(value):
+      try:
+        return datetime.date.fromisoformat(value)
+      except ValueError:
+        pass
+    match = _DATE_TEXT.fullmatch(value.strip())
+    if match:
+      return _date_parts(*match.groups(), path, value, 'DATE')
+  raise _bad(path, value, 'a DATE')
+
+
+def _time_value(value, path):
+  match = type(value) is str and _TIME_TEXT.fullmatch(value.strip())  # pylint: disable=unidiomatic-typecheck
+  if not match:
+    raise _bad(path, value, 'a TIME')
+  return _clock(*match.groups(), path, value, 'TIME')
+
+
 def _string(value, path):
-  if _is_number(value) or isinstance(value, bool):
-    return json.dumps(value)
+  kind = type(value)
+  if kind is str:
+    return value
+  if kind is Number:
+    return str(value)  # the number exactly as the message wrote it
+  if kind is bool:
+    return 'true' if value else 'false'
+  if kind is int:
+    return str(value)
+  if kind is float:
+    return repr(value)
   raise _bad(path, value, 'a STRING')
 
 
 def _bytes(value, path):
-  if isinstance(value, str):
+  if type(value) is str:  # pylint: disable=unidiomatic-typecheck
     try:
       return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
@@ -256,16 +336,78 @@ def _bytes(value, path):
   raise _bad(path, value, 'BYTES in base64')
 
 
-def _date_value(value, path):
-  if isinstance(value, str) and _DATE_TEXT.fullmatch(value.strip()):
-    return _date(value.strip(), path, value)
-  raise _bad(path, value, 'a DATE')
+def _json_number_kept(value):
+  """BigQuery's JSON type keeps a number only as INT64, UINT64 or FLOAT64,
+  without losing precision: None if kept, else why not."""
+  kind = type(value)
+  if kind is int:
+    if INT64_MIN <= value <= UINT64_MAX:
+      return None
+    try:
+      return None if int(float(value)) == value else 'precision'
+    except OverflowError:
+      return 'range'
+  if kind is Number:
+    number = float(value)
+    if math.isinf(number):
+      return 'range'
+    if decimal.Decimal(repr(number)) != decimal.Decimal(value):
+      return 'precision'
+  return None
 
 
-def _time_value(value, path):
-  if isinstance(value, str) and _TIME_TEXT.fullmatch(value.strip()):
-    return _time(value.strip(), path, value)
-  raise _bad(path, value, 'a TIME')
+_PLAIN = frozenset((str, bool, type(None), float))  # nothing to check in these
+
+
+def _json(value, path):
+  """Any JSON value -> its compact text, if BigQuery's JSON type keeps it."""
+  kind = type(value)
+  if not (kind in _PLAIN
+          or (kind is dict and _PLAIN.issuperset(map(type, value.values())))
+          or (kind is list and _PLAIN.issuperset(map(type, value)))):
+    _check_json(value, path)
+  try:
+    return exact_json.dumps(value)
+  except UnicodeEncodeError:
+    raise Refused('bad_value', path, 'holds a lone surrogate escape, which '
+                  'is not Unicode text')
+
+
+def _check_json(value, path):
+  """Refuses numbers a JSON column cannot keep and nesting past its limit."""
+  stack = [(value, 1)]
+  while stack:
+    item, depth = stack.pop()
+    kind = type(item)
+    if kind is dict or kind is list:
+      if depth > exact_json.MAX_DEPTH:
+        raise Refused('bad_value', path, 'nests deeper than %d levels, the '
+                      'most a JSON column holds' % exact_json.MAX_DEPTH)
+      children = item.values() if kind is dict else item
+      stack.extend((child, depth + 1) for child in children
+                   if type(child) not in _PLAIN)
+    elif kind is int or kind is Number:
+      lost = _json_number_kept(item)
+      if lost == 'range':
+        raise _out_of_range(path, item, 'what a JSON column holds (FLOAT64)')
+      if lost:
+        raise Refused('bad_value', path, '%s has more precision than a JSON '
+                      'column keeps (INT64, UINT64 or FLOAT64)' % _shown(item))
+
+
+def _geography(value, path):
+  from transforms import geography
+  if type(value) is not str:  # pylint: disable=unidiomatic-typecheck
+    raise _bad(path, value, 'a GEOGRAPHY (WKT, WKB in hex or GeoJSON text)')
+  try:
+    return geography.canonical_wkt(value)
+  except ValueError as e:
+    raise Refused('bad_value', path, '%s is not a GEOGRAPHY: %s' % (
+        _shown(value), e))
+
+
+def _join(prefix, name):
+  return '%s.%s' % (prefix, name) if prefix else name
 
 
 def _scalar_converter(field, unknown):
@@ -273,44 +415,28 @@ def _scalar_converter(field, unknown):
   kind = field.type
   if kind == 'STRING':
     return lambda v, path: v if type(v) is str else _string(v, path)  # pylint: disable=unidiomatic-typecheck
-  if kind == 'BYTES':
-    return _bytes
   if kind == 'INTEGER':
     return lambda v, path: (v if type(v) is int and INT64_MIN <= v <= INT64_MAX  # pylint: disable=unidiomatic-typecheck
                             else _integer(v, path))
   if kind == 'FLOAT':
-    return lambda v, path: (float(v) if type(v) in (int, float)  # pylint: disable=unidiomatic-typecheck
-                            else _float(v, path))
-  if kind in ('NUMERIC', 'BIGNUMERIC'):
-    limits = _NUMERIC if kind == 'NUMERIC' else _BIGNUMERIC
-    return lambda v, path: _decimal(v, path, kind, limits)
+    return _float
+  if kind in _DECIMAL_TYPES:
+    return lambda v, path: _decimal(v, path, kind)
   if kind == 'BOOLEAN':
     return lambda v, path: v if type(v) is bool else _boolean(v, path)  # pylint: disable=unidiomatic-typecheck
-  if kind == 'TIMESTAMP':
-    return _fast_timestamp
-  if kind == 'DATE':
-    def date_value(v, path):
-      if type(v) is str and _COMMON_DATE.fullmatch(v):  # pylint: disable=unidiomatic-typecheck
-        try:
-          return datetime.date.fromisoformat(v)
-        except ValueError:
-          pass
-      return _date_value(v, path)
-    return date_value
-  if kind == 'TIME':
-    return _time_value
-  if kind == 'DATETIME':
-    return _datetime
-  if kind == 'JSON':
-    return lambda v, path: _JSON_TEXT(v)
   if kind == 'RECORD':
-    convert = RowConverter(field.fields, unknown)
+    convert = RowConverter(field.fields, unknown)._convert  # pylint: disable=protected-access
 
     def record(v, path):
       if type(v) is not dict:  # pylint: disable=unidiomatic-typecheck
         raise _bad(path, v, 'an object')
       return convert(v, path)
     return record
+  readers = {'BYTES': _bytes, 'TIMESTAMP': _fast_timestamp, 'DATE': _date_value,
+             'TIME': _time_value, 'DATETIME': _datetime, 'JSON': _json,
+             'GEOGRAPHY': _geography}
+  if kind in readers:
+    return readers[kind]
   raise ValueError('unsupported type %s' % kind)
 
 
@@ -351,23 +477,79 @@ def _field_converter(field, unknown):
   return single
 
 
+# Inline checks for the common value of a type: when the check holds, the
+# value is stored as it is, with no call; otherwise the field's converter
+# decides (None, other forms, refusals with their path).
+_INLINE = {
+    'STRING': 'type({v}) is str',
+    'BOOLEAN': 'type({v}) is bool',
+    'INTEGER': 'type({v}) is int and {min} <= {v} <= {max}',
+}
+
+
 class RowConverter(object):
-  """Fields -> a callable converting one JSON object, built once per schema
-  (each field's reader chosen up front, not per value)."""
+  """Fields -> a callable converting one JSON object, built once per schema:
+  a function generated for these fields (common values checked inline, the
+  rest through each field's converter) instead of a call per field. Keys
+  match columns case-insensitively; two keys naming one column are
+  duplicate_field."""
   def __init__(self, fields, unknown='ignore'):
-    self._convs = [(f.name, _field_converter(f, unknown)) for f in fields]
-    self._known = frozenset(f.name for f in fields)
+    self._names = frozenset(f.name for f in fields)
+    self._by_lower = {f.name.lower(): f.name for f in fields}
     self._reject = unknown == 'reject'
+    self._convert = self._generate(fields, unknown)
+
+  def _generate(self, fields, unknown):
+    scope = {'names': self._names, 'by_column': self._by_column}
+    lines = ['def convert(payload, prefix):',
+             '  if not names.issuperset(payload):',
+             '    payload = by_column(payload, prefix)',
+             '  get = payload.get']
+    for i, field in enumerate(fields):
+      v, name = 'v%d' % i, repr(field.name)
+      scope['c%d' % i] = _field_converter(field, unknown)
+      lines.append('  %s = get(%s)' % (v, name))
+      inline = _INLINE.get(field.type) if field.mode != 'REPEATED' else None
+      call = '%s = c%d(%s, prefix)' % (v, i, v)
+      if inline:
+        lines.append('  if not (%s):' % inline.format(
+            v=v, min=INT64_MIN, max=INT64_MAX))
+        lines.append('    ' + call)
+      else:
+        lines.append('  ' + call)
+    lines.append('  return {%s}' % ', '.join(
+        '%r: v%d' % (f.name, i) for i, f in enumerate(fields)))
+    exec('\n'.join(lines), scope)  # pylint: disable=exec-used
+    return scope['convert']
 
   def __call__(self, payload, prefix=''):
-    row = {}
-    get = payload.get
-    for name, convert in self._convs:
-      row[name] = convert(get(name), prefix)
-    if self._reject and not self._known.issuperset(payload):
-      unknown = next(n for n in payload if n not in self._known)
-      raise Refused('unknown_field', _join(prefix, unknown), 'not in the schema')
-    return row
+    return self._convert(payload, prefix)
+
+  def _by_column(self, payload, prefix):
+    """The payload keyed by column names; refuses unknown keys (when asked)
+    and two keys that name one column."""
+    out = {}
+    for key, value in payload.items():
+      column = key if key in self._names else self._by_lower.get(key.lower())
+      if column is None:
+        if self._reject:
+          raise Refused('unknown_field', _join(prefix, key), 'not in the schema')
+        continue
+      if column in out:
+        raise Refused('duplicate_field', _join(prefix, column),
+                      'two keys name this column (column names ignore case)')
+      out[column] = value
+    return out
+
+
+def first_unencodable(row):
+  """The path of a string in a converted row that holds a lone surrogate."""
+  return exact_json.first_unencodable(row)
+
+
+def surrogate_refusal(path):
+  return Refused('bad_value', path, 'holds a lone surrogate escape, which is '
+                 'not Unicode text')
 
 
 def convert_object(payload, fields, unknown='ignore', prefix=''):

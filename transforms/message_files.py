@@ -1,10 +1,16 @@
 """JSON-lines files -> PubsubMessages, so a file replay (a backfill, the offline
 demo) runs through the very same transforms as a live Pub/Sub stream.
 
-Each non-empty line is one message; its id is ``file:PATH:LINE`` (1-based),
-stable across replays of the same path, so the warehouse's message-id key
-makes a second replay add nothing.
+Each non-empty line is one message; its id is ``file:PATH:LINE`` (1-based)
+with PATH the file's canonical location, so the warehouse's message-id key
+makes a second replay of the same file add nothing, however it is named:
+a local file is the same file under any spelling (relative from another
+folder, ``..``, through a symlink) because PATH is its real path; a GCS
+object is ``gs://BUCKET/OBJECT``. A copy at another location is another
+file.
 """
+
+import os
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -13,13 +19,25 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.gcp.pubsub import PubsubMessage
 
 
+def canonical_location(path):
+  """The location that names one file however it is spelled: a local path's
+  real path (symlinks and relative parts resolved), a URI as it is; any
+  undecodable byte of a local name escaped, so the id is valid text."""
+  from transforms import exact_json
+  if '://' in path:
+    return path
+  return exact_json.printable(os.path.realpath(path))
+
+
 def file_message_id(path, line_number):
-  return 'file:%s:%d' % (path, line_number)
+  return 'file:%s:%d' % (canonical_location(path), line_number)
 
 
 class ReadFileLines(beam.DoFn):
   """A matched file -> one PubsubMessage per non-empty line (raw bytes kept)."""
   def process(self, metadata):
+    location = canonical_location(metadata.path)
+    prefix = 'file:%s:' % location
     with FileSystems.open(metadata.path,
                           compression_type=CompressionTypes.AUTO) as f:
       # Beam's CompressedFile (.gz, .bz2, ...) has readline but no iterator.
@@ -27,8 +45,8 @@ class ReadFileLines(beam.DoFn):
         data = line.rstrip(b'\r\n')
         if data.strip():
           yield PubsubMessage(
-              data, {'source_file': metadata.path, 'line': str(number)},
-              message_id=file_message_id(metadata.path, number))
+              data, {'source_file': location, 'line': str(number)},
+              message_id=prefix + str(number))
 
 
 class ReadMessagesFromFiles(beam.PTransform):

@@ -22,6 +22,7 @@ _DUCKDB_TYPES = {
     'TIME': 'TIME',
     'DATETIME': 'TIMESTAMP',
     'JSON': 'JSON',
+    'GEOGRAPHY': 'VARCHAR',  # canonical WKT: ST_GeomFromText reads it
 }
 
 
@@ -69,6 +70,7 @@ class Field:
           'TIME': pa.time64('us'),
           'DATETIME': pa.timestamp('us'),
           'JSON': pa.string(),
+          'GEOGRAPHY': pa.string(),
       }[self.type]
     return pa.list_(base) if self.mode == 'REPEATED' else base
 
@@ -82,12 +84,11 @@ class Field:
 
   def _scalar_json(self, value):
     if self.type == 'TIMESTAMP':
-      return value.astimezone(datetime.timezone.utc).strftime(
-          '%Y-%m-%d %H:%M:%S.%f UTC')
+      return timestamp_text(value)
     if self.type == 'BYTES':
       return base64.b64encode(value).decode('ascii')
     if self.type in ('NUMERIC', 'BIGNUMERIC'):
-      return str(value)
+      return decimal_text(value)
     if self.type in ('DATE', 'TIME', 'DATETIME'):
       return value.isoformat()
     if self.type == 'FLOAT' and not math.isfinite(value):
@@ -106,13 +107,26 @@ class Field:
 
   def _scalar_arrow(self, value):
     if self.type == 'BIGNUMERIC':
-      return str(value)
+      return decimal_text(value)
     if self.type == 'RECORD':
       return {f.name: f.to_arrow_value(value.get(f.name)) for f in self.fields}
     return value
 
 
 MODES = ('NULLABLE', 'REQUIRED', 'REPEATED')
+
+
+def timestamp_text(value):
+  """Aware datetime -> BigQuery's TIMESTAMP text, four-digit year always
+  (strftime writes year 1 as '1', which BigQuery refuses)."""
+  v = value.astimezone(datetime.timezone.utc)
+  return '%04d-%02d-%02d %02d:%02d:%02d.%06d UTC' % (
+      v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond)
+
+
+def decimal_text(value):
+  """Decimal -> fixed-point text (never 1E+10), exact."""
+  return format(value, 'f')
 
 
 def field_from_bigquery(spec, path=''):

@@ -40,6 +40,33 @@ def check_table_spec(spec, flag):
       'local DuckDB file (*.duckdb)' % (flag, spec))
 
 
+_DUCKDB_MAGIC = b'DUCK'  # bytes 8-12 of every DuckDB database file
+
+
+def duckdb_file_problem(path):
+  """Why ``path`` cannot be a DuckDB warehouse this run can write, or None.
+  Reads at most the file's first 12 bytes: a file that is not DuckDB's is
+  never opened by DuckDB (which could write to it)."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.exists(path):
+    if not os.access(folder, os.W_OK):
+      return 'cannot create it: the folder %r is not writable' % folder
+    return None
+  if not os.path.isfile(path):
+    return 'it is not a regular file'
+  try:
+    with open(path, 'rb') as f:
+      head = f.read(12)
+  except OSError as e:
+    return 'cannot read it: %s' % (e.strerror or e)
+  if len(head) < 12 or head[8:12] != _DUCKDB_MAGIC:
+    return 'it exists and is not a DuckDB database file (left untouched)'
+  if not os.access(path, os.W_OK):
+    return 'it is not writable%s' % (
+        ' (read-only file system)' if not os.access(folder, os.W_OK) else '')
+  return None
+
+
 def prepare_duckdb_table(path, schema, table=None, truncate=False):
   """Creates the table if needed (and empties it for truncate), before a run."""
   with DuckDBFiles.use(path, hold_seconds=0) as con:

@@ -1,0 +1,71 @@
+"""Elements stamped with their event time, cheaply: one place that builds
+Beam's ``TimestampedValue`` from an aware datetime.
+
+Beam's public constructors validate every argument (``Timestamp(micros=)``
+plus ``TimestampedValue`` cost ~1.2 us, a third of a sign-in's parse). The
+fast builder sets the same fields directly. At import it is checked against
+the public constructors on sample values; on a Beam whose fields differ it
+is not used (the public constructors are, with a warning), so a Beam upgrade
+can slow this down but never change a timestamp.
+"""
+
+import datetime
+import logging
+
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_MICROSECOND = datetime.timedelta(microseconds=1)
+_MILLION = 10**6
+
+
+def epoch_micros(when):
+  """Aware datetime -> microseconds since the Unix epoch, exactly."""
+  return (when - _EPOCH) // _MICROSECOND
+
+
+def _public(value, micros):
+  return TimestampedValue(value, Timestamp(micros=micros))
+
+
+def _fast(value, micros):
+  stamp = Timestamp.__new__(Timestamp)
+  stamp._precision = 6  # pylint: disable=protected-access
+  stamp._seconds, stamp._subseconds = divmod(micros, _MILLION)  # pylint: disable=protected-access
+  stamped_value = TimestampedValue.__new__(TimestampedValue)
+  stamped_value.value = value
+  stamped_value.timestamp = stamp
+  return stamped_value
+
+
+def _fast_is_exact():
+  try:
+    for micros in (0, 1, -1, 1508273837338320, -62135596800 * _MILLION,
+                   253402300799999999):
+      fast, public = _fast('v', micros), _public('v', micros)
+      if (fast.timestamp != public.timestamp or fast != public
+          or vars(fast.timestamp) != vars(public.timestamp)
+          or fast.timestamp.micros != micros):
+        return False
+    return True
+  except (AttributeError, TypeError):
+    return False
+
+
+FAST = _fast_is_exact()
+if not FAST:
+  logging.getLogger(__name__).warning(
+      'this Beam\'s Timestamp differs from the one event_time was checked '
+      'against: using its public constructors (slower, same values)')
+_build = _fast if FAST else _public
+
+
+def utc_timestamp(when):
+  """Aware datetime -> Beam Timestamp, exact to the microsecond."""
+  return _build(None, epoch_micros(when)).timestamp
+
+
+def stamped(value, when):
+  """value -> TimestampedValue at the aware datetime ``when``."""
+  return _build(value, epoch_micros(when))
