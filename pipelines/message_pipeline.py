@@ -183,10 +183,12 @@ class WriteTable(beam.PTransform):
 
   ``on_commit`` hears of rows once they are stored (committed to DuckDB, or
   accepted by BigQuery's streaming inserts), in the process that wrote them.
+  ``duckdb_options`` go to WriteToDuckDB when the table is local.
   """
   def __init__(self, spec, schema, bigquery_method='default', replace=False,
-               on_commit=None, write_time_column=None):
+               on_commit=None, write_time_column=None, duckdb_options=None):
     super().__init__()
+    self._duckdb_options = duckdb_options or {}
     self._spec = spec
     self._schema = schema
     self._method = bigquery_method
@@ -196,22 +198,24 @@ class WriteTable(beam.PTransform):
 
   def expand(self, rows):
     if warehouse.is_local_warehouse(self._spec):
+      options = dict({'replace': self._replace}, **self._duckdb_options)
       return rows | 'WriteToDuckDB' >> warehouse.WriteToDuckDB(
           self._spec, self._schema, hold_connection=True,
-          replace=self._replace, on_commit=self._on_commit,
-          write_time_column=self._write_time_column)
+          on_commit=self._on_commit,
+          write_time_column=self._write_time_column, **options)
     return rows | 'WriteToBigQuery' >> warehouse.WriteRowsToBigQuery(
         self._spec, self._schema, self._method,
         write_time_column=self._write_time_column, on_commit=self._on_commit)
 
 
 def store(rows, dead, specs, schemas_, method, on_commit=None,
-          write_time_column=None):
+          write_time_column=None, rows_duckdb_options=None):
   """Rows -> specs['rows'], dead letters and the rows the warehouse refused
   (as sink_rejected) -> specs['dead_letters']; returns all dead letters."""
   refused_rows = rows | 'WriteRows' >> WriteTable(
       specs['rows'], schemas_['rows'], method, on_commit=on_commit,
-      write_time_column=write_time_column)
+      write_time_column=write_time_column,
+      duckdb_options=rows_duckdb_options)
   refused_dead = (
       refused_rows
       | 'RefusedRowsToDeadLetters' >> beam.Map(

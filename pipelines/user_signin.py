@@ -6,6 +6,8 @@ Every message ends in exactly one place: the rows table or the dead-letter
 table, each keyed by the message id.
 """
 
+import logging
+
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import cli
@@ -13,6 +15,7 @@ from pipelines import message_pipeline
 from transforms import pubsub_message
 from transforms import schemas
 from transforms import signin_counts
+from transforms import warehouse
 
 PROG = 'main.py user_signin'
 DESCRIPTION = __doc__
@@ -53,6 +56,9 @@ OPTIONS = [SigninOptions, message_pipeline.MessageSourceOptions,
            cli.BigQueryOutputOptions]
 
 
+PANE_COLUMNS = ('window_end', 'pane_timing', 'pane_index')
+
+
 def table_specs(opts):
   """Where rows, dead letters and counts go: BigQuery tables or one DuckDB file."""
   if opts.output_table:
@@ -78,16 +84,23 @@ def build(pipeline, opts, messages=None, on_commit=None):
       opts.default_timezone, opts.max_message_bytes)
   rows = parsed.rows
   specs = table_specs(opts)
+  # Locally the counts are kept with the rows, in the same transaction, so
+  # they equal counting the stored rows whatever happens; the windowed
+  # panes below then only record when Beam fired (pane_timing, pane_index).
   all_dead = message_pipeline.store(
       rows, parsed[pubsub_message.DEAD_LETTERS], specs,
       {'rows': schemas.SIGNINS, 'dead_letters': schemas.SIGNIN_ERRORS},
-      opts.bigquery_method, on_commit, write_time_column='ingested_at')
+      opts.bigquery_method, on_commit, write_time_column='ingested_at',
+      rows_duckdb_options={'with_inserted': signin_counts.CountsWithTheRows(
+          opts.window_seconds, schemas.SIGNIN_COUNTS.name)})
   counts = rows | 'CountPerWindow' >> signin_counts.CountSigninsPerWindow(
       opts.window_seconds, opts.allowed_lateness_seconds, opts.count_shards,
       skip_unchanged=getattr(opts, 'runner', None) not in cli.DATAFLOW_RUNNERS)
   _ = counts | 'WriteCounts' >> message_pipeline.WriteTable(
       specs['counts'], schemas.SIGNIN_COUNTS, opts.bigquery_method,
-      replace=True)
+      replace=True, duckdb_options={
+          'replace': False, 'update_only': PANE_COLUMNS,
+          'insert_constants': {'signins': 0}})
   return {'rows': rows, 'dead_letters': all_dead, 'counts': counts}
 
 
@@ -107,6 +120,25 @@ def check(options, opts):
   except ValueError as e:
     raise cli.UsageError('--default_timezone: %s' % e)
   message_pipeline.check_locations(options, opts)
+  if (not opts.output_table and not cli.is_dataflow(options)
+      and not cli.is_dry_run(options)):
+    reconcile_local_counts(opts)
+
+
+def reconcile_local_counts(opts):
+  """The warehouse's counts must be of this run's windows and equal to
+  counting its rows (recounted once if an earlier version left them not)."""
+  for schema in (schemas.SIGNINS, schemas.SIGNIN_ERRORS, schemas.SIGNIN_COUNTS):
+    warehouse.prepare_duckdb_table(opts.warehouse, schema)
+  with warehouse.DuckDBFiles.use(opts.warehouse, hold_seconds=0) as con:
+    try:
+      if signin_counts.reconcile_counts(con, opts.window_seconds):
+        logging.getLogger(__name__).warning(
+            '%s: counts did not equal the stored rows; recounted',
+            opts.warehouse)
+    except signin_counts.WindowMismatch as e:
+      raise cli.UsageError('--window_seconds %s: %s: %s' % (
+          opts.window_seconds, opts.warehouse, e))
 
 
 def run(argv=None):

@@ -89,3 +89,136 @@ def test_a_warehouse_on_a_read_only_disk_is_a_one_line_error(tmp_path):
       assert 'cannot write in %r' % str(disk) in line, line
   finally:
     subprocess.run(['umount', str(disk)], capture_output=True)
+
+
+COUNTS_VS_ROWS = '''
+    SELECT c.window_start, c.userid, c.signins, r.n FROM signin_counts c
+    FULL OUTER JOIN (
+      SELECT to_timestamp(0) + to_microseconds(
+                 epoch_us(date) - ((epoch_us(date) % {size}) + {size}) % {size})
+               AS window_start, userid, count(*) AS n
+      FROM signins GROUP BY 1, 2) r
+    USING (window_start, userid)
+    WHERE c.signins IS DISTINCT FROM r.n'''
+
+
+def counts_that_differ_from_the_rows(db, window_seconds):
+  con = duckdb.connect(str(db), read_only=True)
+  try:
+    return con.execute(COUNTS_VS_ROWS.format(size=window_seconds * 10**6)).fetchall()
+  finally:
+    con.close()
+
+
+def test_replays_leave_counts_equal_to_the_rows(tmp_path):
+  replay = tmp_path / 's.jsonl'
+  replay.write_bytes(SIGNINS)
+  db = tmp_path / 'w.duckdb'
+  for _ in range(2):
+    assert run_main('user_signin', '--input_file', replay, '--warehouse', db,
+                    '--window_seconds', 60).returncode == 0
+  assert counts_that_differ_from_the_rows(db, 60) == []
+  assert sum(r[0] for r in duckdb.connect(str(db), read_only=True).execute(
+      'SELECT signins FROM signin_counts').fetchall()) == 500
+  # Another window length on the same warehouse: a one-line error.
+  line = _one_line_error(run_main('user_signin', '--input_file', replay,
+                                  '--warehouse', db, '--window_seconds', 10),
+                         '--window_seconds')
+  assert 'give --window_seconds 60' in line
+
+
+def test_a_warehouse_an_older_version_counted_is_recounted(tmp_path):
+  replay = tmp_path / 's.jsonl'
+  replay.write_bytes(SIGNINS)
+  db = tmp_path / 'w.duckdb'
+  assert run_main('user_signin', '--input_file', replay, '--warehouse', db
+                  ).returncode == 0
+  con = duckdb.connect(str(db))
+  con.execute("UPDATE signin_counts SET signins = 1 WHERE userid = 'u1'")
+  con.execute("INSERT INTO signin_counts VALUES (to_timestamp(0), "
+              "to_timestamp(60), 'ghost', 5, NULL, NULL)")
+  con.close()
+  result = run_main('user_signin', '--input_file', replay, '--warehouse', db)
+  assert result.returncode == 0 and 'recounted' in result.stderr
+  assert counts_that_differ_from_the_rows(db, 60) == []
+
+
+def _publish(project, topic, payloads):
+  from google.cloud import pubsub_v1
+  publisher = pubsub_v1.PublisherClient()
+  futures = [publisher.publish(publisher.topic_path(project, topic), p)
+             for p in payloads]
+  return [f.result(timeout=60) for f in futures]
+
+
+def _topic_and_subscription(project, name):
+  from google.cloud import pubsub_v1
+  publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+  topic = publisher.topic_path(project, name)
+  sub = subscriber.subscription_path(project, name + '-sub')
+  publisher.create_topic(name=topic)
+  subscriber.create_subscription(name=sub, topic=topic)
+  return name, sub
+
+
+def _signins(count, users, prefix=''):
+  return [b'{"userid": "%su%d", "date": "2024-01-01T00:00:%02d.%06dZ"}' % (
+      prefix.encode(), i % users, (i * 7) % 30, i) for i in range(count)]
+
+
+@pytest.mark.emulator
+def test_counts_equal_the_rows_after_a_kill_and_a_restart(pubsub_emulator, tmp_path):
+  import signal
+  import uuid
+
+  from tests.test_user_signin_stream import start_pipeline
+  from tests.test_user_signin_stream import wait_for_status
+  project = pubsub_emulator.project
+  topic, sub = _topic_and_subscription(project, 'kill-%s' % uuid.uuid4().hex[:8])
+  ids = _publish(project, topic, _signins(3000, 20))
+  db, status = tmp_path / 'w.duckdb', tmp_path / 'status.json'
+  args = ('--input_subscription', sub, '--warehouse', db, '--window_seconds',
+          10, '--progress_seconds', 0.2, '--status_file', status)
+  first = start_pipeline(tmp_path, *args)
+  wait_for_status(status, lambda s: s.get('stored_total', 0) >= 1000, first)
+  first.proc.kill()  # -9, mid-stream
+  first.communicate(timeout=30)
+  os.remove(status)
+  second = start_pipeline(tmp_path, *args)
+  wait_for_status(status, lambda s: s.get('stored_total', 0) >= len(ids), second,
+                  timeout=180)
+  second.send_signal(signal.SIGTERM)
+  _, err = second.communicate(timeout=60)
+  assert second.returncode == 0, err
+  assert count(db, 'signins') == len(ids)
+  assert counts_that_differ_from_the_rows(db, 10) == []
+
+
+@pytest.mark.emulator
+def test_two_writers_on_one_warehouse_keep_counts_equal_to_the_rows(
+    pubsub_emulator, tmp_path):
+  import signal
+  import uuid
+
+  from tests.test_user_signin_stream import start_pipeline
+  from tests.test_user_signin_stream import wait_for_status
+  project = pubsub_emulator.project
+  db = tmp_path / 'w.duckdb'
+  procs, total = [], 0
+  for n in range(2):
+    topic, sub = _topic_and_subscription(project, 'two-%s' % uuid.uuid4().hex[:8])
+    total += len(_publish(project, topic, _signins(1500, 10)))  # the same users
+    status = tmp_path / ('status%d.json' % n)
+    procs.append((start_pipeline(
+        tmp_path, '--input_subscription', sub, '--warehouse', db,
+        '--window_seconds', 10, '--progress_seconds', 0.2, '--status_file',
+        status), status))
+  for proc, status in procs:
+    wait_for_status(status, lambda s: s.get('stored_total', 0) >= total, proc,
+                    timeout=180)
+  for proc, _ in procs:
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 0
+  assert count(db, 'signins') == total
+  assert counts_that_differ_from_the_rows(db, 10) == []

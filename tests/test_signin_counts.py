@@ -108,7 +108,9 @@ def message(userid, seconds, message_id):
       seconds)
 
 
-def test_whole_graph_stores_too_late_rows_but_not_their_counts(tmp_path):
+def test_whole_graph_counts_equal_the_stored_rows_even_too_late_ones(tmp_path):
+  """Locally the counts are kept with the rows: m5, past the allowed
+  lateness, is stored and counted; the panes record Beam's firings."""
   db = str(tmp_path / 'wh.duckdb')
   opts = argparse.Namespace(
       default_timezone='UTC', max_message_bytes=4096, output_table=None,
@@ -137,4 +139,4 @@ def test_whole_graph_stores_too_late_rows_but_not_their_counts(tmp_path):
           ('m3', 'not_json', [{'key': 'origin', 'value': 'test'}])]
   assert con.execute(
       'SELECT userid, signins, pane_timing FROM signin_counts').fetchall() == [
-          ('a', 3, 'LATE')]
+          ('a', 4, 'LATE')]

@@ -191,3 +191,99 @@ class CountSigninsPerWindow(beam.PTransform):
     else:
       per_user = windowed | 'SumPerUser' >> beam.CombinePerKey(sum)
     return per_user | 'ToCountRows' >> beam.ParDo(FormatWindowCount())
+
+
+class CountsWithTheRows(object):
+  """Keeps a local warehouse's counts table equal to counting its stored
+  sign-ins: called by the rows sink with the rows that were new, in the
+  transaction that stores them (``WriteToDuckDB(with_inserted=...)``), it
+  adds them to their (window, user) totals. A redelivered or replayed
+  message is not new, so it adds nothing; a restart, a kill -9 (both or
+  neither commit) or a second writer cannot make the two disagree."""
+  def __init__(self, window_seconds, counts_table='signin_counts'):
+    self._size = int(round(window_seconds * 1e6))
+    self._table = counts_table
+    from transforms import schemas
+    self._ddl = schemas.SIGNIN_COUNTS.duckdb_ddl(counts_table)
+
+  def __call__(self, con, rows):
+    import datetime
+    import pyarrow as pa
+    if not rows:
+      return
+    totals = collections.defaultdict(int)
+    for row in rows:
+      micros = pubsub_message.epoch_micros(row['date'])
+      totals[(micros - micros % self._size, row['userid'])] += 1
+    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+    step = datetime.timedelta(microseconds=self._size)
+    starts = [epoch + datetime.timedelta(microseconds=s) for s, _ in totals]
+    data = pa.table({
+        'window_start': pa.array(starts, pa.timestamp('us', tz='UTC')),
+        'window_end': pa.array([s + step for s in starts],
+                               pa.timestamp('us', tz='UTC')),
+        'userid': [u for _, u in totals],
+        'signins': pa.array(list(totals.values()), pa.int64()),
+    })
+    con.execute(self._ddl)  # IF NOT EXISTS: a catalog look-up
+    con.register('_new_counts', data)
+    try:
+      con.execute(
+          'INSERT INTO "{t}" (window_start, window_end, userid, signins) '
+          'SELECT * FROM _new_counts ON CONFLICT (window_start, userid) DO '
+          'UPDATE SET signins = "{t}".signins + excluded.signins'.format(
+              t=self._table))
+    finally:
+      try:
+        con.unregister('_new_counts')
+      except Exception:  # pylint: disable=broad-except
+        pass  # in an aborted transaction; the caller rolls it back
+
+
+class WindowMismatch(ValueError):
+  """The warehouse's counts are of windows of another length."""
+
+
+def reconcile_counts(con, window_seconds, rows_table='signins',
+                     counts_table='signin_counts'):
+  """Before a local run: the counts table must be of this run's window
+  length (WindowMismatch otherwise), and equal to counting the stored rows;
+  where it is not (a warehouse an earlier version wrote), it is recounted.
+  Returns whether it recounted."""
+  size = int(round(window_seconds * 1e6))
+  lengths = [r[0] for r in con.execute(
+      'SELECT DISTINCT epoch_us(window_end) - epoch_us(window_start) FROM '
+      '"%s" LIMIT 3' % counts_table).fetchall()]
+  other = [n for n in lengths if n != size]
+  if other:
+    raise WindowMismatch(
+        'its counts are of %g-second windows; give --window_seconds %g or '
+        'another warehouse' % (other[0] / 1e6, other[0] / 1e6))
+  rows, counted = con.execute(
+      'SELECT (SELECT count(*) FROM "%s"), (SELECT coalesce(sum(signins), 0) '
+      'FROM "%s")' % (rows_table, counts_table)).fetchall()[0]
+  if rows == counted:
+    return False
+  start = ('epoch_us(date) - ((epoch_us(date) %% %d) + %d) %% %d' % (
+      size, size, size))
+  con.execute('BEGIN TRANSACTION')
+  try:
+    con.execute(
+        'CREATE OR REPLACE TEMP TABLE _recount AS SELECT to_timestamp(0) + '
+        'to_microseconds(s) AS window_start, to_timestamp(0) + '
+        'to_microseconds(s + %d) AS window_end, userid, count(*) AS signins '
+        'FROM (SELECT %s AS s, userid FROM "%s") GROUP BY s, userid' % (
+            size, start, rows_table))
+    con.execute('DELETE FROM "{c}" WHERE (window_start, userid) NOT IN '
+                '(SELECT window_start, userid FROM _recount)'.format(
+                    c=counts_table))
+    con.execute(
+        'INSERT INTO "{c}" (window_start, window_end, userid, signins) SELECT '
+        '* FROM _recount ON CONFLICT (window_start, userid) DO UPDATE SET '
+        'signins = excluded.signins'.format(c=counts_table))
+    con.execute('DROP TABLE _recount')
+    con.execute('COMMIT')
+  except BaseException:
+    con.execute('ROLLBACK')
+    raise
+  return True

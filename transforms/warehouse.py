@@ -86,7 +86,8 @@ class _InsertIntoDuckDB(beam.DoFn):
   MAX_BUFFER = 20000
 
   def __init__(self, path, schema, table, hold_connection, replace,
-               on_commit=None, write_time_column=None):
+               on_commit=None, write_time_column=None, with_inserted=None,
+               update_only=None, insert_constants=None):
     self._write_time_column = write_time_column
     self._path = path
     self._schema = schema
@@ -94,6 +95,9 @@ class _InsertIntoDuckDB(beam.DoFn):
     self._hold = hold_connection
     self._replace = replace
     self._on_commit = on_commit
+    self._with_inserted = with_inserted
+    self._update_only = tuple(update_only or ())
+    self._constants = dict(insert_constants or {})
 
   def start_bundle(self):
     self._buffer = []
@@ -143,23 +147,57 @@ class _InsertIntoDuckDB(beam.DoFn):
       unique = {}
       for row in rows:
         k = tuple(row.get(k) for k in key)
-        if self._replace or k not in unique:
+        if self._replace or self._update_only or k not in unique:
           unique[k] = row
       rows = list(unique.values())
     names = self._schema.column_names
-    data = self._schema.to_arrow_table(rows, constants={
-        self._write_time_column: datetime.datetime.now(datetime.timezone.utc)
-    } if self._write_time_column else None)
+    constants = dict(self._constants)
+    if self._write_time_column:
+      constants[self._write_time_column] = datetime.datetime.now(
+          datetime.timezone.utc)
+    data = self._schema.to_arrow_table(rows, constants=constants or None)
     columns = ', '.join('"%s"' % n for n in names)
+    if self._update_only:
+      verb, tail = 'INSERT', ' ON CONFLICT (%s) DO UPDATE SET %s' % (
+          ', '.join('"%s"' % k for k in key), ', '.join(
+              '"%s" = excluded."%s"' % (c, c) for c in self._update_only))
+    elif key and self._replace:
+      verb, tail = 'INSERT OR REPLACE', ''
+    elif key:
+      verb, tail = 'INSERT', ' ON CONFLICT DO NOTHING'
+    else:
+      verb, tail = 'INSERT', ''
+    returning = self._with_inserted is not None and key and not (
+        self._replace or self._update_only)
+    if returning:
+      tail += ' RETURNING %s' % ', '.join('"%s"' % k for k in key)
     con.register('_incoming_rows', data)
     try:
-      con.execute(
-          'INSERT %sINTO "%s" (%s) SELECT %s FROM _incoming_rows%s' % (
-              'OR REPLACE ' if key and self._replace else '', self._table,
-              columns, columns,
-              ' ON CONFLICT DO NOTHING' if key and not self._replace else ''))
+      if returning:  # the rows and what is derived from them, atomically
+        con.execute('BEGIN TRANSACTION')
+        try:
+          new = {tuple(r) for r in con.execute(
+              '%s INTO "%s" (%s) SELECT %s FROM _incoming_rows%s' % (
+                  verb, self._table, columns, columns, tail)).fetchall()}
+          self._with_inserted(con, [
+              r for r in rows if tuple(r.get(k) for k in key) in new])
+          con.execute('COMMIT')
+        except BaseException:
+          _rollback(con)
+          raise
+      else:
+        con.execute('%s INTO "%s" (%s) SELECT %s FROM _incoming_rows%s' % (
+            verb, self._table, columns, columns, tail))
     finally:
       con.unregister('_incoming_rows')
+
+
+def _rollback(con):
+  """Ends a failed transaction; what failed is raised by the caller."""
+  try:
+    con.execute('ROLLBACK')
+  except Exception as e:  # pylint: disable=broad-except
+    _LOG.debug('ROLLBACK after a failed insert: %s', e)
 
 
 class WriteToDuckDB(beam.PTransform):
@@ -169,16 +207,22 @@ class WriteToDuckDB(beam.PTransform):
   single-process streaming runner); batch runs with several worker processes
   open it per bundle so that the workers take turns with its write lock.
   With a primary key, a row whose key is stored already is skipped, or with
-  ``replace`` replaces the stored one (for accumulating window panes).
+  ``replace`` replaces the stored one, or with ``update_only`` (columns)
+  updates just those columns of it (a new row takes ``insert_constants``
+  for the columns it names).
+  ``with_inserted(cursor, rows)`` is called with the rows that were new, in
+  the transaction that stored them (data derived from stored rows).
   ``on_commit(rows)``, if given, is called once rows are durably stored
   (e.g. to acknowledge their Pub/Sub messages only then).
   ``write_time_column`` is set to the time of the insert.
   """
   def __init__(self, path, schema, table=None, hold_connection=False,
-               replace=False, on_commit=None, write_time_column=None):
+               replace=False, on_commit=None, write_time_column=None,
+               with_inserted=None, update_only=None, insert_constants=None):
     super().__init__()
     self._args = (path, schema, table, hold_connection, replace, on_commit,
-                  write_time_column)
+                  write_time_column, with_inserted, update_only,
+                  insert_constants)
 
   def expand(self, rows):
     results = rows | 'InsertIntoDuckDB' >> beam.ParDo(
