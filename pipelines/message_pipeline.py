@@ -17,6 +17,7 @@ from apache_beam.io.gcp import pubsub
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import StandardOptions
 
+from pipelines import bigquery_replay
 from pipelines import cli
 from pipelines import direct_runner_speedups
 from pipelines import local_stream
@@ -327,17 +328,18 @@ def summary(name, status, opts, tables):
   return '\n'.join(lines)
 
 
-def run(name, argv, options, opts, build, local_tables, bigquery_tables):
+def run(name, argv, options, opts, build, local_tables, bigquery_tables,
+        prepare_bigquery=None):
   """Runs a message pipeline as the flags say; returns the result.
 
   ``build(pipeline, messages=None, on_commit=None)`` adds the graph;
   ``local_tables`` is [(TableSchema, table name)] made in the warehouse
   first and ``{'rows': .., 'dead_letters': .., 'counts': ..}`` names for
   progress; ``bigquery_tables`` is [(flag, spec, TableSchema)] checked (and
-  made) first for a local run into BigQuery. Local streaming runs until
+  made) first for a local run into BigQuery, and then
+  ``prepare_bigquery(project)`` is called. Local streaming runs until
   SIGINT or SIGTERM.
   """
-  schemas_to_make, progress_tables = local_tables
   streaming = not opts.input_file
   options.view_as(StandardOptions).streaming = streaming
   dataflow = cli.is_dataflow(options)
@@ -351,6 +353,34 @@ def run(name, argv, options, opts, build, local_tables, bigquery_tables):
     cli.prepare_local_bigquery(
         options, {flag: spec for flag, spec, _ in bigquery_tables},
         create=[(spec, schema) for _, spec, schema in bigquery_tables])
+    if prepare_bigquery is not None:
+      prepare_bigquery(_project(options))
+  staged = []
+  if (opts.input_file and opts.output_table and not rendering
+      and not cli.is_dry_run(options)):
+    staged = bigquery_replay.stage(opts, bigquery_tables)
+  try:
+    return _run(name, options, opts, build, local_tables, streaming, dataflow,
+                rendering, staged)
+  finally:
+    if staged:
+      bigquery_replay.drop(_project(options), staged)
+
+
+def _project(options):
+  from apache_beam.options.pipeline_options import GoogleCloudOptions
+  return options.view_as(GoogleCloudOptions).project
+
+
+def _merge_replay(options, staged):
+  for table, added in bigquery_replay.merge(_project(options), staged):
+    print('  merged into %s: %d new (messages already there are not added '
+          'again)' % (table, added))
+
+
+def _run(name, options, opts, build, local_tables, streaming, dataflow,
+         rendering, staged):
+  schemas_to_make, progress_tables = local_tables
   pipeline = beam.Pipeline(options=options)
   pump = controller = None
   if (streaming and not dataflow and not rendering and opts.input_subscription
@@ -381,6 +411,8 @@ def run(name, argv, options, opts, build, local_tables, bigquery_tables):
     result = pipeline.run()
     if not streaming:
       result.wait_until_finish()
+      if staged:
+        _merge_replay(options, staged)
     return result
   tally.reset()
   if not opts.output_table:  # every table exists from the start
@@ -397,6 +429,8 @@ def run(name, argv, options, opts, build, local_tables, bigquery_tables):
     result = pipeline.run()
     result.wait_until_finish()
     print(report(progress.report(final=True)))
+    if staged:
+      _merge_replay(options, staged)
     return result
   finally:
     if controller is not None:

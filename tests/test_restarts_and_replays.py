@@ -222,3 +222,91 @@ def test_two_writers_on_one_warehouse_keep_counts_equal_to_the_rows(
     assert proc.returncode == 0
   assert count(db, 'signins') == total
   assert counts_that_differ_from_the_rows(db, 10) == []
+
+
+def _bq_rows(client, sql):
+  return [tuple(r.values()) for r in client.query(sql).result()]
+
+
+def _expected_counts(payloads, window_seconds):
+  """Per (window start, user) counts computed from what was published."""
+  import collections
+  import datetime
+  import json
+  out = collections.Counter()
+  for p in payloads:
+    m = json.loads(p)
+    when = datetime.datetime.fromisoformat(m['date'].replace('Z', '+00:00'))
+    start = int(when.timestamp()) // window_seconds * window_seconds
+    out[(datetime.datetime.fromtimestamp(start, datetime.timezone.utc),
+         m['userid'])] += 1
+  return dict(out)
+
+
+@pytest.mark.emulator
+def test_replays_into_bigquery_add_nothing_and_counts_are_exact(
+    bigquery_emulator, tmp_path):
+  import uuid
+
+  from tests.conftest import PROJECT
+  client = bigquery_emulator
+  dataset = 'ds_%s' % uuid.uuid4().hex[:8]
+  client.create_dataset(dataset)
+  replay = tmp_path / 's.jsonl'
+  replay.write_bytes(SIGNINS + b'{"userid": "x"}\n')
+  for _ in range(2):
+    result = run_main('user_signin', '--input_file', replay, '--output_table',
+                      '%s:%s.signins' % (PROJECT, dataset))
+    assert result.returncode == 0, result.stderr
+  assert 'merged into %s:%s.signins: 0 new' % (PROJECT, dataset) in result.stdout
+  assert _bq_rows(client, 'SELECT count(*), count(DISTINCT message_id) FROM '
+                  '%s.signins' % dataset) == [(500, 500)]
+  assert _bq_rows(client, 'SELECT count(*) FROM %s.signins_error_records'
+                  % dataset) == [(1,)]
+  assert [t.table_id for t in client.list_tables(dataset)
+          if '_replay_' in t.table_id] == []  # staging dropped
+  exact = {(w, u): n for w, _, u, n in _bq_rows(
+      client, 'SELECT * FROM %s.signins_counts_exact' % dataset)}
+  assert exact == _expected_counts(SIGNINS.splitlines(), 60)
+
+
+@pytest.mark.emulator
+def test_bigquery_exact_counts_after_a_kill_and_a_restart(
+    pubsub_emulator, bigquery_emulator, tmp_path):
+  import signal
+  import uuid
+
+  from tests.conftest import PROJECT
+  from tests.test_user_signin_stream import start_pipeline
+  from tests.test_user_signin_stream import wait_for_status
+  client = bigquery_emulator
+  dataset = 'ds_%s' % uuid.uuid4().hex[:8]
+  client.create_dataset(dataset)
+  project = pubsub_emulator.project
+  topic, sub = _topic_and_subscription(project, 'bqkill-%s' % uuid.uuid4().hex[:8])
+  payloads = _signins(1200, 12)
+  _publish(project, topic, payloads)
+  status = tmp_path / 'status.json'
+  args = ('--input_subscription', sub, '--output_table',
+          '%s:%s.signins' % (PROJECT, dataset), '--warehouse',
+          tmp_path / 'deliveries.duckdb', '--window_seconds', 10,
+          '--progress_seconds', 0.3, '--status_file', status)
+  first = start_pipeline(tmp_path, *args)
+  wait_for_status(status, lambda s: s.get('stored_total', 0) >= 300, first)
+  first.proc.kill()
+  first.communicate(timeout=30)
+
+  def all_stored():
+    return _bq_rows(client, 'SELECT count(DISTINCT message_id) FROM %s.signins'
+                    % dataset)[0][0] >= len(payloads)
+  second = start_pipeline(tmp_path, *args)
+  import time
+  deadline = time.monotonic() + 180
+  while not all_stored():
+    assert time.monotonic() < deadline and second.poll() is None
+    time.sleep(1)
+  second.send_signal(signal.SIGTERM)
+  second.communicate(timeout=60)
+  exact = {(w, u): n for w, _, u, n in _bq_rows(
+      client, 'SELECT * FROM %s.signins_counts_exact' % dataset)}
+  assert exact == _expected_counts(payloads, 10)
