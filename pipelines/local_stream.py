@@ -141,4 +141,7 @@ def progress_line(status):
   if status.get('pubsub_unreachable_s'):
     parts.append('Pub/Sub not answering for %.0f s' %
                  status['pubsub_unreachable_s'])
+  for what, outage in sorted(status.get('outages', {}).items()):
+    parts.append('waiting for %s for %.0f s (%s)' % (
+        what, outage['for_s'], outage['error'][:80]))
   return '  '.join(parts)

@@ -23,6 +23,7 @@ from pipelines import direct_runner_speedups
 from pipelines import local_stream
 from transforms import local_pubsub
 from transforms import message_files
+from transforms import outages
 from transforms import pubsub_message
 from transforms import tally
 from transforms import warehouse
@@ -270,6 +271,9 @@ class Progress(object):
         windows = count('SELECT count(*) FROM "%s"', names.get('counts'))
     except Busy:
       return self._stored
+    except Exception as e:  # pylint: disable=broad-except
+      _LOG.debug('progress could not read the warehouse: %s', e)
+      return self._stored  # an outage: the sinks say so and wait it out
     self._stored = {
         'rows': rows[0][0] if rows else 0,
         'dead_letters': dict(dead),
@@ -297,6 +301,9 @@ class Progress(object):
       status['stored_total'] = local_pubsub.LEASES.committed_total
     if self._pump is not None:
       status.update(self._pump.status())
+    waiting = outages.snapshot()
+    if waiting:
+      status['outages'] = waiting
     _LOG.info('%s', local_stream.progress_line(status))
     if self._opts.status_file:
       tmp = self._opts.status_file + '.tmp'

@@ -310,3 +310,58 @@ def test_bigquery_exact_counts_after_a_kill_and_a_restart(
   exact = {(w, u): n for w, _, u, n in _bq_rows(
       client, 'SELECT * FROM %s.signins_counts_exact' % dataset)}
   assert exact == _expected_counts(payloads, 10)
+
+
+@pytest.mark.emulator
+def test_a_full_disk_is_waited_out_and_the_stream_resumes_by_itself(
+    pubsub_emulator, tmp_path):
+  """A warehouse on a 3 MB tmpfs fills up mid-stream: the run says so in
+  its status, holds what is in flight, and once the disk has room again
+  stores everything once, with no dead letter and no restart."""
+  import json
+  import signal
+  import time
+  import uuid
+
+  from tests.test_user_signin_stream import start_pipeline
+  from tests.test_user_signin_stream import wait_for_status
+  disk = tmp_path / 'disk'
+  disk.mkdir()
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', str(disk)],
+                    capture_output=True).returncode != 0:
+    pytest.skip('mounting a tmpfs is not allowed here (needs root)')
+  proc = None
+  try:
+    project = pubsub_emulator.project
+    topic, sub = _topic_and_subscription(project, 'full-%s' % uuid.uuid4().hex[:8])
+    payloads = [b'{"userid": "user-%06d-%s", "date": "2024-01-01T00:00:%02dZ"}' % (
+        i, b'x' * 150, i % 60) for i in range(12000)]
+    ids = _publish(project, topic, payloads)
+    db, status = disk / 'w.duckdb', tmp_path / 'status.json'
+    proc = start_pipeline(tmp_path, '--input_subscription', sub, '--warehouse',
+                          db, '--progress_seconds', 0.3, '--status_file', status)
+    seen = wait_for_status(status, lambda s: any(
+        'No space left' in o['error'] for o in s.get('outages', {}).values()),
+        proc, timeout=120)
+    time.sleep(3)  # a while on a full disk
+    subprocess.run(['mount', '-o', 'remount,size=64m', str(disk)], check=True)
+    done = wait_for_status(status, lambda s: s.get('stored_total', 0) >= len(ids)
+                           and not s.get('outages'), proc, timeout=180)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert seen['stored_total'] < len(ids) and done['dead_letters'] == {}
+    assert 'waiting and retrying' in err and 'working again' in err
+    assert 'sink_rejected' not in err
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+      assert con.execute('SELECT count(*), count(DISTINCT message_id) FROM '
+                         'signins').fetchall() == [(len(ids), len(ids))]
+      assert con.execute('SELECT count(*) FROM signin_errors').fetchall() == [(0,)]
+    finally:
+      con.close()
+    assert json.loads(status.read_text())['stored_total'] == len(ids)
+  finally:
+    if proc is not None and proc.poll() is None:
+      proc.proc.kill()
+    subprocess.run(['umount', '-l', str(disk)], capture_output=True)

@@ -36,6 +36,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.utils.timestamp import Timestamp
 
+from transforms import outages
 from transforms import pubsub_message
 
 _LOG = logging.getLogger(__name__)
@@ -336,6 +337,10 @@ class DeliveryAttempts(object):
     self._path = path
     self._created = False
 
+  @property
+  def path(self):
+    return self._path
+
   def _execute(self, sql, table):
     from transforms.duckdb_files import DuckDBFiles
     with DuckDBFiles.use(self._path) as cursor:
@@ -501,7 +506,12 @@ class PubSubPump(object):
       received.extend(more)
     counts = {}
     if self.attempts is not None and received:
-      counts = self.attempts.record([r.message.message_id for r in received])
+      # Held until it can be recorded (a full disk): these messages are
+      # leased already and must be served, not left in flight.
+      ids = [r.message.message_id for r in received]
+      counts = outages.wait_out(
+          'delivery counts in %s' % self.attempts.path,
+          lambda: self.attempts.record(ids))
     return [(r, counts.get(r.message.message_id, 1)) for r in received]
 
   GATHER_SECONDS = 0.1

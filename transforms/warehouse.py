@@ -13,6 +13,7 @@ import threading
 
 import apache_beam as beam
 
+from transforms import outages
 from transforms.duckdb_files import DuckDBFiles
 from transforms.duckdb_files import HOLD_SECONDS
 
@@ -117,25 +118,45 @@ class _InsertIntoDuckDB(beam.DoFn):
     buffered, self._buffer = self._buffer, []
     if not buffered:
       return
+    # An outage (disk full, lock, I/O) is waited out here, holding the batch:
+    # its messages stay unacknowledged, nothing becomes a dead letter.
+    refused = outages.wait_out(
+        'warehouse %s' % self._path, lambda: self._store(buffered),
+        on_retry=self._after_outage)
+    for wv, error in refused:
+      yield beam.pvalue.TaggedOutput(self.REJECTED, wv.with_value((
+          wv.value, '%s: %s' % (type(error).__name__, error))))
+
+  def _after_outage(self, error):
+    if outages.needs_reconnect(error):
+      DuckDBFiles.close(self._path)
+
+  def _store(self, buffered):
+    """Stores the batch; returns [(windowed row, error)] for rows the
+    warehouse refuses. Raises what is an outage, not a row's fault."""
     with DuckDBFiles.use(
         self._path, hold_seconds=HOLD_SECONDS if self._hold else 0) as con:
       DuckDBFiles.ensure_table(
           self._path, con, self._schema.duckdb_ddl(self._table))
+      rows = [wv.value for wv in buffered]
       try:
-        rows = [wv.value for wv in buffered]
         self._insert(con, rows)
         self._committed(rows)
+        return []
       except Exception as e:  # pylint: disable=broad-except
+        if outages.is_outage(e):
+          raise
         _LOG.warning('DuckDB batch insert failed (%s); retrying row by row', e)
-        for wv in buffered:
-          try:
-            self._insert(con, [wv.value])
-            self._committed([wv.value])
-          except Exception as row_error:  # pylint: disable=broad-except
-            yield beam.pvalue.TaggedOutput(
-                self.REJECTED,
-                wv.with_value((wv.value, '%s: %s' % (
-                    type(row_error).__name__, row_error))))
+      refused = []
+      for wv in buffered:
+        try:
+          self._insert(con, [wv.value])
+          self._committed([wv.value])
+        except Exception as row_error:  # pylint: disable=broad-except
+          if outages.is_outage(row_error):
+            raise
+          refused.append((wv, row_error))
+      return refused
 
   def _committed(self, rows):
     if self._on_commit is not None:

@@ -1,0 +1,82 @@
+"""Outages waited out, never turned into dead letters: a full disk, a held
+lock, an I/O or memory error is something wrong around the messages, not
+with them. ``wait_out`` retries the work with backoff until it succeeds,
+says once in the log what is wrong (and once when it is over), and keeps
+the current outages for the progress line and the status file. What is in
+flight stays unacknowledged meanwhile (its leases are extended), so nothing
+is lost or doubled, and the stream resumes by itself."""
+
+import logging
+import threading
+import time
+
+_LOG = logging.getLogger(__name__)
+_lock = threading.Lock()
+_current = {}  # what -> (since, error text)
+
+_WORDS = ('no space left', 'disk quota', 'could not write', 'could not read',
+          'could not set lock', 'read-only file system', 'input/output error',
+          'i/o error', 'out of memory', 'has been invalidated',
+          'cannot open file', 'too many open files', 'resource temporarily')
+_TYPES = ('IOException', 'OutOfMemoryException', 'FatalException',
+          'TransactionException', 'InterruptException')
+
+
+def is_outage(error):
+  """True for errors of the disk, a lock, I/O or memory (not of a row)."""
+  if isinstance(error, (OSError, MemoryError)):
+    return True
+  if type(error).__name__ in _TYPES:
+    return True
+  text = str(error).lower()
+  return any(word in text for word in _WORDS)
+
+
+def needs_reconnect(error):
+  return 'invalidated' in str(error).lower() or type(error).__name__ == 'FatalException'
+
+
+def wait_out(what, attempt, on_retry=None, max_delay=5.0):
+  """``attempt()`` until it returns; outage errors are waited out (``on_retry(
+  error)`` before each retry), any other error is raised."""
+  delay = 0.2
+  while True:
+    try:
+      result = attempt()
+    except Exception as e:  # pylint: disable=broad-except
+      if not is_outage(e):
+        raise
+      _begin(what, e)
+      if on_retry is not None:
+        on_retry(e)
+      time.sleep(delay)
+      delay = min(delay * 2, max_delay)
+      continue
+    _end(what)
+    return result
+
+
+def _begin(what, error):
+  text = str(error).splitlines()[0][:300]
+  with _lock:
+    if what in _current:
+      return
+    _current[what] = (time.monotonic(), text)
+  _LOG.warning('%s: %s; waiting and retrying (what is in flight is held, '
+               'nothing is lost)', what, text)
+
+
+def _end(what):
+  with _lock:
+    began = _current.pop(what, None)
+  if began is not None:
+    _LOG.warning('%s: working again after %.0f s', what,
+                 time.monotonic() - began[0])
+
+
+def snapshot():
+  """{what: {'for_s': seconds, 'error': text}} of the outages going on."""
+  now = time.monotonic()
+  with _lock:
+    return {what: {'for_s': round(now - since, 1), 'error': text}
+            for what, (since, text) in _current.items()}
