@@ -5,6 +5,7 @@ cannot be used is a one-line error before anything is read."""
 import hashlib
 import os
 import subprocess
+import sys
 
 import duckdb
 import pytest
@@ -365,3 +366,70 @@ def test_a_full_disk_is_waited_out_and_the_stream_resumes_by_itself(
     if proc is not None and proc.poll() is None:
       proc.proc.kill()
     subprocess.run(['umount', '-l', str(disk)], capture_output=True)
+
+
+def _reader_sockets():
+  """The unix sockets a process listens on in its private reader folder."""
+  import glob
+  import stat
+  found = []
+  for folder in glob.glob(os.path.join(os.environ.get('TMPDIR', '/tmp'),
+                                       'beam-pubsub-reader-*')):
+    st = os.stat(folder)
+    assert stat.S_IMODE(st.st_mode) == 0o700, oct(st.st_mode)
+    found.extend(glob.glob(os.path.join(folder, 'events')))
+  return found
+
+
+@pytest.mark.emulator
+def test_another_process_gets_nothing_from_the_readers_channel(
+    pubsub_emulator, tmp_path):
+  """The reader serves the runner on a unix socket in a 0700 folder, and one
+  stream only: a second client is refused, takes no message, and every
+  message is stored once without a restart."""
+  import signal
+  import time
+  import uuid
+
+  from tests.test_user_signin_stream import start_pipeline
+  from tests.test_user_signin_stream import wait_for_status
+  project = pubsub_emulator.project
+  topic, sub = _topic_and_subscription(project, 'spy-%s' % uuid.uuid4().hex[:8])
+  before = set(_reader_sockets())
+  db, status = tmp_path / 'w.duckdb', tmp_path / 'status.json'
+  proc = start_pipeline(tmp_path, '--input_subscription', sub, '--warehouse', db,
+                        '--progress_seconds', 0.3, '--status_file', status)
+  wait_for_status(status, lambda s: 'in_flight' in s, proc)
+  sockets = set(_reader_sockets()) - before
+  assert len(sockets) == 1, sockets
+  spy = subprocess.run(
+      [sys.executable, '-c', SPY, 'unix:' + sockets.pop()],
+      capture_output=True, text=True, timeout=60, cwd=os.path.dirname(__file__))
+  ids = _publish(project, topic, _signins(1000, 10))
+  done = wait_for_status(status, lambda s: s.get('stored_total', 0) >= len(ids),
+                         proc, timeout=120)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 0
+  assert spy.stdout.strip() == 'refused, 0 events', (spy.stdout, spy.stderr)
+  assert 'refused a second client' in err
+  assert done['stored_total'] == len(ids) and count(db, 'signins') == len(ids)
+  assert not [s for s in _reader_sockets() if s not in before]  # removed
+
+
+SPY = '''
+import sys, grpc
+from apache_beam.portability.api import beam_interactive_api_pb2
+from apache_beam.portability.api import beam_interactive_api_pb2_grpc
+stub = beam_interactive_api_pb2_grpc.TestStreamServiceStub(
+    grpc.insecure_channel(sys.argv[1]))
+events = 0
+try:
+  for _ in stub.Events(beam_interactive_api_pb2.EventsRequest(output_ids=['None']),
+                       timeout=5):
+    events += 1
+  print('ended, %d events' % events)
+except grpc.RpcError as e:
+  print('%s, %d events' % ('refused' if e.code() == grpc.StatusCode.PERMISSION_DENIED
+                           else e.code(), events))
+'''

@@ -26,14 +26,18 @@ import collections
 import datetime
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 
 import apache_beam as beam
+import grpc
 from apache_beam import coders
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.test_stream_service import TestStreamServiceController
 from apache_beam.utils.timestamp import Timestamp
 
 from transforms import outages
@@ -693,7 +697,8 @@ def check_subscription(client, subscription, timeout=START_SECONDS):
 def serve(subscription, max_messages=2000, attempts_db=None, max_attempts=5,
           timestamp_attribute=None, max_in_flight=MAX_IN_FLIGHT,
           max_in_flight_bytes=MAX_IN_FLIGHT_BYTES):
-  """Starts a pump and Beam's TestStreamService for it on a loopback port.
+  """Starts a pump and Beam's TestStreamService for it, privately (see
+  ``PrivateEventService``).
 
   ``attempts_db`` (the DuckDB warehouse) keeps delivery counts across
   crashes. Raises PubSubUnavailable if Pub/Sub does not show the
@@ -701,7 +706,6 @@ def serve(subscription, max_messages=2000, attempts_db=None, max_attempts=5,
   controller.endpoint goes to ``ReadFromPubSubAckOnCommit``. Stop with
   pump.close(); controller.stop().
   """
-  from apache_beam.testing.test_stream_service import TestStreamServiceController
   pump = PubSubPump(
       subscription, max_messages=max_messages,
       attempts=DeliveryAttempts(attempts_db) if attempts_db else None,
@@ -713,11 +717,34 @@ def serve(subscription, max_messages=2000, attempts_db=None, max_attempts=5,
   except PubSubUnavailable:
     pump.close(timeout=0.5)
     raise
-  # No endpoint: gRPC binds a free loopback port (localhost:0) itself, in
-  # one step, so no other process can take it in between.
-  controller = TestStreamServiceController(pump)
+  controller = PrivateEventService(pump)
   controller.start()
   return pump, controller
+
+
+class PrivateEventService(TestStreamServiceController):
+  """Beam's TestStreamService, private: on a unix socket in a folder only
+  this user can enter (mkdtemp: mode 0700, a random name), so no other
+  user's process can connect, as any could to a loopback TCP port; and it
+  serves one event stream, the runner's (Beam's runner asks once): a later
+  client is refused, so none can take messages from the pump."""
+  def __init__(self, reader):
+    self._folder = tempfile.mkdtemp(prefix='beam-pubsub-reader-')
+    super().__init__(reader, endpoint='unix:%s' % os.path.join(
+        self._folder, 'events'))
+    self._claimed = threading.Lock()
+
+  def Events(self, request, context):  # pylint: disable=invalid-name
+    if not self._claimed.acquire(blocking=False):
+      _LOG.warning('refused a second client of the reader\'s channel (%s): '
+                   'it serves the runner only', context.peer())
+      context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                    'this channel serves one runner')
+    yield from super().Events(request, context)
+
+  def stop(self):
+    super().stop()
+    shutil.rmtree(self._folder, ignore_errors=True)
 
 
 class ReadFromPubSubAckOnCommit(beam.PTransform):
