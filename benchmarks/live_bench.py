@@ -309,7 +309,7 @@ def main(argv=None):
   os.environ.update({'NO_GCE_CHECK': 'true', 'GCE_METADATA_HOST': '127.0.0.1:9',
                      'GCE_METADATA_IP': '127.0.0.1:9', 'PYTHONPATH': ROOT})
   variants = [int(v) for v in args.variants.split(',')]
-  results = {v: [] for v in variants}
+  results = {}
   with tempfile.TemporaryDirectory() as tmp:
     emulator = emulators.PubSubEmulator(
         log_path=os.path.join(tmp, 'pubsub.log'), project=PROJECT)
@@ -324,11 +324,19 @@ def main(argv=None):
                              for v in variants]
         report = run_issue_cases(args, tmp, code_variants)
       else:
+        # (label, shards, code): the baseline's code and ours alternate.
+        cases = [('now', v, ROOT) for v in variants]
+        if baseline:
+          cases = [c for v in variants for c in (
+              ('baseline %s' % args.baseline, v, baseline), ('now', v, ROOT))]
+        for label, shards, _ in cases:
+          results[(label, shards)] = []
         for round_ in range(args.repeat):
-          for shards in (variants if round_ % 2 == 0 else variants[::-1]):
-            r = run_variant(shards, args, tmp)
-            results[shards].append(r)
-            print('count_shards %-3d %s' % (shards, r_line(r)), flush=True)
+          for label, shards, code in (cases if round_ % 2 == 0 else cases[::-1]):
+            r = run_variant(shards, args, tmp, code=code)
+            results[(label, shards)].append(r)
+            print('%s count_shards %-3d %s' % (label, shards, r_line(r)),
+                  flush=True)
     finally:
       if baseline:
         remove_baseline_tree(baseline)
@@ -344,16 +352,16 @@ def main(argv=None):
 
 
 def results_table(results, args):
-  rows = ['| `--count_shards` | offered msgs/s (live) | behind at last publish | '
+  rows = ['| code | `--count_shards` | offered msgs/s (live) | behind at last publish | '
           'catch-up | stored msgs/s overall | latency p50 / p99 | RSS | '
           'counts == SQL (windows) | totals from a late pane | '
           'stored / published |',
-          '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
-  for shards, runs in results.items():
+          '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+  for (label, shards), runs in results.items():
     for r in runs:
-      rows.append('| %s | %.0f | %d | %s | %s | %.2f s / %.2f s | %s | '
+      rows.append('| %s | %s | %.0f | %d | %s | %s | %.2f s / %.2f s | %s | '
                   '%s (%d) | %d of %d | %d / %d |' % (
-                      shards if shards else '0 (a key per user)', r['offered'],
+                      label, shards if shards else '0 (a key per user)', r['offered'],
                       r['behind'], '%.1f s' % r['catch_up'] if r['catch_up']
                       is not None else 'not within %.0f s' % args.catch_up_timeout,
                       '%.0f' % r['stored_rate'] if r['stored_rate'] else '-',

@@ -103,3 +103,16 @@ def run_main(*args, env=None, timeout=300, cwd=ROOT):
       [sys.executable, os.path.join(ROOT, 'main.py')] + [str(a) for a in args],
       capture_output=True, text=True, timeout=timeout, cwd=cwd,
       env=dict(os.environ, **(env or {})))
+
+
+def duckdb_dicts(path, sql):
+  """Rows of a query on a DuckDB file as dicts, timestamps in UTC."""
+  import duckdb
+  con = duckdb.connect(str(path), read_only=True)
+  try:
+    con.execute("SET TimeZone = 'UTC'")
+    cursor = con.execute(sql)
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+  finally:
+    con.close()

@@ -17,7 +17,6 @@ import json
 import os
 import tempfile
 
-import duckdb
 import shapely
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.transforms.window import GlobalWindow
@@ -28,6 +27,7 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from tests.conftest import duckdb_dicts
 from transforms import json_messages
 from transforms import schemas
 from transforms import warehouse
@@ -250,17 +250,9 @@ def test_random_schemas_and_messages(data):
     assert insert(path, schema, rows) == []
     assert insert(path, errors, dead) == []
     warehouse.DuckDBFiles.close_all()
-    con = duckdb.connect(path, read_only=True)
-    try:
-      con.execute("SET TimeZone = 'UTC'")
-      cursor = con.execute('SELECT * FROM t')
-      names = [d[0] for d in cursor.description]
-      stored = {r['message_id']: r for r in (
-          dict(zip(names, t)) for t in cursor.fetchall())}
-      assert con.execute('SELECT count(*) FROM t_error_records').fetchall() == [
-          (len(dead),)]
-    finally:
-      con.close()
+    stored = {r['message_id']: r for r in duckdb_dicts(path, 'SELECT * FROM t')}
+    assert duckdb_dicts(path, 'SELECT count(*) AS n FROM t_error_records') == [
+        {'n': len(dead)}]
   assert len(stored) == len(rows)
   for i, (_, expected) in enumerate(batch):
     if expected is None:

@@ -7,12 +7,12 @@ import os
 import re
 
 import apache_beam as beam
-import duckdb
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 from apache_beam.testing.util import equal_to
 
+from tests.conftest import duckdb_dicts
 from transforms import exact_json
 from transforms import json_rows
 from transforms import schemas
@@ -96,16 +96,9 @@ def test_accepted_forms_read_back_exactly_from_duckdb(tmp_path):
     refused = p | beam.Create([row]) | warehouse.WriteToDuckDB(db, schema)
     assert_that(refused, equal_to([]))
   warehouse.DuckDBFiles.close_all()
-  con = duckdb.connect(db, read_only=True)
-  try:
-    con.execute("SET TimeZone = 'UTC'")
-    cursor = con.execute('SELECT * FROM forms')
-    names = [d[0] for d in cursor.description]
-    [back] = cursor.fetchall()
-  finally:
-    con.close()
+  [back] = duckdb_dicts(db, 'SELECT * FROM forms')
   by_name = {f.name: f for f in fields}
-  for name, value in zip(names, back):
+  for name, value in back.items():
     got = _read_back(value, by_name[name])
     if by_name[name].type == 'FLOAT':
       assert repr(got) == repr(row[name])  # NaN equal, -0.0 and 0.0 apart

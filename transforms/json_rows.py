@@ -115,6 +115,8 @@ def _integer(value, path):
     if kind is float and not math.isfinite(value):
       raise _bad(path, value, 'an INTEGER')
     exact = _decimal_of(value)
+    if exact.is_zero():
+      exact = decimal.Decimal(0)  # 0e999 is zero, whatever its exponent
     if exact.adjusted() >= 19:  # 1e19 and above: no INT64, integral or not
       raise _out_of_range(path, value, 'INT64')
     if exact != exact.to_integral_value():
@@ -177,6 +179,8 @@ def _decimal(value, path, kind_name):
     raise _bad(path, value, 'a ' + kind_name)
   if not number.is_finite():
     raise _bad(path, value, 'a finite ' + kind_name)
+  if number.is_zero():
+    number = decimal.Decimal(0)  # 0e999 is zero, whatever its exponent
   magnitude = number.adjusted()
   if magnitude > 40:  # far outside either type: no need to round
     raise _out_of_range(path, value, kind_name)
@@ -223,6 +227,8 @@ def _clock(hour, minute, second, fraction, path, value, what):
 def datetime_from_epoch(seconds):
   """Seconds since the epoch (a Decimal) -> aware UTC datetime, rounded to
   the microsecond exactly; OverflowError outside years 0001-9999."""
+  if seconds.is_zero():
+    seconds = decimal.Decimal(0)
   if not seconds.is_finite() or seconds.adjusted() > 12:
     raise OverflowError('outside years 0001-9999')
   micros = int(seconds.scaleb(6, context=_EXACT).quantize(
