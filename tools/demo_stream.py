@@ -38,7 +38,7 @@ class DuckDBTables(object):
   """The local warehouse file, opened read-only for each question."""
   def __init__(self, path):
     self.path = path
-    self.names = {t: t for t in TABLES}
+    self.names = dict({t: t for t in TABLES}, exact_counts='signin_counts')
     self.flags = ['--warehouse', path]
     self.where = path
 
@@ -59,7 +59,8 @@ class BigQueryTables(object):
     self.names = {
         'signins': '%s.signins' % dataset,
         'signin_errors': '%s.signins_error_records' % dataset,
-        'signin_counts': '%s.signins_counts' % dataset}
+        'signin_counts': '%s.signins_counts' % dataset,
+        'exact_counts': '%s.signins_counts_exact' % dataset}
     self.flags = ['--output_table', '%s:%s.signins' % (project, dataset),
                   '--warehouse', os.path.join(ROOT, 'output', 'demo',
                                               'bigquery-deliveries.duckdb')]
@@ -75,6 +76,11 @@ def show_tables(tables):
   for table in TABLES:
     print('  %-30s %6d' % (tables.names[table], tables.query(
         'SELECT count(*) FROM %s' % tables.names[table])[0][0]))
+  counted = tables.query('SELECT coalesce(sum(signins), 0) FROM {exact_counts}')[0][0]
+  rows = tables.query(COUNT_SQL)[0][0]
+  print('\nsign-ins counted per user and window (%s): %d, %s' % (
+      tables.names['exact_counts'], counted,
+      'equal to the rows' if counted == rows else 'NOT EQUAL to the %d rows' % rows))
   print('\ndead letters by reason:')
   for reason, n in tables.query(REASONS_SQL):
     print('  %-18s %4d' % (reason, n))
