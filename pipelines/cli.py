@@ -203,6 +203,24 @@ def check_local_warehouse(flag, path):
     raise UsageError('%s: %r: %s' % (flag, path, problem))
 
 
+def prepare_local_tables(flag, path, tables, truncate=False):
+  """Creates ``tables`` ([(TableSchema, name or None)]) in a local DuckDB
+  file before a run; a full disk or an I/O error is one line (exit 1)."""
+  from transforms import warehouse
+  existed = os.path.exists(path)
+  try:
+    for schema, table in tables:
+      warehouse.prepare_duckdb_table(path, schema, table, truncate=truncate)
+  except Exception as e:  # pylint: disable=broad-except
+    if not existed:  # a file this run began and could not finish
+      warehouse.DuckDBFiles.close(path)
+      for leftover in (path, path + '.wal'):
+        if os.path.exists(leftover):
+          os.remove(leftover)
+    raise PipelineFailed('%s %s: cannot prepare it: %s' % (
+        flag, path, str(e).splitlines()[0]))
+
+
 LOCAL_TEMP_BUCKET = 'beam-temp'
 
 

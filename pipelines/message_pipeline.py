@@ -423,8 +423,7 @@ def _run(name, options, opts, build, local_tables, streaming, dataflow,
     return result
   tally.reset()
   if not opts.output_table:  # every table exists from the start
-    for schema, table in schemas_to_make:
-      warehouse.prepare_duckdb_table(opts.warehouse, schema, table)
+    cli.prepare_local_tables('--warehouse', opts.warehouse, schemas_to_make)
   try:
     progress = Progress(opts, progress_tables, pump)
     report = lambda status: summary(name, status, opts, progress_tables)  # noqa: E731

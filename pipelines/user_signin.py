@@ -128,17 +128,22 @@ def check(options, opts):
 def reconcile_local_counts(opts):
   """The warehouse's counts must be of this run's windows and equal to
   counting its rows (recounted once if an earlier version left them not)."""
-  for schema in (schemas.SIGNINS, schemas.SIGNIN_ERRORS, schemas.SIGNIN_COUNTS):
-    warehouse.prepare_duckdb_table(opts.warehouse, schema)
-  with warehouse.DuckDBFiles.use(opts.warehouse, hold_seconds=0) as con:
-    try:
+  cli.prepare_local_tables('--warehouse', opts.warehouse, [
+      (schemas.SIGNINS, None), (schemas.SIGNIN_ERRORS, None),
+      (schemas.SIGNIN_COUNTS, None)])
+  try:
+    with warehouse.DuckDBFiles.use(opts.warehouse, hold_seconds=0) as con:
       if signin_counts.reconcile_counts(con, opts.window_seconds):
         logging.getLogger(__name__).warning(
             '%s: counts did not equal the stored rows; recounted',
             opts.warehouse)
-    except signin_counts.WindowMismatch as e:
-      raise cli.UsageError('--window_seconds %s: %s: %s' % (
-          opts.window_seconds, opts.warehouse, e))
+  except signin_counts.WindowMismatch as e:
+    raise cli.UsageError('--window_seconds %s: %s: %s' % (
+        opts.window_seconds, opts.warehouse, e))
+  except Exception as e:  # pylint: disable=broad-except
+    # Before anything is read: a full disk or an I/O error is one line.
+    raise cli.PipelineFailed('--warehouse %s: cannot check its counts: %s' % (
+        opts.warehouse, str(e).splitlines()[0]))
 
 
 EXACT_COUNTS_SQL = """SELECT

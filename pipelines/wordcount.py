@@ -174,8 +174,8 @@ def run(argv=None):
   rendering = cli.use_render_runner_if_asked(options)
   if opts.output_table and not rendering and not dataflow:
     if warehouse.is_local_warehouse(opts.output_table):
-      warehouse.prepare_duckdb_table(
-          opts.output_table, schemas.WORD_COUNTS,
+      cli.prepare_local_tables(
+          '--output_table', opts.output_table, [(schemas.WORD_COUNTS, None)],
           truncate=opts.write_disposition == 'truncate')
     else:
       cli.prepare_local_bigquery(options, {'--output_table': opts.output_table})

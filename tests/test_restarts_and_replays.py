@@ -69,6 +69,34 @@ def test_a_file_that_is_not_duckdb_is_a_one_line_error_and_left_alone(
     assert hashlib.sha256(target.read_bytes()).hexdigest() == before
 
 
+def test_a_full_disk_at_start_is_one_line_before_anything_is_read(tmp_path):
+  replay = tmp_path / 's.jsonl'
+  replay.write_bytes(SIGNINS)
+  disk = tmp_path / 'full'
+  disk.mkdir()
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', str(disk)],
+                    capture_output=True).returncode != 0:
+    pytest.skip('mounting a tmpfs is not allowed here (needs root)')
+  try:
+    with open(disk / 'filler', 'wb') as f:
+      try:
+        f.write(b'\0' * (1 << 20))
+      except OSError:
+        pass  # full
+    schema = os.path.join(os.path.dirname(__file__), '..', 'data', 'orders.json')
+    for args in (('user_signin', '--input_file', replay, '--warehouse', disk / 'w.duckdb'),
+                 ('pubsub_to_bigquery', '--schema', schema, '--input_file', replay,
+                  '--warehouse', disk / 'w.duckdb'),
+                 ('wordcount', '--output', tmp_path / 'out' / 'c', '--output_table',
+                  disk / 'w.duckdb')):
+      result = run_main(*args)
+      lines = result.stderr.strip().splitlines()
+      assert result.returncode == 1, result.stderr
+      assert 'Traceback' not in result.stderr and 'No space left' in lines[-1]
+  finally:
+    subprocess.run(['umount', str(disk)], capture_output=True)
+
+
 def test_a_warehouse_on_a_read_only_disk_is_a_one_line_error(tmp_path):
   """A new file on a read-only disk, and an existing DuckDB file there."""
   replay = tmp_path / 's.jsonl'

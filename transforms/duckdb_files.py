@@ -124,7 +124,7 @@ class DuckDBFiles(object):
 
   @classmethod
   def _release(cls, entry):
-    entry.con.close()
+    _close_quietly(entry.con)
     entry.con = None
     entry.closing = False
     entry.released_at = time.monotonic()
@@ -144,13 +144,24 @@ class DuckDBFiles(object):
     with cls._lock:
       entry = cls._files.pop(path, None)
       if entry is not None and entry.con is not None:
-        entry.con.close()
+        _close_quietly(entry.con)
       cls._tables = {t for t in cls._tables if t[0] != path}
 
   @classmethod
   def close_all(cls):
     for path in list(cls._files):
       cls.close(path)
+
+
+def _close_quietly(con):
+  """Closes a connection; a checkpoint that fails (a full disk) must not stop
+  the releaser or a stop: what was committed is in the write-ahead log, which
+  the next open replays."""
+  try:
+    con.close()
+  except Exception as e:  # pylint: disable=broad-except
+    _LOG.warning('closing a DuckDB file failed (%s); its committed data is in '
+                 'the write-ahead log', str(e).splitlines()[0])
 
 
 def _readers_waiting(path):
