@@ -4,6 +4,7 @@ the local runner choice, and what Dataflow needs from us."""
 import argparse
 import logging
 import os
+import re
 import sys
 
 from apache_beam.options.pipeline_options import DirectOptions
@@ -147,6 +148,29 @@ def prepare_for_dataflow(options):
   ]
   if missing:
     raise UsageError('DataflowRunner needs %s' % ', '.join(missing))
+  for flag, value in (('--temp_location', cloud.temp_location),
+                      ('--staging_location', cloud.staging_location)):
+    if value:
+      check_gcs_location(flag, value)
+
+
+# GCS bucket names: 3-63 characters of a-z, 0-9, '-', '_' and '.', starting
+# and ending with a letter or digit (dotted names up to 222).
+_BUCKET = re.compile(r'[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]')
+
+
+def check_gcs_location(flag, value):
+  """A one-line UsageError unless ``value`` is gs://BUCKET[/PATH] with a
+  bucket name GCS allows (else Beam spends 120 s on the network first)."""
+  if not value.startswith('gs://'):
+    raise UsageError('%s: %r is not a gs:// location (gs://BUCKET/PATH)' % (
+        flag, value))
+  bucket = value[len('gs://'):].split('/', 1)[0]
+  if not _BUCKET.fullmatch(bucket) or (
+      '.' not in bucket and len(bucket) > 63) or '..' in bucket:
+    raise UsageError('%s: %r is not a valid bucket name (3-63 characters: '
+                     'a-z, 0-9, -, _ and ., starting and ending with a letter '
+                     'or digit)' % (flag, bucket))
 
 
 def keep_auth_on_loopback():

@@ -202,3 +202,20 @@ def test_dataflow_dry_run_builds_the_streaming_job():
   options = result.job.options.get_all_options()
   assert options['streaming'] is True
   assert options['setup_file'] == os.path.join(ROOT, 'setup.py')
+
+
+@pytest.mark.parametrize('location, says', [
+    ('gs://b/tmp', "'b' is not a valid bucket name"),
+    ('/tmp/somewhere', 'is not a gs:// location'),
+    ('gs://Bad_Bucket/tmp', "'Bad_Bucket' is not a valid bucket name")])
+def test_a_malformed_temp_location_is_one_line_at_once(location, says):
+  """A bucket name GCS cannot have made the Dataflow dry run try the network
+  for 120 s, then end in a traceback."""
+  result = run_main(
+      'user_signin', '--runner', 'DataflowRunner', '--dry_run=True', '--project',
+      'demo-proj', '--region', 'europe-west1', '--temp_location', location,
+      '--input_subscription', 'projects/demo-proj/subscriptions/s',
+      '--output_table', 'demo-proj:d.t', timeout=60)
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 2 and len(lines) == 1, result.stderr
+  assert '--temp_location' in lines[0] and says in lines[0]
