@@ -416,7 +416,6 @@ def test_another_process_gets_nothing_from_the_readers_channel(
   stream only: a second client is refused, takes no message, and every
   message is stored once without a restart."""
   import signal
-  import time
   import uuid
 
   from tests.test_user_signin_stream import start_pipeline
