@@ -460,3 +460,68 @@ except grpc.RpcError as e:
   print('%s, %d events' % ('refused' if e.code() == grpc.StatusCode.PERMISSION_DENIED
                            else e.code(), events))
 '''
+
+
+@pytest.mark.emulator
+def test_a_bigquery_that_stops_answering_is_waited_out(pubsub_emulator, gcs_root,
+                                                       tmp_path):
+  """The BigQuery emulator frozen (SIGSTOP) mid-stream for 20 s: the stream
+  holds what is in flight, says what it waits for, and once BigQuery answers
+  stores every message once, with no dead letter and no restart."""
+  import signal
+  import time
+  import uuid
+
+  from tests.conftest import PROJECT
+  from tests.test_user_signin_stream import start_pipeline
+  from tests.test_user_signin_stream import wait_for_status
+  from tools.emulators import BigQueryEmulator
+  from transforms import emulators as emulator_wiring
+  emulator = BigQueryEmulator(log_path=str(tmp_path / 'bq.log'), project=PROJECT,
+                              gcs_root=gcs_root).start()
+  env = dict(emulator.env(), GOOGLE_CLOUD_PROJECT=PROJECT)
+  saved = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
+  proc = None
+  try:
+    client = emulator_wiring.bigquery_client(PROJECT)
+    dataset = 'ds_%s' % uuid.uuid4().hex[:8]
+    client.create_dataset(dataset)
+    project = pubsub_emulator.project
+    topic, sub = _topic_and_subscription(project, 'bqstop-%s' % uuid.uuid4().hex[:8])
+    payloads = _signins(2000, 20)
+    _publish(project, topic, payloads[:800])
+    status = tmp_path / 'status.json'
+    proc = start_pipeline(tmp_path, '--input_subscription', sub, '--output_table',
+                          '%s:%s.signins' % (PROJECT, dataset), '--warehouse',
+                          tmp_path / 'deliveries.duckdb', '--progress_seconds',
+                          0.5, '--status_file', status)
+    wait_for_status(status, lambda s: s.get('stored_total', 0) >= 300, proc)
+    os.kill(emulator.proc.pid, signal.SIGSTOP)
+    try:
+      _publish(project, topic, payloads[800:])
+      waiting = wait_for_status(status, lambda s: any(
+          w.startswith('BigQuery') for w in s.get('outages', {})), proc, timeout=60)
+      time.sleep(10)
+    finally:
+      os.kill(emulator.proc.pid, signal.SIGCONT)
+    done = wait_for_status(status, lambda s: s.get('stored_total', 0) >= len(payloads)
+                           and not s.get('outages'), proc, timeout=180)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert waiting['stored_total'] < len(payloads) <= done['stored_total']
+    assert 'not answering' in err and 'answering again' in err
+    assert _bq_rows(client, 'SELECT count(*), count(DISTINCT message_id) FROM '
+                    '%s.signins' % dataset)[0][1] == len(payloads)
+    assert _bq_rows(client, 'SELECT count(*) FROM %s.signins_error_records'
+                    % dataset) == [(0,)]
+  finally:
+    if proc is not None and proc.poll() is None:
+      proc.proc.kill()
+    for key, value in saved.items():
+      if value is None:
+        os.environ.pop(key, None)
+      else:
+        os.environ[key] = value
+    emulator.stop()

@@ -6,6 +6,7 @@ the current outages for the progress line and the status file. What is in
 flight stays unacknowledged meanwhile (its leases are extended), so nothing
 is lost or doubled, and the stream resumes by itself."""
 
+import contextlib
 import logging
 import threading
 import time
@@ -13,6 +14,7 @@ import time
 _LOG = logging.getLogger(__name__)
 _lock = threading.Lock()
 _current = {}  # what -> (since, error text)
+_pending = {}  # token -> [what, since, after_s, reported]
 
 _WORDS = ('no space left', 'disk quota', 'could not write', 'could not read',
           'could not set lock', 'read-only file system', 'input/output error',
@@ -74,9 +76,39 @@ def _end(what):
                  time.monotonic() - began[0])
 
 
+@contextlib.contextmanager
+def pending(what, after_s=5.0):
+  """Marks a call that may hang (a sink that does not answer): once it has
+  taken ``after_s``, it shows as an outage (and is logged once) until it
+  returns."""
+  token = object()
+  with _lock:
+    _pending[token] = [what, time.monotonic(), after_s, False]
+  try:
+    yield
+  finally:
+    with _lock:
+      _, since, _, reported = _pending.pop(token)
+    if reported:
+      _LOG.warning('%s: answering again after %.0f s', what,
+                   time.monotonic() - since)
+
+
 def snapshot():
   """{what: {'for_s': seconds, 'error': text}} of the outages going on."""
   now = time.monotonic()
+  slow = []
   with _lock:
-    return {what: {'for_s': round(now - since, 1), 'error': text}
-            for what, (since, text) in _current.items()}
+    out = {what: {'for_s': round(now - since, 1), 'error': text}
+           for what, (since, text) in _current.items()}
+    for entry in _pending.values():
+      what, since, after_s, reported = entry
+      if now - since >= after_s:
+        out[what] = {'for_s': round(now - since, 1), 'error': 'not answering'}
+        if not reported:
+          entry[3] = True
+          slow.append(what)
+  for what in slow:
+    _LOG.warning('%s: not answering; waiting (what is in flight is held, '
+                 'nothing is lost)', what)
+  return out

@@ -346,8 +346,9 @@ class BigQueryAccepted(object):
   def _reporting(cls, insert_rows):
     def reporting_insert_rows(self, project_id, dataset_id, table_id, rows,
                               *args, **kwargs):
-      passed, errors = insert_rows(
-          self, project_id, dataset_id, table_id, rows, *args, **kwargs)
+      with outages.pending('BigQuery %s.%s' % (dataset_id, table_id)):
+        passed, errors = insert_rows(
+            self, project_id, dataset_id, table_id, rows, *args, **kwargs)
       listener = cls._listeners.get((dataset_id, table_id))
       if listener is not None:
         refused = {error['index'] for error in errors}
