@@ -166,6 +166,13 @@ _SAFE_DIGITS = {'NUMERIC': 28, 'BIGNUMERIC': 37}
 def _decimal(value, path, kind_name):
   scale, smallest, largest = _DECIMAL_TYPES[kind_name]
   kind = type(value)
+  if kind is str or kind is Number:  # the common text: no rounding, in range
+    point = value.find('.')
+    whole = value[1:point] if value[:1] == '-' else value[:point]
+    if (0 < point < 28 and len(value) - point - 1 <= scale
+        and value.isascii() and whole.isdigit()
+        and value[point + 1:].isdigit()):
+      return decimal.Decimal(value)
   try:
     if kind is Number or kind is int:
       number = decimal.Decimal(value)
@@ -454,6 +461,11 @@ def _field_converter(field, unknown):
     def repeated(value, prefix):
       if value is None:
         return []
+      if type(value) is list:  # pylint: disable=unidiomatic-typecheck
+        try:  # paths are built only to name a refused item (below)
+          return [scalar(item, None) for item in value]
+        except Refused:
+          pass
       path = _join(prefix, name)
       if type(value) is not list:  # pylint: disable=unidiomatic-typecheck
         raise _bad(path, value, 'an array')
