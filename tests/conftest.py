@@ -4,6 +4,7 @@ Every emulator is started by the session on a free loopback port and stopped
 by PID at the end; nothing outside this machine is contacted.
 """
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -116,3 +117,26 @@ def duckdb_dicts(path, sql):
     return [dict(zip(names, row)) for row in cursor.fetchall()]
   finally:
     con.close()
+
+
+def new_dataset(client):
+  """A dataset of its own in the BigQuery emulator, for one test."""
+  import uuid
+  name = 'ds_%s' % uuid.uuid4().hex[:8]
+  client.create_dataset(name)
+  return name
+
+
+@contextlib.contextmanager
+def tmpfs(path, size, read_only=False):
+  """A tmpfs of ``size`` mounted at ``path`` for the block (a small disk to
+  fill, or a read-only one); skips the test where mounting is not allowed."""
+  path.mkdir(exist_ok=True)
+  options = 'size=%s%s' % (size, ',ro' if read_only else '')
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', options, 'tmpfs', str(path)],
+                    capture_output=True).returncode != 0:
+    pytest.skip('mounting a tmpfs is not allowed here (needs root)')
+  try:
+    yield path
+  finally:
+    subprocess.run(['umount', '-l', str(path)], capture_output=True)

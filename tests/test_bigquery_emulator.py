@@ -19,6 +19,7 @@ import pytest
 from google.cloud import bigquery
 
 from tests.conftest import PROJECT
+from tests.conftest import new_dataset
 from tests.conftest import run_main
 from tests.test_user_signin_stream import start_pipeline
 from tests.test_user_signin_stream import wait_for_status
@@ -26,12 +27,6 @@ from tools import publish_signins
 
 pytestmark = pytest.mark.emulator
 UTC = datetime.timezone.utc
-
-
-def new_dataset(client):
-  name = 'ds_%s' % uuid.uuid4().hex[:8]
-  client.create_dataset(name)
-  return name
 
 
 def query(client, sql):

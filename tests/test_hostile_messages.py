@@ -11,6 +11,7 @@ import uuid
 import duckdb
 import pytest
 
+from tests.conftest import new_dataset
 from tests.conftest import run_main
 from tests.test_user_signin_stream import start_pipeline
 from tests.test_user_signin_stream import wait_for_status
@@ -170,8 +171,7 @@ def test_the_same_hostile_replay_into_the_bigquery_emulator(bigquery_emulator, t
   the columns the emulator stores faithfully (README: its deviations)."""
   from tests.conftest import PROJECT
   client = bigquery_emulator
-  dataset = 'ds_%s' % uuid.uuid4().hex[:8]
-  client.create_dataset(dataset)
+  dataset = new_dataset(client)
   schema = tmp_path / 'things.json'
   # bqemulator cannot make a BIGNUMERIC column (its DuckDB's DECIMAL stops
   # at 38 digits): BIGNUMERIC is checked against DuckDB only.

@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import PROJECT
 from tests.conftest import ROOT
+from tests.conftest import new_dataset
 from tests.conftest import run_main
 from tests.test_user_signin_stream import start_pipeline
 from tests.test_user_signin_stream import wait_for_status
@@ -151,8 +152,7 @@ def test_rows_read_back_equal_from_bigquery_and_duckdb(bigquery_emulator,
   """The same messages through Beam's WriteToBigQuery (streaming inserts,
   exact BYTES) into the emulator and into DuckDB read back equal."""
   client = bigquery_emulator
-  dataset = 'ds_%s' % uuid.uuid4().hex[:8]
-  client.create_dataset(dataset)
+  dataset = new_dataset(client)
   schema = tmp_path / 'everything.json'
   schema.write_text(json.dumps(ALL_TYPES))
   replay = tmp_path / 'events.jsonl'

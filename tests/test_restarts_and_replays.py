@@ -10,7 +10,9 @@ import sys
 import duckdb
 import pytest
 
+from tests.conftest import new_dataset
 from tests.conftest import run_main
+from tests.conftest import tmpfs
 
 SIGNINS = b''.join(b'{"userid": "u%d", "date": "2024-01-01T00:0%d:00Z"}\n' % (
     i % 7, i % 10) for i in range(500))
@@ -72,12 +74,7 @@ def test_a_file_that_is_not_duckdb_is_a_one_line_error_and_left_alone(
 def test_a_full_disk_at_start_is_one_line_before_anything_is_read(tmp_path):
   replay = tmp_path / 's.jsonl'
   replay.write_bytes(SIGNINS)
-  disk = tmp_path / 'full'
-  disk.mkdir()
-  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', str(disk)],
-                    capture_output=True).returncode != 0:
-    pytest.skip('mounting a tmpfs is not allowed here (needs root)')
-  try:
+  with tmpfs(tmp_path / 'full', '64k') as disk:
     with open(disk / 'filler', 'wb') as f:
       try:
         f.write(b'\0' * (1 << 20))
@@ -93,20 +90,13 @@ def test_a_full_disk_at_start_is_one_line_before_anything_is_read(tmp_path):
       lines = result.stderr.strip().splitlines()
       assert result.returncode == 1, result.stderr
       assert 'Traceback' not in result.stderr and 'No space left' in lines[-1]
-  finally:
-    subprocess.run(['umount', str(disk)], capture_output=True)
 
 
 def test_a_warehouse_on_a_read_only_disk_is_a_one_line_error(tmp_path):
   """A new file on a read-only disk, and an existing DuckDB file there."""
   replay = tmp_path / 's.jsonl'
   replay.write_bytes(SIGNINS)
-  disk = tmp_path / 'disk'
-  disk.mkdir()
-  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', str(disk)],
-                    capture_output=True).returncode != 0:
-    pytest.skip('mounting a tmpfs is not allowed here (needs root)')
-  try:
+  with tmpfs(tmp_path / 'disk', '4m') as disk:
     con = duckdb.connect(str(disk / 'w.duckdb'))
     con.execute('CREATE TABLE t (a INT)')
     con.close()
@@ -116,8 +106,6 @@ def test_a_warehouse_on_a_read_only_disk_is_a_one_line_error(tmp_path):
           'user_signin', '--input_file', replay, '--warehouse', disk / name),
           '--warehouse')
       assert 'cannot write in %r' % str(disk) in line, line
-  finally:
-    subprocess.run(['umount', str(disk)], capture_output=True)
 
 
 COUNTS_VS_ROWS = '''
@@ -275,12 +263,9 @@ def _expected_counts(payloads, window_seconds):
 @pytest.mark.emulator
 def test_replays_into_bigquery_add_nothing_and_counts_are_exact(
     bigquery_emulator, tmp_path):
-  import uuid
-
   from tests.conftest import PROJECT
   client = bigquery_emulator
-  dataset = 'ds_%s' % uuid.uuid4().hex[:8]
-  client.create_dataset(dataset)
+  dataset = new_dataset(client)
   replay = tmp_path / 's.jsonl'
   replay.write_bytes(SIGNINS + b'{"userid": "x"}\n')
   for _ in range(2):
@@ -309,8 +294,7 @@ def test_bigquery_exact_counts_after_a_kill_and_a_restart(
   from tests.test_user_signin_stream import start_pipeline
   from tests.test_user_signin_stream import wait_for_status
   client = bigquery_emulator
-  dataset = 'ds_%s' % uuid.uuid4().hex[:8]
-  client.create_dataset(dataset)
+  dataset = new_dataset(client)
   project = pubsub_emulator.project
   topic, sub = _topic_and_subscription(project, 'bqkill-%s' % uuid.uuid4().hex[:8])
   payloads = _signins(1200, 12)
@@ -354,46 +338,41 @@ def test_a_full_disk_is_waited_out_and_the_stream_resumes_by_itself(
 
   from tests.test_user_signin_stream import start_pipeline
   from tests.test_user_signin_stream import wait_for_status
-  disk = tmp_path / 'disk'
-  disk.mkdir()
-  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', str(disk)],
-                    capture_output=True).returncode != 0:
-    pytest.skip('mounting a tmpfs is not allowed here (needs root)')
-  proc = None
-  try:
-    project = pubsub_emulator.project
-    topic, sub = _topic_and_subscription(project, 'full-%s' % uuid.uuid4().hex[:8])
-    payloads = [b'{"userid": "user-%06d-%s", "date": "2024-01-01T00:00:%02dZ"}' % (
-        i, b'x' * 150, i % 60) for i in range(12000)]
-    ids = _publish(project, topic, payloads)
-    db, status = disk / 'w.duckdb', tmp_path / 'status.json'
-    proc = start_pipeline(tmp_path, '--input_subscription', sub, '--warehouse',
-                          db, '--progress_seconds', 0.3, '--status_file', status)
-    seen = wait_for_status(status, lambda s: any(
-        'No space left' in o['error'] for o in s.get('outages', {}).values()),
-        proc, timeout=120)
-    time.sleep(3)  # a while on a full disk
-    subprocess.run(['mount', '-o', 'remount,size=64m', str(disk)], check=True)
-    done = wait_for_status(status, lambda s: s.get('stored_total', 0) >= len(ids)
-                           and not s.get('outages'), proc, timeout=180)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    assert seen['stored_total'] < len(ids) and done['dead_letters'] == {}
-    assert 'waiting and retrying' in err and 'working again' in err
-    assert 'sink_rejected' not in err
-    con = duckdb.connect(str(db), read_only=True)
+  with tmpfs(tmp_path / 'disk', '3m') as disk:
+    proc = None
     try:
-      assert con.execute('SELECT count(*), count(DISTINCT message_id) FROM '
-                         'signins').fetchall() == [(len(ids), len(ids))]
-      assert con.execute('SELECT count(*) FROM signin_errors').fetchall() == [(0,)]
+      project = pubsub_emulator.project
+      topic, sub = _topic_and_subscription(project, 'full-%s' % uuid.uuid4().hex[:8])
+      payloads = [b'{"userid": "user-%06d-%s", "date": "2024-01-01T00:00:%02dZ"}' % (
+          i, b'x' * 150, i % 60) for i in range(12000)]
+      ids = _publish(project, topic, payloads)
+      db, status = disk / 'w.duckdb', tmp_path / 'status.json'
+      proc = start_pipeline(tmp_path, '--input_subscription', sub, '--warehouse',
+                            db, '--progress_seconds', 0.3, '--status_file', status)
+      seen = wait_for_status(status, lambda s: any(
+          'No space left' in o['error'] for o in s.get('outages', {}).values()),
+          proc, timeout=120)
+      time.sleep(3)  # a while on a full disk
+      subprocess.run(['mount', '-o', 'remount,size=64m', str(disk)], check=True)
+      done = wait_for_status(status, lambda s: s.get('stored_total', 0) >= len(ids)
+                             and not s.get('outages'), proc, timeout=180)
+      proc.send_signal(signal.SIGTERM)
+      out, err = proc.communicate(timeout=60)
+      assert proc.returncode == 0, err
+      assert seen['stored_total'] < len(ids) and done['dead_letters'] == {}
+      assert 'waiting and retrying' in err and 'working again' in err
+      assert 'sink_rejected' not in err
+      con = duckdb.connect(str(db), read_only=True)
+      try:
+        assert con.execute('SELECT count(*), count(DISTINCT message_id) FROM '
+                           'signins').fetchall() == [(len(ids), len(ids))]
+        assert con.execute('SELECT count(*) FROM signin_errors').fetchall() == [(0,)]
+      finally:
+        con.close()
+      assert json.loads(status.read_text())['stored_total'] == len(ids)
     finally:
-      con.close()
-    assert json.loads(status.read_text())['stored_total'] == len(ids)
-  finally:
-    if proc is not None and proc.poll() is None:
-      proc.proc.kill()
-    subprocess.run(['umount', '-l', str(disk)], capture_output=True)
+      if proc is not None and proc.poll() is None:
+        proc.proc.kill()
 
 
 def _reader_sockets():
@@ -485,8 +464,7 @@ def test_a_bigquery_that_stops_answering_is_waited_out(pubsub_emulator, gcs_root
   proc = None
   try:
     client = emulator_wiring.bigquery_client(PROJECT)
-    dataset = 'ds_%s' % uuid.uuid4().hex[:8]
-    client.create_dataset(dataset)
+    dataset = new_dataset(client)
     project = pubsub_emulator.project
     topic, sub = _topic_and_subscription(project, 'bqstop-%s' % uuid.uuid4().hex[:8])
     payloads = _signins(2000, 20)

@@ -175,9 +175,9 @@ def test_accepted_forms_through_the_bigquery_emulator_equal_duckdb(
   Beam's WriteToBigQuery (streaming inserts) and into DuckDB: the same
   values come back, for every type the emulator stores faithfully."""
   import json
-  import uuid
 
   from tests.conftest import PROJECT
+  from tests.conftest import new_dataset
   from tests.conftest import run_main
   fields, values = [], []
   for i, (mode, kind, given, expected) in enumerate(FORMS):
@@ -191,8 +191,7 @@ def test_accepted_forms_through_the_bigquery_emulator_equal_duckdb(
   replay = tmp_path / 'forms.jsonl'
   replay.write_text('{%s}\n' % ', '.join(values), encoding='utf-8')
   client = bigquery_emulator
-  dataset = 'ds_%s' % uuid.uuid4().hex[:8]
-  client.create_dataset(dataset)
+  dataset = new_dataset(client)
   result = run_main('pubsub_to_bigquery', '--schema', schema, '--input_file',
                     replay, '--output_table', '%s:%s.forms' % (PROJECT, dataset),
                     '--bigquery_method', 'streaming_inserts')
