@@ -41,7 +41,6 @@ MAX_MESSAGE_BYTES = 1 << 20
 PAYLOAD_PREFIX_BYTES = 1024  # what a too_large dead letter keeps
 EPOCH_MILLIS_FROM = 1e11
 UTC = datetime.timezone.utc
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
 
 REASONS = (
     'too_large', 'not_utf8', 'not_json', 'not_object', 'missing_userid',
@@ -110,21 +109,15 @@ def parse_date(value, default_tz=UTC):
   if kind is not str:
     raise Invalid('bad_date', 'date must be a string or a number, not %s'
                   % _json_kind(value))
-  if _COMMON_ISO.fullmatch(value):  # the common case, no strip needed
-    try:
-      parsed = datetime.datetime.fromisoformat(value)
-    except ValueError:
-      parsed = None
-    if parsed is not None:
-      if parsed.tzinfo is UTC:
-        return parsed
-      return _to_utc(parsed, default_tz, value)
+  parsed = _common_iso(value)  # the common case, no strip needed
+  if parsed is not None:
+    return parsed if parsed.tzinfo is UTC else _to_utc(parsed, default_tz, value)
   text = value.strip()
   try:
     if _RFC2822.fullmatch(text):
       parsed = parse_rfc2822(text)
     else:
-      parsed = date_parser.isoparse(text)
+      parsed = parse_iso8601(text)
   except (ValueError, OverflowError) as e:
     raise Invalid('bad_date', 'date %r is neither ISO 8601 nor RFC 2822 with '
                   'a zone: %s' % (_clip(value), e))
@@ -152,14 +145,19 @@ _COMMON_ISO = re.compile(
     r'(?:Z|[+-]%s)?' % (_HH_MM, _HH_MM))
 
 
-def parse_iso8601(text):
-  """ISO 8601 text -> datetime, exactly as dateutil's ``isoparse`` reads it."""
+def _common_iso(text):
+  """The common ISO 8601 shapes through the standard library, or None."""
   if _COMMON_ISO.fullmatch(text):
     try:
       return datetime.datetime.fromisoformat(text)
     except ValueError:
       pass
-  return date_parser.isoparse(text)
+  return None
+
+
+def parse_iso8601(text):
+  """ISO 8601 text -> datetime, exactly as dateutil's ``isoparse`` reads it."""
+  return _common_iso(text) or date_parser.isoparse(text)
 
 
 _RFC2822 = re.compile(
