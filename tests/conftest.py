@@ -140,3 +140,15 @@ def tmpfs(path, size, read_only=False):
     yield path
   finally:
     subprocess.run(['umount', '-l', str(path)], capture_output=True)
+
+
+def replay_into_bigquery_and_duckdb(schema, replay, dataset, table, db):
+  """main.py pubsub_to_bigquery replays ``replay`` twice, as a user would:
+  through Beam's WriteToBigQuery (streaming inserts) into the emulator's
+  ``dataset.table``, and into the DuckDB file ``db``."""
+  for where in (['--output_table', '%s:%s.%s' % (PROJECT, dataset, table),
+                 '--bigquery_method', 'streaming_inserts'],
+                ['--warehouse', db]):
+    result = run_main('pubsub_to_bigquery', '--schema', schema,
+                      '--input_file', replay, *where)
+    assert result.returncode == 0, result.stderr

@@ -12,6 +12,7 @@ import duckdb
 import pytest
 
 from tests.conftest import new_dataset
+from tests.conftest import replay_into_bigquery_and_duckdb
 from tests.conftest import run_main
 from tests.test_user_signin_stream import start_pipeline
 from tests.test_user_signin_stream import wait_for_status
@@ -169,7 +170,6 @@ def test_the_same_hostile_replay_into_the_bigquery_emulator(bigquery_emulator, t
   """Through Beam's WriteToBigQuery (streaming inserts) into the BigQuery
   emulator: the same dead letters, and the same exact values as DuckDB for
   the columns the emulator stores faithfully (README: its deviations)."""
-  from tests.conftest import PROJECT
   client = bigquery_emulator
   dataset = new_dataset(client)
   schema = tmp_path / 'things.json'
@@ -179,13 +179,8 @@ def test_the_same_hostile_replay_into_the_bigquery_emulator(bigquery_emulator, t
   messages = [(m, e) for m, e in MESSAGES if '"bn"' not in m]
   replay = tmp_path / 'things.jsonl'
   replay.write_text('\n'.join(m for m, _ in messages) + '\n')
-  result = run_main('pubsub_to_bigquery', '--schema', schema, '--input_file',
-                    replay, '--output_table', '%s:%s.things' % (PROJECT, dataset),
-                    '--bigquery_method', 'streaming_inserts')
-  assert result.returncode == 0, result.stderr
   db = tmp_path / 'w.duckdb'
-  assert run_main('pubsub_to_bigquery', '--schema', schema, '--input_file',
-                  replay, '--warehouse', db).returncode == 0
+  replay_into_bigquery_and_duckdb(schema, replay, dataset, 'things', db)
   columns = 'message_id, id, i, n, f, s, ts, d, %s'
   sql = 'SELECT %s FROM %%s ORDER BY message_id' % columns
   from_bigquery = [tuple(r.values()) for r in client.query(

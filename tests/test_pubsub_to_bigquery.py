@@ -12,9 +12,9 @@ import uuid
 import duckdb
 import pytest
 
-from tests.conftest import PROJECT
 from tests.conftest import ROOT
 from tests.conftest import new_dataset
+from tests.conftest import replay_into_bigquery_and_duckdb
 from tests.conftest import run_main
 from tests.test_user_signin_stream import start_pipeline
 from tests.test_user_signin_stream import wait_for_status
@@ -158,15 +158,8 @@ def test_rows_read_back_equal_from_bigquery_and_duckdb(bigquery_emulator,
   replay = tmp_path / 'events.jsonl'
   replay.write_text('\n'.join(json.dumps(dict(ALL_VALUES, i=str(i)))
                               for i in range(3)) + '\n{"i": "x"}\n')
-  result = run_main('pubsub_to_bigquery', '--schema', schema, '--input_file',
-                    replay, '--output_table', '%s:%s.everything' % (
-                        PROJECT, dataset),
-                    '--bigquery_method', 'streaming_inserts')
-  assert result.returncode == 0, result.stderr
   db = tmp_path / 'w.duckdb'
-  result = run_main('pubsub_to_bigquery', '--schema', schema, '--input_file',
-                    replay, '--warehouse', db)
-  assert result.returncode == 0, result.stderr
+  replay_into_bigquery_and_duckdb(schema, replay, dataset, 'everything', db)
   names = [f['name'] for f in ALL_TYPES] + ['message_id']
   sql = 'SELECT %s FROM %%s ORDER BY message_id' % ', '.join(names)
   from_bigquery = [tuple(r.values()) for r in client.query(

@@ -176,9 +176,8 @@ def test_accepted_forms_through_the_bigquery_emulator_equal_duckdb(
   values come back, for every type the emulator stores faithfully."""
   import json
 
-  from tests.conftest import PROJECT
   from tests.conftest import new_dataset
-  from tests.conftest import run_main
+  from tests.conftest import replay_into_bigquery_and_duckdb
   fields, values = [], []
   for i, (mode, kind, given, expected) in enumerate(FORMS):
     if expected in json_rows.REASONS or json_rows.ALIASES.get(
@@ -192,13 +191,8 @@ def test_accepted_forms_through_the_bigquery_emulator_equal_duckdb(
   replay.write_text('{%s}\n' % ', '.join(values), encoding='utf-8')
   client = bigquery_emulator
   dataset = new_dataset(client)
-  result = run_main('pubsub_to_bigquery', '--schema', schema, '--input_file',
-                    replay, '--output_table', '%s:%s.forms' % (PROJECT, dataset),
-                    '--bigquery_method', 'streaming_inserts')
-  assert result.returncode == 0, result.stderr
   db = tmp_path / 'w.duckdb'
-  assert run_main('pubsub_to_bigquery', '--schema', schema, '--input_file',
-                  replay, '--warehouse', db).returncode == 0
+  replay_into_bigquery_and_duckdb(schema, replay, dataset, 'forms', db)
   [local] = duckdb_dicts(db, 'SELECT * FROM forms')
   select = ', '.join('ST_ASTEXT(%s) AS %s' % (f['name'], f['name'])
                      if f['type'] == 'GEOGRAPHY' else f['name'] for f in fields)
