@@ -20,6 +20,8 @@ COPY --from=launcher /opt/google/dataflow/python_template_launcher \
 COPY requirements.txt setup.py MANIFEST.in main.py ./
 COPY pipelines pipelines
 COPY transforms transforms
+COPY storage storage
+COPY local_runner local_runner
 COPY templates templates
 
 # Our dependencies, then our package itself, installed once at build time;

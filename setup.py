@@ -1,5 +1,6 @@
-"""Packages ``pipelines`` and ``transforms`` so Dataflow workers import the same
-code the launcher did (``--setup_file ./setup.py``; main.py passes it for you)."""
+"""Packages ``pipelines``, ``transforms``, ``storage`` and ``local_runner`` so
+Dataflow workers import the same code the launcher did (``--setup_file
+./setup.py``; the launcher passes it for you)."""
 
 import os
 
@@ -22,7 +23,7 @@ setuptools.setup(
     name='beam-gcp-pipelines',
     version='0.1.0',
     description='Reusable Apache Beam transforms and pipelines for Google Cloud.',
-    packages=['pipelines', 'transforms'],
+    packages=['pipelines', 'transforms', 'storage', 'local_runner'],
     python_requires='>=3.10',
     install_requires=[
         pinned('apache-beam'),

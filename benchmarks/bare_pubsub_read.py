@@ -18,11 +18,14 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from transforms import tally  # noqa: E402
+from local_runner import runs  # noqa: E402
+
+RUN = runs.Run().__enter__()  # the same per-run count main.py's runs keep
+COUNT = RUN.count_read()
 
 
 def count(message):
-  tally.add('messages_in')
+  COUNT.add(1)
 
 
 def main(argv=None):
@@ -40,7 +43,7 @@ def main(argv=None):
   signal.signal(signal.SIGTERM, lambda *_: stop.set())
   while not stop.wait(0.05):
     with open(args.status_file + '.tmp', 'w') as f:
-      json.dump({'messages_in': tally.snapshot().get('messages_in', 0)}, f)
+      json.dump({'messages_in': RUN.messages_read}, f)
     os.replace(args.status_file + '.tmp', args.status_file)
   os._exit(0)  # Beam's read may sit in a 30 s long-poll; nothing to flush
 

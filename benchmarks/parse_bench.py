@@ -58,14 +58,14 @@ def main(argv=None):
   from apache_beam.io.gcp.pubsub import PubsubMessage
 
   from transforms import json_messages
-  from transforms import pubsub_message
+  from transforms import signin_messages
   from transforms import schemas
   n = args.messages
   signins = [d for d, _ in publish_signins.messages(n, 0.0, None, 4096)]
   orders = [order(i) for i in range(n)]
   as_messages = lambda payloads: [  # noqa: E731
       PubsubMessage(p, {}, message_id=str(i)) for i, p in enumerate(payloads)]
-  signin_fn = pubsub_message.ParseSigninFn()
+  signin_fn = signin_messages.ParseSigninFn()
   signin_fn.setup()
   signin_fn.start_bundle()
   schema = schemas.table_from_bigquery_schema(TEN_FIELDS, 'orders')

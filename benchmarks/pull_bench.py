@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from tools import emulators  # noqa: E402
 from tools import publish_signins  # noqa: E402
-from transforms import local_pubsub  # noqa: E402
+from local_runner import pump  # noqa: E402
 
 PROJECT = 'bench-project'
 MAX_HELD = 5000
@@ -84,7 +84,7 @@ def main(argv=None):
         publish_signins.publish(PROJECT, topic, 0, subscription=sub)
         publish_signins.publish(PROJECT, topic, args.backlog, users=5000,
                                 max_message_bytes=4096)
-        client = local_pubsub.subscriber_client()
+        client = pump.subscriber_client()
         got, took, latencies = drain(
             client, 'projects/%s/subscriptions/%s' % (PROJECT, sub),
             args.seconds, hold)

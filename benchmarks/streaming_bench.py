@@ -166,12 +166,12 @@ def run_case(name, project, count, tmp, rate=None):
 def parse_cost(n=20000):
   """Microseconds per message: our parse+validate against bare json.loads."""
   from apache_beam.io.gcp.pubsub import PubsubMessage
-  from transforms import pubsub_message
+  from transforms import signin_messages
   payloads = [data for data, _ in publish_signins.messages(
       n, 0.0, None, MAX_BYTES)]
   messages = [PubsubMessage(p, {}, message_id=str(i))
               for i, p in enumerate(payloads)]
-  fn = pubsub_message.ParseSigninFn()
+  fn = signin_messages.ParseSigninFn()
   fn.setup()
   ours = min(timeit.repeat(
       lambda: [list(fn.process(m)) for m in messages], number=1, repeat=5))
@@ -203,7 +203,7 @@ def main(argv=None):
     bigquery = emulators.BigQueryEmulator(
         log_path=os.path.join(tmp, 'bigquery.log'), project=PROJECT).start()
     os.environ.update(bigquery.env(), GOOGLE_CLOUD_PROJECT=PROJECT)
-    from transforms import emulators as clients
+    from pipelines import emulator_clients as clients
     clients.bigquery_client(PROJECT).create_dataset(BIGQUERY_DATASET)
     rates = {name: [] for name in CASES}
     latency = {}

@@ -12,39 +12,36 @@ table, which scans the target table's ``message_id`` column.
 import logging
 import uuid
 
-from pipelines import cli
+from pipelines import emulator_clients
+from storage import table_specs
 
 _LOG = logging.getLogger(__name__)
-STAGED_FLAGS = ('--output_table', '--dead_letter_table')
+STAGED_ROLES = ('rows', 'dead_letters')
 
 
-def stage(opts, bigquery_tables):
-  """Points the replay's rows and dead letters at staging tables (changes
-  ``opts``); returns [(final spec, staging spec, TableSchema)] to merge.
-  Tables without a message_id column are appended to, as before."""
+def stage(destinations):
+  """The replay's destinations with rows and dead letters pointed at staging
+  tables; and [(final spec, staging spec, TableSchema)] to merge. Tables
+  without a message_id column, and counts (the exact view reads the rows),
+  are written as they are."""
   suffix = '_replay_%s' % uuid.uuid4().hex[:8]
-  staged = []
-  for flag, spec, schema in bigquery_tables:
-    if flag == '--counts_table':
-      opts.counts_table = spec  # derived: the exact view reads the rows
-    if flag in STAGED_FLAGS and 'message_id' in schema.column_names:
-      staging = spec + suffix
-      staged.append((spec, staging, schema))
-      setattr(opts, flag[2:], staging)
-  return staged
+  staged, specs = [], {}
+  for d in destinations:
+    if d.table.role in STAGED_ROLES and 'message_id' in d.schema.column_names:
+      specs[d.table.role] = d.spec + suffix
+      staged.append((d.spec, d.spec + suffix, d.schema))
+  return destinations.replaced(specs), staged
 
 
 def merge(project, staged):
   """Each staging table into its final table (new message ids only), then
   drops it; returns [(final spec, rows added)]."""
   from google.api_core import exceptions
-
-  from transforms import emulators
-  client = emulators.bigquery_client(project)
+  client = emulator_clients.bigquery_client(project)
   added = []
   for final, staging, schema in staged:
-    target = '.'.join(cli.parse_table_spec(final, client.project))
-    source = '.'.join(cli.parse_table_spec(staging, client.project))
+    target = table_specs.dotted(final, client.project)
+    source = table_specs.dotted(staging, client.project)
     names = [f.name for f in schema.fields]
     sql = ('MERGE `{t}` T USING `{s}` S ON T.message_id = S.message_id '
            'WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({values})').format(
@@ -61,11 +58,10 @@ def merge(project, staged):
 
 def drop(project, staged):
   """Drops the staging tables (after a merge, or after a failed replay)."""
-  from transforms import emulators
-  client = emulators.bigquery_client(project)
+  client = emulator_clients.bigquery_client(project)
   for _, staging, _ in staged:
     try:
-      client.delete_table('.'.join(cli.parse_table_spec(staging, client.project)),
+      client.delete_table(table_specs.dotted(staging, client.project),
                           not_found_ok=True)
     except Exception as e:  # pylint: disable=broad-except
       _LOG.warning('could not drop the staging table %s: %s', staging, e)

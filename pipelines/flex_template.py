@@ -10,34 +10,24 @@ a validation regex where one fits) is generated from the same
 """
 
 import argparse
-import importlib
 import json
 import os
 import sys
 
-from pipelines import cli
+from pipelines import launcher
+from pipelines.registry import TEMPLATES as PIPELINES
+from storage import table_specs
 
-PIPELINES = {
-    'wordcount': ('pipelines.wordcount', 'WordcountOptions'),
-    'user_signin': ('pipelines.user_signin', 'SigninOptions'),
-    'pubsub_to_bigquery': ('pipelines.pubsub_to_bigquery',
-                           'PubsubToBigQueryOptions'),
-}
-TEMPLATES = os.path.join(cli.PROJECT_ROOT, 'templates')
+TEMPLATES = os.path.join(launcher.PROJECT_ROOT, 'templates')
 # Flags that make sense only on a laptop, left out of templates.
 LOCAL_ONLY = {'log_file', 'warehouse', 'progress_seconds', 'status_file',
               'local_pubsub_reader', 'max_delivery_attempts', 'max_in_flight',
               'max_in_flight_mb', 'drain_seconds', 'table'}
-# Flags a template run cannot do without (their local defaults do not apply).
-REQUIRED = {'wordcount': {'input', 'output'}, 'user_signin': {'output_table'},
-            'pubsub_to_bigquery': {'output_table', 'schema'}}
-# Validation for flags whose form is known (Dataflow checks them at launch).
+# Validation for flags whose form is known (Dataflow checks them at launch);
+# every *_table flag names a BigQuery table.
 REGEXES = {
     'input_subscription': r'^projects/[^/]+/subscriptions/[^/]+$',
     'input_topic': r'^projects/[^/]+/topics/[^/]+$',
-    'output_table': r'^([^:]+:)?[^.]+\.[^.]+$',
-    'dead_letter_table': r'^([^:]+:)?[^.]+\.[^.]+$',
-    'counts_table': r'^([^:]+:)?[^.]+\.[^.]+$',
     'input': r'^gs://[^/]+/.+$',
     'input_file': r'^gs://[^/]+/.+$',
     'schema': r'^gs://[^/]+/.+$',
@@ -47,11 +37,7 @@ REGEXES = {
 
 def template_actions(name):
   """(class, argparse action) for every flag a template of ``name`` takes."""
-  module_name, class_name = PIPELINES[name]
-  module = importlib.import_module(module_name)
-  classes = getattr(module, 'OPTIONS', [getattr(module, class_name),
-                                        cli.BigQueryOutputOptions])
-  for cls in classes:
+  for cls in PIPELINES[name].load().OPTIONS:
     parser = argparse.ArgumentParser(add_help=False)
     cls._add_argparse_args(parser)  # pylint: disable=protected-access
     for action in parser._actions:  # pylint: disable=protected-access
@@ -67,6 +53,8 @@ def store_true_flags(name):
 def _regex(action):
   if action.dest in REGEXES:
     return REGEXES[action.dest]
+  if action.dest.endswith('_table'):
+    return table_specs.BIGQUERY_SPEC_REGEX
   if action.choices:
     return '^(%s)$' % '|'.join(action.choices)
   if isinstance(action, argparse._StoreTrueAction):  # pylint: disable=protected-access
@@ -88,7 +76,7 @@ def _help(action):
 
 def metadata(name):
   """The Flex Template metadata dict for pipeline ``name``."""
-  module = importlib.import_module(PIPELINES[name][0])
+  module = PIPELINES[name].load()
   description = ' '.join(module.__doc__.split('\n\n')[0].split())
   parameters = []
   for _, action in template_actions(name):
@@ -96,7 +84,7 @@ def metadata(name):
         'name': action.dest,
         'label': action.dest.replace('_', ' ').capitalize(),
         'helpText': _help(action),
-        'isOptional': action.dest not in REQUIRED.get(name, ()),
+        'isOptional': action.dest not in PIPELINES[name].template_required,
     }
     regex = _regex(action)
     if regex:
@@ -151,9 +139,9 @@ def main(argv=None):
       os.makedirs(os.path.dirname(path), exist_ok=True)
       with open(path, 'w') as f:
         f.write(text)
-      print('wrote %s' % os.path.relpath(path, cli.PROJECT_ROOT))
+      print('wrote %s' % os.path.relpath(path, launcher.PROJECT_ROOT))
     else:
-      stale.append(os.path.relpath(path, cli.PROJECT_ROOT))
+      stale.append(os.path.relpath(path, launcher.PROJECT_ROOT))
   if stale:
     print('stale: %s (python -m pipelines.flex_template write)' % ', '.join(stale))
     return 1

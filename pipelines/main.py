@@ -5,28 +5,13 @@ Run as ``python main.py`` from a checkout, or as the installed console script
 """
 
 import argparse
-import importlib
 import logging
 import os
 import sys
 
-PIPELINES = {
-    'wordcount': (
-        'pipelines.wordcount',
-        'batch: text files (local or gs://) -> word counts in text files, '
-        'optionally BigQuery or DuckDB'),
-    'user_signin': (
-        'pipelines.user_signin',
-        'streaming: sign-in JSON from Pub/Sub (or a JSON-lines file) -> '
-        'validated rows, dead letters and per-user counts in BigQuery or DuckDB'),
-    'pubsub_to_bigquery': (
-        'pipelines.pubsub_to_bigquery',
-        'streaming: any JSON event from Pub/Sub (or JSON lines) -> rows of the '
-        'BigQuery schema you give, dead letters naming reason and field'),
-    'query': (
-        'pipelines.query',
-        'SQL on the local DuckDB warehouse, also while a stream writes it'),
-}
+from pipelines import errors
+from pipelines.registry import PIPELINES
+
 PROG = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else 'main.py'
 if PROG in ('__main__.py', '-c', '-m', ''):
   PROG = 'python -m pipelines'
@@ -36,8 +21,8 @@ def usage():
   width = max(len(name) for name in PIPELINES)
   lines = ['usage: %s <pipeline> [flags] [Beam flags]' % PROG, '',
            'pipelines (and commands):']
-  lines += ['  %-*s  %s' % (width, name, about)
-            for name, (_, about) in PIPELINES.items()]
+  lines += ['  %-*s  %s' % (width, name, entry.about)
+            for name, entry in PIPELINES.items()]
   lines += ['', "'%s <pipeline> --help' lists every flag of a pipeline." % PROG]
   return '\n'.join(lines)
 
@@ -80,8 +65,7 @@ def main(argv=None):
         PROG, name, ', '.join(PIPELINES)), file=sys.stderr)
     return 2
   setup_logging(rest)
-  from pipelines import errors
-  module = importlib.import_module(PIPELINES[name][0])
+  module = PIPELINES[name].load()
   try:
     module.run(rest)
   except errors.UsageError as e:

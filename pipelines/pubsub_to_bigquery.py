@@ -14,13 +14,19 @@ import os
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import cli
-from pipelines import message_pipeline
+from pipelines import checks
+from pipelines import launcher
+from pipelines import options as pipeline_options
+from pipelines.errors import UsageError
+from pipelines.tables import Destinations
+from pipelines.tables import Table
+from pipelines.tables import bigquery_flags
 from transforms import json_messages
 from transforms import schemas
+from transforms.read_messages import ReadMessages
+from transforms.store import StoreRowsAndDeadLetters
 
 PROG = 'main.py pubsub_to_bigquery'
-DESCRIPTION = __doc__
 
 
 class PubsubToBigQueryOptions(PipelineOptions):
@@ -52,81 +58,82 @@ class PubsubToBigQueryOptions(PipelineOptions):
         'what makes redeliveries and replays idempotent. true or false.')
 
 
+OPTIONS = [PubsubToBigQueryOptions, pipeline_options.MessageSourceOptions,
+           pipeline_options.BigQueryOutputOptions]
+
+
+def tables_of(schema):
+  """The rows table of ``schema`` and its dead-letter table."""
+  return (
+      Table('rows', '--output_table', schema),
+      Table('dead_letters', '--dead_letter_table',
+            schemas.error_records(schema.name + '_error_records'),
+            '_error_records'))
+
+
+# The flags naming the tables, whatever the schema.
+TABLE_FLAGS = bigquery_flags(tables_of(schemas.TableSchema('any', ())))
+
+
+def run(argv=None):
+  """Parses flags and runs; a local stream runs until SIGINT or SIGTERM."""
+  argv = list(argv or [])
+  options = pipeline_options.parse_options(argv, OPTIONS, PROG, __doc__)
+  opts = pipeline_options.flag_values(options)
+  job = launcher.Job('pubsub_to_bigquery', options, argv,
+                     streaming=not opts.input_file, reports_messages=True)
+  schema = check(options, opts)
+  with job.start(Destinations.of(tables_of(schema), opts)):
+    pipeline = job.pipeline()
+    messages = pipeline | 'ReadMessages' >> ReadMessages.from_flags(
+        opts, job.local_reader(opts))
+    build(messages, opts, schema, job.destinations,
+          count_read=job.count_read, on_commit=job.acknowledge_stored)
+    return job.run(pipeline)
+
+
+def build(messages, opts, schema, destinations, count_read=None,
+          on_commit=None):
+  """Messages -> rows of ``schema`` and dead letters, stored. ``count_read``
+  and ``on_commit`` are a local run's hooks."""
+  parsed = messages | 'ParseMessages' >> json_messages.ParseJsonMessages(
+      schema, opts.unknown_fields, opts.event_time_field,
+      opts.max_message_bytes, count_read=count_read)
+  _ = ((parsed.rows, parsed.dead_letters)
+       | 'StoreRowsAndDeadLetters' >> StoreRowsAndDeadLetters(
+           destinations['rows'], destinations['dead_letters'],
+           opts.bigquery_method, on_commit=on_commit))
+
+
+def check(options, opts):
+  """One-line errors, before any work; returns the table's schema."""
+  checks.check_message_flags(opts, TABLE_FLAGS)
+  schema = load_schema(opts, options)
+  if opts.event_time_field:
+    by_name = {f.name: f for f in schema.fields}
+    field = by_name.get(opts.event_time_field)
+    if field is None or field.type != 'TIMESTAMP' or field.mode == 'REPEATED':
+      raise UsageError('--event_time_field: %r is not a TIMESTAMP field '
+                       'of the schema' % opts.event_time_field)
+  checks.check_message_locations(options, opts)
+  return schema
+
+
 def load_schema(opts, options):
   """The --schema file -> TableSchema; one-line UsageError when it is wrong."""
   from apache_beam.io.filesystems import FileSystems
   if not opts.schema:
-    raise cli.UsageError('--schema is required (a BigQuery JSON schema file)')
+    raise UsageError('--schema is required (a BigQuery JSON schema file)')
   FileSystems.set_options(options)
   try:
     with FileSystems.open(opts.schema) as f:
       fields = json.loads(f.read().decode('utf-8'))
   except (OSError, IOError, ValueError) as e:
-    raise cli.UsageError('--schema: cannot read %r: %s' % (
+    raise UsageError('--schema: cannot read %r: %s' % (
         opts.schema, str(e).splitlines()[0]))
   name = opts.table or os.path.splitext(os.path.basename(opts.schema))[0]
   try:
     return schemas.table_from_bigquery_schema(
         fields, name, message_id_column=opts.message_id_column)
   except ValueError as e:
-    raise cli.UsageError('--schema: %s' % e)
-
-
-OPTIONS = [PubsubToBigQueryOptions, message_pipeline.MessageSourceOptions,
-           cli.BigQueryOutputOptions]
-
-
-def table_specs(opts):
-  if opts.output_table:
-    return {'rows': opts.output_table,
-            'dead_letters': opts.dead_letter_table or
-                            opts.output_table + '_error_records'}
-  return {'rows': opts.warehouse, 'dead_letters': opts.warehouse}
-
-
-def build(pipeline, opts, schema, messages=None, on_commit=None):
-  """Adds the graph; ``messages`` replaces the flag-chosen source."""
-  if messages is None:
-    messages = message_pipeline.read_messages(pipeline, opts)
-  parsed = messages | 'ParseMessages' >> json_messages.ParseJsonMessages(
-      schema, opts.unknown_fields, opts.event_time_field,
-      opts.max_message_bytes)
-  errors = schemas.error_records(schema.name + '_error_records')
-  all_dead = message_pipeline.store(
-      parsed.rows, parsed[json_messages.DEAD_LETTERS],
-      table_specs(opts), {'rows': schema, 'dead_letters': errors},
-      opts.bigquery_method, on_commit)
-  return {'rows': parsed.rows, 'dead_letters': all_dead}
-
-
-def check(options, opts):
-  message_pipeline.check_sources(options, opts)
-  schema = load_schema(opts, options)
-  if opts.event_time_field:
-    by_name = {f.name: f for f in schema.fields}
-    field = by_name.get(opts.event_time_field)
-    if field is None or field.type != 'TIMESTAMP' or field.mode == 'REPEATED':
-      raise cli.UsageError('--event_time_field: %r is not a TIMESTAMP field '
-                           'of the schema' % opts.event_time_field)
-  message_pipeline.check_locations(options, opts)
-  return schema
-
-
-def run(argv=None):
-  """Parses flags and runs; local streaming runs until SIGINT or SIGTERM."""
-  argv = list(argv or [])
-  options = cli.parse_options(
-      argv, OPTIONS, PROG,
-      DESCRIPTION)
-  opts = cli.flag_values(options)
-  schema = check(options, opts)
-  errors = schemas.error_records(schema.name + '_error_records')
-  specs = table_specs(opts)
-  return message_pipeline.run(
-      'pubsub_to_bigquery', argv, options, opts,
-      lambda pipeline, messages=None, on_commit=None: build(
-          pipeline, opts, schema, messages, on_commit),
-      ([(schema, None), (errors, None)],
-       {'rows': schema.name, 'dead_letters': errors.name}),
-      [('--output_table', specs['rows'], schema),
-       ('--dead_letter_table', specs['dead_letters'], errors)])
+    raise UsageError('--schema: %s' % e)

@@ -2,17 +2,17 @@
 ``main.py query [--warehouse FILE] [--format table|csv|json] "SQL"``.
 
 The writer releases the file when a reader announces itself
-(``transforms.duckdb_files``), so this answers within a second or two
+(``storage.duckdb_files``), so this answers within a second or two
 whatever the stream is doing; it sees what is committed.
 """
 
-import argparse
 import csv
 import datetime
 import decimal
 import json
 import sys
 
+from pipelines.errors import OneLineParser
 from pipelines.errors import PipelineFailed
 from pipelines.errors import UsageError
 
@@ -20,13 +20,8 @@ PROG = 'main.py query'
 FORMATS = ('table', 'csv', 'json')
 
 
-class _OneLineParser(argparse.ArgumentParser):
-  def error(self, message):
-    raise UsageError(message)
-
-
 def parse_args(argv):
-  parser = _OneLineParser(prog=PROG, description=__doc__.split('\n\n')[0])
+  parser = OneLineParser(prog=PROG, description=__doc__.split('\n\n')[0])
   parser.add_argument('sql', help='The query, e.g. "SELECT count(*) FROM signins".')
   parser.add_argument('--warehouse', default='output/warehouse.duckdb',
                       help='The DuckDB file (default: the pipelines\' default).')
@@ -92,7 +87,7 @@ def run(argv=None):
 
   import duckdb
 
-  from transforms.duckdb_files import wait_to_read
+  from storage.duckdb_files import wait_to_read
   if not os.path.isfile(args.warehouse):
     raise UsageError('--warehouse: no DuckDB file at %r' % args.warehouse)
   try:

@@ -10,18 +10,32 @@ import logging
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import cli
-from pipelines import message_pipeline
-from transforms import pubsub_message
+from pipelines import checks
+from pipelines import launcher
+from pipelines import options as pipeline_options
+from pipelines.errors import PipelineFailed
+from pipelines.errors import UsageError
+from pipelines.tables import Destinations
+from pipelines.tables import Table
+from pipelines.tables import bigquery_flags
+from storage import table_specs
+from storage.duckdb_files import DuckDBFiles
 from transforms import schemas
 from transforms import signin_counts
-from transforms import warehouse
+from transforms import signin_messages
+from transforms.read_messages import ReadMessages
+from transforms.store import StoreRowsAndDeadLetters
+from transforms.store import WriteTable
 
 PROG = 'main.py user_signin'
-DESCRIPTION = __doc__
-LOCAL_TABLES = {'rows': schemas.SIGNINS.name,
-                'dead_letters': schemas.SIGNIN_ERRORS.name,
-                'counts': schemas.SIGNIN_COUNTS.name}
+TABLES = (
+    Table('rows', '--output_table', schemas.SIGNINS),
+    Table('dead_letters', '--dead_letter_table', schemas.SIGNIN_ERRORS,
+          '_error_records'),
+    Table('counts', '--counts_table', schemas.SIGNIN_COUNTS, '_counts'),
+)
+# Panes only say when Beam fired: locally the counts are kept with the rows.
+PANE_COLUMNS = ('window_end', 'pane_timing', 'pane_index')
 
 
 class SigninOptions(PipelineOptions):
@@ -52,97 +66,92 @@ class SigninOptions(PipelineOptions):
         'Europe/Paris).')
 
 
-OPTIONS = [SigninOptions, message_pipeline.MessageSourceOptions,
-           cli.BigQueryOutputOptions]
+OPTIONS = [SigninOptions, pipeline_options.MessageSourceOptions,
+           pipeline_options.BigQueryOutputOptions]
 
 
-PANE_COLUMNS = ('window_end', 'pane_timing', 'pane_index')
+def run(argv=None):
+  """Parses flags and runs; a local stream runs until SIGINT or SIGTERM."""
+  argv = list(argv or [])
+  options = pipeline_options.parse_options(argv, OPTIONS, PROG, __doc__)
+  opts = pipeline_options.flag_values(options)
+  job = launcher.Job('user_signin', options, argv,
+                     streaming=not opts.input_file, reports_messages=True)
+  check(options, opts)
+  destinations = Destinations.of(TABLES, opts)
+  with job.start(destinations):
+    if job.runs_locally and job.destinations.is_local:
+      reconcile_local_counts(opts)
+    if job.prepares_bigquery:
+      make_exact_counts_view(job.bigquery_client(), opts.window_seconds,
+                             destinations)  # the final tables, not staging
+    pipeline = job.pipeline()
+    messages = pipeline | 'ReadMessages' >> ReadMessages.from_flags(
+        opts, job.local_reader(opts))
+    build(messages, opts, job.destinations, count_read=job.count_read,
+          on_commit=job.acknowledge_stored, on_dataflow=job.on_dataflow)
+    return job.run(pipeline)
 
 
-def table_specs(opts):
-  """Where rows, dead letters and counts go: BigQuery tables or one DuckDB file."""
-  if opts.output_table:
-    return {
-        'rows': opts.output_table,
-        'dead_letters': opts.dead_letter_table or
-                        opts.output_table + '_error_records',
-        'counts': opts.counts_table or opts.output_table + '_counts',
-    }
-  return {'rows': opts.warehouse, 'dead_letters': opts.warehouse,
-          'counts': opts.warehouse}
-
-
-def build(pipeline, opts, messages=None, on_commit=None):
-  """Adds the sign-in graph; ``messages`` replaces the flag-chosen source.
-
-  ``on_commit`` is told of every row and dead letter once stored (the local
-  ack-after-commit reader acknowledges messages then).
-  """
-  if messages is None:
-    messages = message_pipeline.read_messages(pipeline, opts)
-  parsed = messages | 'ParseSignins' >> pubsub_message.ParseSignins(
-      opts.default_timezone, opts.max_message_bytes)
-  rows = parsed.rows
-  specs = table_specs(opts)
+def build(messages, opts, destinations, count_read=None, on_commit=None,
+          on_dataflow=False):
+  """Messages -> rows and dead letters stored, and per-user window counts.
+  ``count_read`` and ``on_commit`` are a local run's hooks (messages read;
+  rows stored, for its reader to acknowledge)."""
+  parsed = messages | 'ParseSignins' >> signin_messages.ParseSignins(
+      opts.default_timezone, opts.max_message_bytes, count_read)
   # Locally the counts are kept with the rows, in the same transaction, so
-  # they equal counting the stored rows whatever happens; the windowed
-  # panes below then only record when Beam fired (pane_timing, pane_index).
-  all_dead = message_pipeline.store(
-      rows, parsed[pubsub_message.DEAD_LETTERS], specs,
-      {'rows': schemas.SIGNINS, 'dead_letters': schemas.SIGNIN_ERRORS},
-      opts.bigquery_method, on_commit, write_time_column='ingested_at',
-      rows_duckdb_options={'with_inserted': signin_counts.CountsWithTheRows(
-          opts.window_seconds, schemas.SIGNIN_COUNTS.name)})
-  counts = rows | 'CountPerWindow' >> signin_counts.CountSigninsPerWindow(
-      opts.window_seconds, opts.allowed_lateness_seconds, opts.count_shards,
-      skip_unchanged=getattr(opts, 'runner', None) not in cli.DATAFLOW_RUNNERS)
-  _ = counts | 'WriteCounts' >> message_pipeline.WriteTable(
-      specs['counts'], schemas.SIGNIN_COUNTS, opts.bigquery_method,
-      replace=True, duckdb_options={
-          'replace': False, 'update_only': PANE_COLUMNS,
-          'insert_constants': {'signins': 0}})
-  return {'rows': rows, 'dead_letters': all_dead, 'counts': counts}
+  # they equal counting the stored rows whatever happens.
+  _ = ((parsed.rows, parsed.dead_letters)
+       | 'StoreRowsAndDeadLetters' >> StoreRowsAndDeadLetters(
+           destinations['rows'], destinations['dead_letters'],
+           opts.bigquery_method, on_commit=on_commit,
+           write_time_column='ingested_at',
+           rows_duckdb_options={
+               'with_inserted': signin_counts.CountsWithTheRows(
+                   opts.window_seconds, schemas.SIGNIN_COUNTS.name)}))
+  counts = parsed.rows | 'CountPerWindow' >> (
+      signin_counts.CountSigninsPerWindow(
+          opts.window_seconds, opts.allowed_lateness_seconds,
+          opts.count_shards, skip_unchanged=not on_dataflow))
+  _ = counts | 'WriteCounts' >> WriteTable(
+      destinations['counts'], opts.bigquery_method, replace=True,
+      duckdb_options={'replace': False, 'update_only': PANE_COLUMNS,
+                      'insert_constants': {'signins': 0}})
 
 
 def check(options, opts):
   """One-line errors, before any work, for flags that cannot work."""
-  message_pipeline.check_sources(
-      options, opts, ('--output_table', '--dead_letter_table', '--counts_table'))
+  checks.check_message_flags(opts, bigquery_flags(TABLES))
   if opts.window_seconds <= 0:
-    raise cli.UsageError('--window_seconds must be positive, not %s'
-                         % opts.window_seconds)
+    raise UsageError('--window_seconds must be positive, not %s'
+                     % opts.window_seconds)
   if opts.allowed_lateness_seconds < 0:
-    raise cli.UsageError('--allowed_lateness_seconds must be 0 or more')
+    raise UsageError('--allowed_lateness_seconds must be 0 or more')
   if opts.count_shards < 0:
-    raise cli.UsageError('--count_shards must be 0 or more')
+    raise UsageError('--count_shards must be 0 or more')
   try:
-    pubsub_message.resolve_timezone(opts.default_timezone)
+    signin_messages.resolve_timezone(opts.default_timezone)
   except ValueError as e:
-    raise cli.UsageError('--default_timezone: %s' % e)
-  message_pipeline.check_locations(options, opts)
-  if (not opts.output_table and not cli.is_dataflow(options)
-      and not cli.is_dry_run(options)):
-    reconcile_local_counts(opts)
+    raise UsageError('--default_timezone: %s' % e)
+  checks.check_message_locations(options, opts)
 
 
 def reconcile_local_counts(opts):
   """The warehouse's counts must be of this run's windows and equal to
   counting its rows (recounted once if an earlier version left them not)."""
-  cli.prepare_local_tables('--warehouse', opts.warehouse, [
-      (schemas.SIGNINS, None), (schemas.SIGNIN_ERRORS, None),
-      (schemas.SIGNIN_COUNTS, None)])
   try:
-    with warehouse.DuckDBFiles.use(opts.warehouse, hold_seconds=0) as con:
+    with DuckDBFiles.use(opts.warehouse, hold_seconds=0) as con:
       if signin_counts.reconcile_counts(con, opts.window_seconds):
         logging.getLogger(__name__).warning(
             '%s: counts did not equal the stored rows; recounted',
             opts.warehouse)
   except signin_counts.WindowMismatch as e:
-    raise cli.UsageError('--window_seconds %s: %s: %s' % (
+    raise UsageError('--window_seconds %s: %s: %s' % (
         opts.window_seconds, opts.warehouse, e))
   except Exception as e:  # pylint: disable=broad-except
     # Before anything is read: a full disk or an I/O error is one line.
-    raise cli.PipelineFailed('--warehouse %s: cannot check its counts: %s' % (
+    raise PipelineFailed('--warehouse %s: cannot check its counts: %s' % (
         opts.warehouse, str(e).splitlines()[0]))
 
 
@@ -157,41 +166,18 @@ FROM (SELECT UNIX_MICROS(date) - MOD(MOD(UNIX_MICROS(date), {size}) + {size},
 GROUP BY start, userid"""
 
 
-def exact_counts_view(project, opts, specs):
+def make_exact_counts_view(client, window_seconds, destinations):
   """Makes (or replaces) the view ``<counts table>_exact``: each window's
   per-user count, counted from the stored rows (each message once). In
   BigQuery the panes append, and after a local restart a pane can carry a
   new process's partial count: the view is the true total."""
   from google.cloud import bigquery
-
-  from transforms import emulators
-  client = emulators.bigquery_client(project)
-  rows = '.'.join(cli.parse_table_spec(specs['rows'], client.project))
-  view = bigquery.Table('.'.join(cli.parse_table_spec(
-      specs['counts'] + '_exact', client.project)))
+  rows = table_specs.dotted(destinations['rows'].spec, client.project)
+  view = bigquery.Table(table_specs.dotted(
+      destinations['counts'].spec + '_exact', client.project))
   view.view_query = EXACT_COUNTS_SQL.format(
-      size=int(opts.window_seconds) * 10**6, rows=rows)
+      size=int(window_seconds) * 10**6, rows=rows)
   view.description = ('Sign-ins per user per %d-second window, counted from '
-                      '%s.' % (opts.window_seconds, rows))
+                      '%s.' % (window_seconds, rows))
   client.delete_table(view, not_found_ok=True)
   client.create_table(view)
-
-
-def run(argv=None):
-  """Parses flags and runs; local streaming runs until SIGINT or SIGTERM."""
-  argv = list(argv or [])
-  options = cli.parse_options(
-      argv, OPTIONS, PROG, DESCRIPTION)
-  opts = cli.flag_values(options)
-  check(options, opts)
-  specs = table_specs(opts)
-  return message_pipeline.run(
-      'user_signin', argv, options, opts,
-      lambda pipeline, messages=None, on_commit=None: build(
-          pipeline, opts, messages, on_commit),
-      ([(schemas.SIGNINS, None), (schemas.SIGNIN_ERRORS, None),
-        (schemas.SIGNIN_COUNTS, None)], LOCAL_TABLES),
-      [('--output_table', specs['rows'], schemas.SIGNINS),
-       ('--dead_letter_table', specs['dead_letters'], schemas.SIGNIN_ERRORS),
-       ('--counts_table', specs['counts'], schemas.SIGNIN_COUNTS)],
-      prepare_bigquery=lambda project: exact_counts_view(project, opts, specs))

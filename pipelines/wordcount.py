@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import time
+from typing import Any, Dict, Tuple
 
 import apache_beam as beam
 from apache_beam.io import WriteToText
@@ -17,17 +18,24 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import cli
+from pipelines import checks
+from pipelines import launcher
+from pipelines import options as pipeline_options
+from pipelines.errors import UsageError
+from pipelines.tables import Destinations
+from pipelines.tables import Table
+from storage import table_specs
 from transforms import schemas
 from transforms import text
-from transforms import warehouse
+from transforms.store import WriteTable
 
 _LOG = logging.getLogger(__name__)
 
 PROG = 'main.py wordcount'
 # Below this much input, worker processes cost more than they save.
 PARALLEL_INPUT_BYTES = 256 << 20
-SAMPLE_INPUT = os.path.join(cli.PROJECT_ROOT, 'data', 'devils_dictionary.txt')
+SAMPLE_INPUT = os.path.join(launcher.PROJECT_ROOT, 'data', 'devils_dictionary.txt')
+TABLES = (Table('counts', '--output_table', schemas.WORD_COUNTS),)
 DESCRIPTION = __doc__
 
 
@@ -76,61 +84,74 @@ class FormatCounts(beam.DoFn):
     yield format_count(word_count)
 
 
-def count_rows(word_count):
+OPTIONS = [WordcountOptions, pipeline_options.BigQueryOutputOptions]
+
+
+def count_rows(word_count: Tuple[str, int]) -> Dict[str, Any]:
   return {'word': word_count[0], 'count': word_count[1]}
 
 
-def build(pipeline, opts, hold_connection=False):
-  """Adds the wordcount graph to ``pipeline``; returns the (word, count) PCollection."""
-  counts = (
-      pipeline
-      | 'ReadText' >> text.ReadLineBlocks(opts.input)
-      | 'CountWords' >> text.CountWords(opts.pattern, opts.lowercase))
-  _ = (
-      counts
-      | 'FormatCounts' >> beam.ParDo(FormatCounts())
-      | 'WriteCounts' >> WriteToText(opts.output, num_shards=opts.num_shards))
-  if opts.output_table:
-    rows = counts | 'ToTableRows' >> beam.Map(count_rows)
-    if warehouse.is_local_warehouse(opts.output_table):
-      _ = rows | 'WriteToDuckDB' >> warehouse.WriteToDuckDB(
-          opts.output_table, schemas.WORD_COUNTS,
-          hold_connection=hold_connection)
-    else:
-      _ = rows | 'WriteToBigQuery' >> warehouse.WriteRowsToBigQuery(
-          opts.output_table, schemas.WORD_COUNTS, opts.bigquery_method,
-          truncate=opts.write_disposition == 'truncate')
-  return counts
+def run(argv=None):
+  """Parses flags, runs the pipeline, prints a summary; returns the result."""
+  argv = list(argv or [])
+  options = pipeline_options.parse_options(argv, OPTIONS, PROG, __doc__)
+  opts = pipeline_options.flag_values(options)
+  job = launcher.Job('wordcount', options, argv)
+  input_bytes = check(options, opts)
+  destinations = Destinations.of(TABLES, opts) if opts.output_table else None
+  started = time.monotonic()
+  with job.start(destinations,
+                 parallel=(input_bytes or 0) >= PARALLEL_INPUT_BYTES,
+                 truncate=opts.write_disposition == 'truncate'):
+    pipeline = job.pipeline()
+    counts = (
+        pipeline
+        | 'ReadText' >> text.ReadLineBlocks(opts.input)
+        | 'CountWords' >> text.CountWords(opts.pattern, opts.lowercase))
+    _ = (
+        counts
+        | 'FormatCounts' >> beam.ParDo(FormatCounts())
+        | 'WriteCounts' >> WriteToText(opts.output, num_shards=opts.num_shards))
+    if job.destinations is not None:
+      _ = (counts
+           | 'ToTableRows' >> beam.Map(count_rows)
+           | 'WriteTable' >> WriteTable(
+               job.destinations['counts'], opts.bigquery_method,
+               duckdb_options={'hold_connection': False},
+               truncate=opts.write_disposition == 'truncate'))
+    result = job.run(pipeline)
+    if job.runs_locally:
+      print(summarize(result, opts, time.monotonic() - started))
+    return result
 
 
-def check(options):
+def check(options, opts):
   """Fails fast, before any work, on inputs and flags that cannot work.
 
   Returns the input's total size in bytes (None on a dry run)."""
-  opts = cli.flag_values(options)
   try:
     re.compile(opts.pattern)
   except re.error as e:
-    raise cli.UsageError('--pattern: invalid regex %r: %s' % (opts.pattern, e))
+    raise UsageError('--pattern: invalid regex %r: %s' % (opts.pattern, e))
   if opts.num_shards < 0:
-    raise cli.UsageError('--num_shards must be 0 or more, not %d' %
-                         opts.num_shards)
+    raise UsageError('--num_shards must be 0 or more, not %d' %
+                     opts.num_shards)
   if opts.output_table:
     try:
-      warehouse.check_table_spec(opts.output_table, '--output_table')
+      table_specs.check_table_spec(opts.output_table, '--output_table')
     except ValueError as e:
-      raise cli.UsageError(str(e))
-    if cli.is_dataflow(options) and warehouse.is_local_warehouse(
+      raise UsageError(str(e))
+    if checks.is_dataflow(options) and table_specs.is_local_warehouse(
         opts.output_table):
-      raise cli.UsageError(
+      raise UsageError(
           '--output_table: a local DuckDB file cannot be written from '
           'Dataflow; give a BigQuery table')
-  if cli.is_dry_run(options):
+  if checks.is_dry_run(options):
     return None  # a dry run must not touch gs:// (or the network)
-  cli.check_local_output('--output', opts.output)
-  if opts.output_table and warehouse.is_local_warehouse(opts.output_table):
-    cli.check_local_warehouse('--output_table', opts.output_table)
-  matched = cli.match_input_files('--input', opts.input, options)
+  checks.check_local_output('--output', opts.output)
+  if opts.output_table and table_specs.is_local_warehouse(opts.output_table):
+    checks.check_local_warehouse('--output_table', opts.output_table)
+  matched = checks.match_input_files('--input', opts.input, options)
   return sum(m.size_in_bytes for m in matched)
 
 
@@ -154,36 +175,3 @@ def summarize(result, opts, elapsed):
   if opts.output_table:
     lines.append('  table:             %s' % opts.output_table)
   return '\n'.join(lines)
-
-
-def run(argv=None):
-  """Parses flags, runs the pipeline, prints a summary; returns the result."""
-  argv = list(argv or [])
-  options = cli.parse_options(
-      argv, [WordcountOptions, cli.BigQueryOutputOptions], PROG, DESCRIPTION)
-  input_bytes = check(options)
-  opts = cli.flag_values(options)
-  dataflow = cli.is_dataflow(options)
-  if dataflow:
-    cli.prepare_for_dataflow(options)
-  else:
-    cli.keep_auth_on_loopback()
-    cli.choose_local_runner(
-        options, argv, streaming=False,
-        parallel=(input_bytes or 0) >= PARALLEL_INPUT_BYTES)
-  rendering = cli.use_render_runner_if_asked(options)
-  if opts.output_table and not rendering and not dataflow:
-    if warehouse.is_local_warehouse(opts.output_table):
-      cli.prepare_local_tables(
-          '--output_table', opts.output_table, [(schemas.WORD_COUNTS, None)],
-          truncate=opts.write_disposition == 'truncate')
-    else:
-      cli.prepare_local_bigquery(options, {'--output_table': opts.output_table})
-  started = time.monotonic()
-  pipeline = beam.Pipeline(options=options)
-  build(pipeline, opts)
-  result = pipeline.run()
-  result.wait_until_finish()
-  if not dataflow and not rendering:
-    print(summarize(result, opts, time.monotonic() - started))
-  return result

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from transforms.emulators import use_emulators
+from local_runner.beam_patches import use_emulator_clients
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,7 +46,7 @@ def gcs_emulator(tmp_path_factory, gcs_root):
       log_path=str(tmp_path_factory.mktemp('gcs') / 'emulator.log'),
       bucket=GCS_BUCKET, data_dir=gcs_root).start()
   os.environ.update(emulator.env())
-  use_emulators()
+  use_emulator_clients()
   try:
     yield 'http://%s' % emulator.host
   finally:
@@ -64,10 +64,10 @@ def bigquery_emulator(tmp_path_factory, gcs_emulator, gcs_root):
       project=PROJECT, gcs_root=gcs_root).start()
   env = dict(emulator.env(), GOOGLE_CLOUD_PROJECT=PROJECT)
   os.environ.update(env)
-  use_emulators()
+  use_emulator_clients()
   try:
-    from transforms import emulators
-    yield emulators.bigquery_client(PROJECT)
+    from pipelines import emulator_clients
+    yield emulator_clients.bigquery_client(PROJECT)
   finally:
     for key in env:
       os.environ.pop(key, None)

@@ -6,7 +6,7 @@ import sys
 import threading
 import time
 
-from transforms.duckdb_files import DuckDBFiles
+from storage.duckdb_files import DuckDBFiles
 
 # A person's second terminal: plain DuckDB, read-only, no announcement;
 # retries for at most 2 s per read.

@@ -30,7 +30,8 @@ from hypothesis import strategies as st
 from tests.conftest import duckdb_dicts
 from transforms import json_messages
 from transforms import schemas
-from transforms import warehouse
+from storage.duckdb_files import DuckDBFiles
+from transforms import duckdb_sink
 
 UTC = datetime.timezone.utc
 D = decimal.Decimal
@@ -211,7 +212,7 @@ def same_scalar(field, stored, expected):
 
 def insert(path, schema, rows):
   """Rows through the DuckDB sink's DoFn; returns what it refused."""
-  sink = warehouse._InsertIntoDuckDB(path, schema, None, False, False)  # pylint: disable=protected-access
+  sink = duckdb_sink._InsertIntoDuckDB(path, schema, None, False, False)  # pylint: disable=protected-access
   sink.start_bundle()
   refused = []
   for row in rows:
@@ -246,10 +247,10 @@ def test_random_schemas_and_messages(data):
     path = os.path.join(tmp, 'w.duckdb')
     errors = schemas.error_records('t_error_records')
     for table in (schema, errors):  # as a run does before it starts
-      warehouse.prepare_duckdb_table(path, table)
+      duckdb_sink.prepare_duckdb_table(path, table)
     assert insert(path, schema, rows) == []
     assert insert(path, errors, dead) == []
-    warehouse.DuckDBFiles.close_all()
+    DuckDBFiles.close_all()
     stored = {r['message_id']: r for r in duckdb_dicts(path, 'SELECT * FROM t')}
     assert duckdb_dicts(path, 'SELECT count(*) AS n FROM t_error_records') == [
         {'n': len(dead)}]

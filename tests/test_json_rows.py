@@ -13,9 +13,11 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from transforms import bigquery_values
 from transforms import json_rows
 from transforms import schemas
-from transforms import warehouse
+from storage.duckdb_files import DuckDBFiles
+from transforms import duckdb_sink
 
 UTC = datetime.timezone.utc
 D = decimal.Decimal
@@ -197,10 +199,10 @@ def write_and_read_back(tmp_path, rows):
   db = str(tmp_path / 'w.duckdb')
   with TestPipeline(runner='FnApiRunner') as p:
     refused = (p | beam.Create(rows)
-               | warehouse.WriteToDuckDB(db, schema))
+               | duckdb_sink.WriteToDuckDB(db, schema))
     from apache_beam.testing.util import assert_that, equal_to
     assert_that(refused, equal_to([]))
-  warehouse.DuckDBFiles.close_all()
+  DuckDBFiles.close_all()
   con = duckdb.connect(db, read_only=True)
   try:
     cursor = con.execute('SELECT * FROM everything ORDER BY message_id')
@@ -293,10 +295,11 @@ def test_fast_timestamp_path_equals_the_general_reader(when, sep, zone, micros):
   text = when.strftime('%Y-%m-%d' + sep + '%H:%M:%S') + (
       '.%06d' % when.microsecond if micros else '') + zone
   try:
-    general = json_rows._timestamp(text, 'f')  # pylint: disable=protected-access
+    general = bigquery_values._timestamp(text, 'f')  # pylint: disable=protected-access
   except json_rows.Refused as e:
     with pytest.raises(json_rows.Refused) as fast:
-      json_rows._fast_timestamp(text, 'f')  # pylint: disable=protected-access
+      bigquery_values._fast_timestamp(text, 'f')  # pylint: disable=protected-access
     assert fast.value.reason == e.reason
     return
-  assert json_rows._fast_timestamp(text, 'f') == general  # pylint: disable=protected-access
+  assert bigquery_values._fast_timestamp(text, 'f') == general  # pylint: disable=protected-access
+

@@ -4,6 +4,7 @@ end as dead letters without stalling the stream. On the official emulator."""
 
 import datetime
 import os
+import pickle
 import random
 import signal
 import time
@@ -16,9 +17,14 @@ from apache_beam.io.gcp.pubsub import PubsubMessage
 from tests.test_user_signin_stream import start_pipeline
 from tests.test_user_signin_stream import wait_for_status
 from tools import publish_signins
-from transforms import duckdb_files
-from transforms import local_pubsub
-from transforms import pubsub_message as pm
+from storage import duckdb_files
+from local_runner import channel
+from local_runner import pump as pump_lib
+from local_runner import runs
+from local_runner.leases import DeliveryAttempts
+from local_runner.leases import Leases
+from transforms import dead_letters
+from transforms import signin_messages as pm
 
 MAX_BYTES = 2048
 
@@ -117,7 +123,7 @@ def test_poison_messages_become_dead_letters_and_the_stream_flows(
 
 
 def test_leases_ack_only_what_was_committed():
-  leases = local_pubsub.Leases()
+  leases = Leases()
   leases.add('sub', 'm1', 'a1')
   leases.add('sub', 'm2', 'a2')
   leases.committed(['m1', 'unknown'])
@@ -130,14 +136,22 @@ def test_leases_ack_only_what_was_committed():
   assert leases.count() == 0
 
 
-def test_ack_on_commit_hook_marks_rows_and_dead_letters():
-  local_pubsub.LEASES.add('s', 'id-1', 'ack-1')
-  local_pubsub.LEASES.add('s', 'id-2', 'ack-2')
-  local_pubsub.AckOnCommit()([{'message_id': 'id-1'}, {'message_id': None}])
-  assert ('id-2', 'ack-2') in local_pubsub.LEASES.in_flight('s')
-  assert ('id-1', 'ack-1') not in local_pubsub.LEASES.in_flight('s')
-  local_pubsub.LEASES.committed(['id-2'])
-  local_pubsub.LEASES.take_acks()
+def test_ack_on_commit_hook_marks_rows_and_dead_letters_of_its_run_only():
+  with runs.Run() as run, runs.Run() as other:
+    for r in (run, other):
+      r.leases.add('s', 'id-1', 'ack-1')
+      r.leases.add('s', 'id-2', 'ack-2')
+    hook = pickle.loads(pickle.dumps(run.acknowledge_stored()))  # as in a DoFn
+    hook([{'message_id': 'id-1'}, {'message_id': None}])
+    assert ('id-2', 'ack-2') in run.leases.in_flight('s')
+    assert ('id-1', 'ack-1') not in run.leases.in_flight('s')
+    assert run.leases.take_acks() == {'s': ['ack-1']}
+    assert other.leases.unstored() == 2  # another run's leases: untouched
+    counter = pickle.loads(pickle.dumps(run.count_read()))
+    counter.add(3)
+    assert (run.messages_read, other.messages_read) == (3, 0)
+  hook([{'message_id': 'id-2'}])  # the run has ended: a no-op
+  counter.add(1)
 
 
 def received_proto(data, attributes, message_id,
@@ -154,13 +168,13 @@ def received_proto(data, attributes, message_id,
 
 
 def test_oversized_payloads_travel_cut_but_still_too_large():
-  Received = received_proto(b'y' * (local_pubsub.MAX_PAYLOAD_BYTES + 500),
+  Received = received_proto(b'y' * (channel.MAX_PAYLOAD_BYTES + 500),
                             {'k': 'v'}, '42')
-  message, ts = local_pubsub.to_message(Received)
+  message, ts = channel.to_message(Received)
   assert isinstance(message, PubsubMessage)
-  assert len(message.data) == local_pubsub.MAX_PAYLOAD_BYTES + 1
-  assert message.attributes[local_pubsub.ORIGINAL_SIZE_ATTRIBUTE] == str(
-      local_pubsub.MAX_PAYLOAD_BYTES + 500)
+  assert len(message.data) == channel.MAX_PAYLOAD_BYTES + 1
+  assert message.attributes[channel.ORIGINAL_SIZE_ATTRIBUTE] == str(
+      channel.MAX_PAYLOAD_BYTES + 500)
   assert ts.micros == 1577836800 * 10**6
 
 
@@ -179,9 +193,9 @@ def test_a_message_that_never_gets_stored_is_dead_lettered_after_max_attempts(
   db = str(tmp_path / 'wh.duckdb')
   seen = []
   for _ in range(4):
-    pump = local_pubsub.PubSubPump(
-        subscription, attempts=local_pubsub.DeliveryAttempts(db),
-        max_attempts=3, leases=local_pubsub.Leases()).start()
+    pump = pump_lib.PubSubPump(
+        subscription, Leases(), attempts=DeliveryAttempts(db),
+        max_attempts=3).start()
     pulled = []
     for _ in range(20):
       pulled = pump._pull()  # pylint: disable=protected-access
@@ -190,33 +204,32 @@ def test_a_message_that_never_gets_stored_is_dead_lettered_after_max_attempts(
     pump.close()  # not stored: handed back at once, counted
     assert len(pulled) == 1
     received, attempts = pulled[0]
-    message, _ = local_pubsub.to_message(received, attempts, 3)
+    message, _ = channel.to_message(received, attempts, 3)
     seen.append((attempts, dict(message.attributes)))
-    local_pubsub.LEASES.take_acks()
   user_signin_warehouse_close(db)
   assert [a for a, _ in seen] == [1, 2, 3, 4]
-  assert all(pm.TOO_MANY_ATTEMPTS_ATTRIBUTE not in attrs for _, attrs in seen[:3])
-  assert seen[3][1][pm.TOO_MANY_ATTEMPTS_ATTRIBUTE] == '4'
+  assert all(dead_letters.TOO_MANY_ATTEMPTS_ATTRIBUTE not in attrs for _, attrs in seen[:3])
+  assert seen[3][1][dead_letters.TOO_MANY_ATTEMPTS_ATTRIBUTE] == '4'
   with pytest.raises(pm.Invalid) as raised:
     pm.parse_signin(PubsubMessage(b'{}', seen[3][1], message_id='x'))
   assert raised.value.reason == 'too_many_attempts'
 
 
 def user_signin_warehouse_close(db):
-  from transforms.warehouse import DuckDBFiles
+  from storage.duckdb_files import DuckDBFiles
   DuckDBFiles.close(db)
 
 
 def test_timestamp_attribute_sets_the_element_time_or_marks_the_message():
 
   Received = received_proto(b'{}', {'ts': '1508273837250'}, '7')
-  _, ts = local_pubsub.to_message(Received, timestamp_attribute='ts')
+  _, ts = channel.to_message(Received, timestamp_attribute='ts')
   assert ts.micros == 1508273837250 * 1000
   Received.message.attributes['ts'] = '2017-10-17T20:57:17.25Z'
-  _, ts = local_pubsub.to_message(Received, timestamp_attribute='ts')
+  _, ts = channel.to_message(Received, timestamp_attribute='ts')
   assert ts.micros == 1508273837250 * 1000
   Received.message.attributes['ts'] = 'yesterday'
-  message, ts = local_pubsub.to_message(Received, timestamp_attribute='ts')
+  message, ts = channel.to_message(Received, timestamp_attribute='ts')
   assert ts.micros == 1577836800 * 10**6  # publish time
   with pytest.raises(pm.Invalid) as raised:
     pm.parse_signin(message)
@@ -257,7 +270,7 @@ def test_watermark_holds_at_what_was_pulled_while_a_backlog_is_read():
   from apache_beam.utils.timestamp import Timestamp
   now = 1000.0
   last = Timestamp.of(900)
-  step = lambda newest, idle=False: local_pubsub.next_watermark(  # noqa: E731
+  step = lambda newest, idle=False: pump_lib.next_watermark(  # noqa: E731
       last, newest, idle, now=now)
   # Messages pulled: their newest timestamp, not the clock.
   assert step(Timestamp.of(950)) == Timestamp.of(950)
@@ -310,7 +323,7 @@ def test_messages_travel_as_pubsub_protos_not_pickles():
   from apache_beam.io.gcp.pubsub import PubsubMessage
   from google.pubsub_v1.types import PubsubMessage as Proto
 
-  from transforms.local_pubsub import PubsubMessageProtoCoder
+  from local_runner.channel import PubsubMessageProtoCoder
   coder = PubsubMessageProtoCoder()
   when = datetime.datetime(2017, 10, 17, 20, 57, 17, 338320,
                            tzinfo=datetime.timezone.utc)

@@ -16,8 +16,8 @@ import pytest
 
 from tests.conftest import ROOT
 
-SOURCES = ('pipelines', 'transforms', 'setup.py', 'MANIFEST.in',
-           'requirements.txt', 'main.py')
+SOURCES = ('pipelines', 'transforms', 'storage', 'local_runner', 'setup.py',
+           'MANIFEST.in', 'requirements.txt', 'main.py')
 
 
 def pinned_beam():
@@ -78,7 +78,8 @@ def test_installed_package_runs_both_pipelines(dists, tmp_path, kind):
   env = clean_env()
   where = subprocess.run(
       [str(venv / 'bin' / 'python'), '-c',
-       'import pipelines, transforms; print(pipelines.__file__, transforms.__file__)'],
+       'import pipelines, transforms, storage, local_runner; print(pipelines.__file__, '
+       'transforms.__file__, storage.__file__, local_runner.__file__)'],
       capture_output=True, text=True, cwd=str(work), env=env)
   assert where.returncode == 0, where.stderr
   assert str(venv) in where.stdout and ROOT not in where.stdout
@@ -120,7 +121,8 @@ def test_no_save_main_session_anywhere():
   """Every DoFn lives in an importable module; pickling __main__ is never needed."""
   needle = 'save_main' + '_session'
   offenders = []
-  for folder in ('pipelines', 'transforms', 'tools', 'benchmarks'):
+  for folder in ('pipelines', 'transforms', 'storage', 'local_runner', 'tools',
+                 'benchmarks'):
     for path in glob.glob(os.path.join(ROOT, folder, '**', '*.py'), recursive=True):
       with open(path) as f:
         if needle in f.read():

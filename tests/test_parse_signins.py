@@ -12,7 +12,9 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from transforms import pubsub_message as pm
+from transforms import dead_letters
+from transforms import event_time
+from transforms import signin_messages as pm
 
 UTC = datetime.timezone.utc
 
@@ -117,15 +119,15 @@ def test_each_bad_message_gets_its_reason(payload, reason):
 def test_too_large_is_checked_first_and_keeps_a_prefix():
   payload = b'{"userid": "u", "date": "2017-10-17", "pad": "' + b'x' * 5000 + b'"}'
   assert reason_of(payload, max_bytes=4096) == 'too_large'
-  letter = pm.dead_letter(msg(payload, {'k': 'v'}), 'too_large', 'big')
-  assert letter['payloadBytes'] == payload[:pm.PAYLOAD_PREFIX_BYTES]
-  assert letter['payloadString'] == payload[:pm.PAYLOAD_PREFIX_BYTES].decode()
+  letter = dead_letters.dead_letter(msg(payload, {'k': 'v'}), 'too_large', 'big')
+  assert letter['payloadBytes'] == payload[:dead_letters.PAYLOAD_PREFIX_BYTES]
+  assert letter['payloadString'] == payload[:dead_letters.PAYLOAD_PREFIX_BYTES].decode()
   assert letter['attributes'] == [{'key': 'k', 'value': 'v'}]
   assert letter['reason'] == 'too_large' and letter['message_id'] == 'm-1'
 
 
 def test_dead_letter_keeps_raw_bytes_and_readable_text():
-  letter = pm.dead_letter(msg(b'ab\xffc'), 'not_utf8', 'bad bytes')
+  letter = dead_letters.dead_letter(msg(b'ab\xffc'), 'not_utf8', 'bad bytes')
   assert letter['payloadBytes'] == b'ab\xffc'
   assert letter['payloadString'] == 'ab\ufffdc'
   assert letter['errorMessage'] == 'bad bytes'
@@ -253,4 +255,4 @@ def test_ambiguous_or_wrong_dates_stay_bad_date(text):
 def test_event_timestamp_is_beams_own_conversion(when):
   from apache_beam.utils.timestamp import Timestamp
   when = when.replace(tzinfo=datetime.timezone.utc)
-  assert pm.utc_timestamp(when) == Timestamp.from_utc_datetime(when)
+  assert event_time.utc_timestamp(when) == Timestamp.from_utc_datetime(when)

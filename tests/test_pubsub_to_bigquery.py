@@ -183,6 +183,7 @@ def test_dataflow_dry_run_builds_the_job():
   assert result.job.proto.type == result.job.proto.type.JOB_TYPE_STREAMING
   names = {t.unique_name for t in
            result.job.proto_pipeline.components.transforms.values()}
-  for step in ('ReadFromPubSub', 'ParseMessages', 'WriteRows/WriteToBigQuery',
-               'WriteDeadLetters/WriteToBigQuery'):
+  for step in ('ReadMessages/ReadFromPubSub', 'ParseMessages',
+               'StoreRowsAndDeadLetters/WriteRows/WriteToBigQuery',
+               'StoreRowsAndDeadLetters/WriteDeadLetters/WriteToBigQuery'):
     assert step in names, step

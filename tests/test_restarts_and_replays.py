@@ -455,7 +455,7 @@ def test_a_bigquery_that_stops_answering_is_waited_out(pubsub_emulator, gcs_root
   from tests.test_user_signin_stream import start_pipeline
   from tests.test_user_signin_stream import wait_for_status
   from tools.emulators import BigQueryEmulator
-  from transforms import emulators as emulator_wiring
+  from pipelines import emulator_clients as emulator_wiring
   emulator = BigQueryEmulator(log_path=str(tmp_path / 'bq.log'), project=PROJECT,
                               gcs_root=gcs_root).start()
   env = dict(emulator.env(), GOOGLE_CLOUD_PROJECT=PROJECT)

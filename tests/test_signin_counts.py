@@ -18,8 +18,9 @@ from apache_beam.testing.util import equal_to
 from apache_beam.transforms.window import TimestampedValue
 
 from pipelines import user_signin
+from pipelines.tables import Destinations
 from transforms import signin_counts
-from transforms import warehouse
+from storage.duckdb_files import DuckDBFiles
 
 UTC = datetime.timezone.utc
 
@@ -129,8 +130,8 @@ def test_whole_graph_counts_equal_the_stored_rows_even_too_late_ones(tmp_path):
       .add_elements([message('a', 40, 'm5'), message('a', 40, 'm5')])  # + redelivery
       .advance_watermark_to_infinity())
   with streaming_pipeline() as p:
-    user_signin.build(p, opts, messages=p | stream)
-  warehouse.DuckDBFiles.close_all()
+    user_signin.build(p | stream, opts, Destinations.of(user_signin.TABLES, opts))
+  DuckDBFiles.close_all()
   con = duckdb.connect(db, read_only=True)
   assert sorted(r[0] for r in con.execute(
       'SELECT message_id FROM signins').fetchall()) == ['m1', 'm2', 'm4', 'm5']

@@ -195,9 +195,11 @@ def test_dataflow_dry_run_builds_the_streaming_job():
   assert result.job.proto.type == result.job.proto.type.JOB_TYPE_STREAMING
   names = {t.unique_name for t in
            result.job.proto_pipeline.components.transforms.values()}
-  for step in ('ReadFromPubSub', 'ParseSignins', 'WriteRows',
-               'WriteDeadLetters', 'CountPerWindow', 'WriteCounts',
-               'WriteRows/WriteToBigQuery', 'WriteDeadLetters/WriteToBigQuery'):
+  store = 'StoreRowsAndDeadLetters/'
+  for step in ('ReadMessages/ReadFromPubSub', 'ParseSignins', store + 'WriteRows',
+               store + 'WriteDeadLetters', 'CountPerWindow', 'WriteCounts',
+               store + 'WriteRows/WriteToBigQuery',
+               store + 'WriteDeadLetters/WriteToBigQuery'):
     assert step in names, step
   options = result.job.options.get_all_options()
   assert options['streaming'] is True

@@ -16,7 +16,8 @@ from tests.conftest import duckdb_dicts
 from transforms import exact_json
 from transforms import json_rows
 from transforms import schemas
-from transforms import warehouse
+from storage.duckdb_files import DuckDBFiles
+from transforms import duckdb_sink
 
 README = os.path.join(os.path.dirname(__file__), '..', 'README.md')
 
@@ -93,9 +94,9 @@ def test_accepted_forms_read_back_exactly_from_duckdb(tmp_path):
   schema = schemas.TableSchema('forms', tuple(fields))
   db = str(tmp_path / 'forms.duckdb')
   with TestPipeline(runner='FnApiRunner') as p:
-    refused = p | beam.Create([row]) | warehouse.WriteToDuckDB(db, schema)
+    refused = p | beam.Create([row]) | duckdb_sink.WriteToDuckDB(db, schema)
     assert_that(refused, equal_to([]))
-  warehouse.DuckDBFiles.close_all()
+  DuckDBFiles.close_all()
   [back] = duckdb_dicts(db, 'SELECT * FROM forms')
   by_name = {f.name: f for f in fields}
   for name, value in back.items():

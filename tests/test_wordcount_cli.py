@@ -214,7 +214,8 @@ def test_dataflow_dry_run_builds_the_job_offline():
   assert job.type == job.type.JOB_TYPE_BATCH
   names = {t.unique_name for t in
            result.job.proto_pipeline.components.transforms.values()}
-  for step in ('ReadText', 'CountWords', 'WriteCounts', 'WriteToBigQuery'):
+  for step in ('ReadText', 'CountWords', 'WriteCounts',
+               'WriteTable/WriteToBigQuery'):
     assert step in names
   options = result.job.options.get_all_options()
   assert options['setup_file'] == os.path.join(ROOT, 'setup.py')

@@ -17,7 +17,7 @@ import time
 
 from tools import publish_signins
 from tools import status as status_file
-from transforms.duckdb_files import wait_to_read
+from storage.duckdb_files import wait_to_read
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WINDOW_SECONDS = 5  # short windows, so that some close during the demo
@@ -51,8 +51,8 @@ class DuckDBTables(object):
 class BigQueryTables(object):
   """Tables in the BigQuery emulator, queried with google-cloud-bigquery."""
   def __init__(self, project, dataset):
-    from transforms import emulators
-    self.client = emulators.bigquery_client(project)
+    from pipelines import emulator_clients
+    self.client = emulator_clients.bigquery_client(project)
     self.client.create_dataset(dataset, exists_ok=True)
     for table in ('signins', 'signins_error_records', 'signins_counts'):
       self.client.delete_table('%s.%s' % (dataset, table), not_found_ok=True)

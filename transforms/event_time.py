@@ -10,6 +10,7 @@ can slow this down but never change a timestamp.
 """
 
 import datetime
+import decimal
 import logging
 
 from apache_beam.transforms.window import TimestampedValue
@@ -18,11 +19,29 @@ from apache_beam.utils.timestamp import Timestamp
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 _MICROSECOND = datetime.timedelta(microseconds=1)
 _MILLION = 10**6
+_MIN_MICROS = -62135596800 * _MILLION           # 0001-01-01 00:00:00 UTC
+_MAX_MICROS = 253402300800 * _MILLION - 1       # 9999-12-31 23:59:59.999999 UTC
+_EXACT = decimal.Context(prec=200, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
 
 
 def epoch_micros(when):
   """Aware datetime -> microseconds since the Unix epoch, exactly."""
   return (when - _EPOCH) // _MICROSECOND
+
+
+def datetime_from_epoch(seconds):
+  """Seconds since the epoch (a Decimal) -> aware UTC datetime, rounded to
+  the microsecond exactly (half to even); OverflowError outside years
+  0001-9999."""
+  if seconds.is_zero():
+    seconds = decimal.Decimal(0)
+  if not seconds.is_finite() or seconds.adjusted() > 12:
+    raise OverflowError('outside years 0001-9999')
+  micros = int(seconds.scaleb(6, context=_EXACT).quantize(
+      1, rounding=decimal.ROUND_HALF_EVEN, context=_EXACT))
+  if not _MIN_MICROS <= micros <= _MAX_MICROS:
+    raise OverflowError('outside years 0001-9999')
+  return _EPOCH + datetime.timedelta(microseconds=micros)
 
 
 def _public(value, micros):

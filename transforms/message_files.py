@@ -11,6 +11,7 @@ file.
 """
 
 import os
+from typing import Iterable
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -35,7 +36,7 @@ def file_message_id(path, line_number):
 
 class ReadFileLines(beam.DoFn):
   """A matched file -> one PubsubMessage per non-empty line (raw bytes kept)."""
-  def process(self, metadata):
+  def process(self, metadata) -> Iterable[PubsubMessage]:
     location = canonical_location(metadata.path)
     prefix = 'file:%s:' % location
     with FileSystems.open(metadata.path,

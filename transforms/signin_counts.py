@@ -19,6 +19,7 @@ import collections
 import threading
 import uuid
 import zlib
+from typing import Any, Mapping
 
 import apache_beam as beam
 from apache_beam.transforms import trigger
@@ -27,7 +28,7 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms import pubsub_message
+from transforms import event_time
 
 
 class FormatWindowCount(beam.DoFn):
@@ -73,7 +74,7 @@ class CountPerUserAndWindowInBundle(beam.DoFn):
     # read from the row, the runner takes its cheapest per-element path
     # (no DoFn parameters). FixedWindows(size) without offset: the window
     # starts at ts - ts % size.
-    micros = pubsub_message.epoch_micros(row['date'])
+    micros = event_time.epoch_micros(row['date'])
     self._counts[(row['userid'], micros - micros % self._size_micros)] += 1
 
   def finish_bundle(self):
@@ -161,6 +162,7 @@ class ExpandChangedUsers(beam.DoFn):
 DEFAULT_SHARDS = 16
 
 
+@beam.typehints.with_input_types(Mapping[str, Any])
 class CountSigninsPerWindow(beam.PTransform):
   """Rows -> signin_counts rows: fixed event-time windows, late firings."""
   def __init__(self, window_seconds=60, allowed_lateness_seconds=300,
@@ -213,7 +215,7 @@ class CountsWithTheRows(object):
       return
     totals = collections.defaultdict(int)
     for row in rows:
-      micros = pubsub_message.epoch_micros(row['date'])
+      micros = event_time.epoch_micros(row['date'])
       totals[(micros - micros % self._size, row['userid'])] += 1
     epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
     step = datetime.timedelta(microseconds=self._size)

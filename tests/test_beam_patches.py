@@ -1,4 +1,12 @@
-"""The per-class cache of DoFn state/timer specs answers as Beam does."""
+"""Every change to Beam's internals sits behind one switch with a version
+check, nothing is changed at import, and the per-class cache of DoFn
+state/timer specs answers as Beam does."""
+
+import logging
+import os
+import subprocess
+import sys
+
 
 import apache_beam as beam
 from apache_beam.coders import VarIntCoder
@@ -9,8 +17,65 @@ from apache_beam.transforms import userstate
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from apache_beam.transforms.userstate import TimerSpec
 
-from pipelines import direct_runner_speedups
+from local_runner import beam_patches
+from tests.conftest import ROOT
 from transforms.signin_counts import ExpandChangedUsers
+
+
+def test_the_switch_is_off_with_a_warning_on_another_beam(monkeypatch, caplog):
+  import apache_beam
+  assert beam_patches.enabled()  # the Beam these were written against
+  monkeypatch.setattr(apache_beam, '__version__', '2.99.0')
+  monkeypatch.setattr(beam_patches, '_warned', [])
+  with caplog.at_level(logging.WARNING):
+    assert not beam_patches.enabled()
+    assert not beam_patches.enabled()
+  warnings = [r for r in caplog.records if 'not the version' in r.message]
+  assert len(warnings) == 1 and '2.99.0' in warnings[0].message
+  monkeypatch.setenv('STORAGE_EMULATOR_HOST', 'http://127.0.0.1:9')
+  assert not beam_patches.use_emulator_clients()
+  assert not beam_patches.speed_up_local_streams()
+  assert not beam_patches.report_bigquery_inserts('p:d.t', print)
+
+
+def test_turned_off_by_hand(monkeypatch):
+  monkeypatch.setenv('BEAM_PIPELINES_PATCH_BEAM', '0')
+  assert not beam_patches.enabled()
+
+
+def test_importing_our_code_changes_nothing_in_beam():
+  """Emulator wiring is the launcher's explicit call, never an import's."""
+  code = (
+      'import apache_beam, transforms, pipelines.user_signin, '
+      'pipelines.wordcount, pipelines.pubsub_to_bigquery\n'
+      'from apache_beam.internal.gcp import auth\n'
+      'from apache_beam.io.gcp import bigquery_tools\n'
+      'from apache_beam.io.gcp.internal.clients.bigquery import bigquery_v2_client\n'
+      'from apache_beam.runners.direct import transform_evaluator\n'
+      'print(auth._Credentials._credentials_init, '
+      'getattr(bigquery_tools.gcp_bigquery, "EMULATED", False), '
+      '"127.0.0.1" in bigquery_v2_client.BigqueryV2.BASE_URL, '
+      'hasattr(transform_evaluator._StreamingGroupAlsoByWindowEvaluator.'
+      'process_element, "original"))')
+  env = dict(os.environ, STORAGE_EMULATOR_HOST='http://127.0.0.1:9',
+             BIGQUERY_EMULATOR_HOST='http://127.0.0.1:9', PYTHONPATH=ROOT)
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                       text=True, env=env, cwd=ROOT, timeout=120)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.split() == ['False', 'False', 'False', 'False']
+
+
+def test_the_launcher_names_the_emulator_plugin_for_local_workers(monkeypatch):
+  from apache_beam.options.pipeline_options import PipelineOptions
+  from apache_beam.options.pipeline_options import SetupOptions
+
+  from pipelines import launcher
+  monkeypatch.setenv('STORAGE_EMULATOR_HOST', 'http://127.0.0.1:9')
+  options = PipelineOptions([])
+  launcher.Job('wordcount', options, [])
+  plugins = options.view_as(SetupOptions).beam_plugins
+  assert plugins == [launcher.EMULATOR_PLUGIN]
+  __import__(launcher.EMULATOR_PLUGIN)  # what a worker process does
 
 
 class RunningTotal(beam.DoFn):
@@ -37,7 +102,7 @@ class Plain(beam.DoFn):
 def test_cached_specs_equal_beams_for_stateful_and_plain_dofns():
   original = getattr(userstate.get_dofn_specs, 'original',
                      userstate.get_dofn_specs)
-  cached = direct_runner_speedups._cached_specs(original)  # pylint: disable=protected-access
+  cached = beam_patches._cached_specs(original)  # pylint: disable=protected-access
   for dofn in (RunningTotal(), RunningTotal(), Plain(), ExpandChangedUsers(6, True)):
     assert cached(dofn) == original(dofn)
   specs = cached(RunningTotal())
@@ -52,7 +117,7 @@ def test_a_dofn_with_bound_methods_on_the_instance_is_inspected_each_time():
   def counting(dofn):
     calls.append(dofn)
     return userstate.get_dofn_specs(dofn)
-  cached = direct_runner_speedups._cached_specs(counting)  # pylint: disable=protected-access
+  cached = beam_patches._cached_specs(counting)  # pylint: disable=protected-access
   dofn = Plain()
   dofn.helper = RunningTotal().process  # a bound method the scan would see
   cached(dofn)
@@ -63,7 +128,7 @@ def test_a_dofn_with_bound_methods_on_the_instance_is_inspected_each_time():
 
 
 def test_stateful_pipeline_runs_the_same_with_the_cache_installed():
-  direct_runner_speedups.apply()
+  beam_patches.speed_up_local_streams()
   assert hasattr(userstate.get_dofn_specs, 'original')
   with TestPipeline() as p:
     totals = (p | beam.Create([('a', 1), ('a', 2), ('b', 5)])
@@ -111,8 +176,8 @@ def _late_counts(events, expected):
 
 def test_window_state_past_its_lateness_is_dropped_and_panes_stay_the_same():
   from apache_beam.utils.windowed_value import PaneInfoTiming as T
-  direct_runner_speedups.apply()
-  before = direct_runner_speedups.collected_windows
+  beam_patches.speed_up_local_streams()
+  before = beam_patches.collected_windows
   events = [
       ('add', [(('a', 1), 10), (('b', 2), 20), (('a', 3), 70)]),
       ('watermark', 65),        # window 0 fires on time: a=1, b=2
@@ -126,7 +191,7 @@ def test_window_state_past_its_lateness_is_dropped_and_panes_stay_the_same():
               ('a', 6, 0, T.LATE), ('a', 3, 60, T.ON_TIME),
               ('a', 7, 180, T.ON_TIME), ('a', 1, 240, T.ON_TIME)]
   _late_counts(events, expected)
-  assert direct_runner_speedups.collected_windows > before
+  assert beam_patches.collected_windows > before
 
 
 def test_expired_windows_are_past_lateness_and_without_timers():
@@ -145,12 +210,12 @@ def test_expired_windows_are_past_lateness_and_without_timers():
     state.add_state(w, tag, 1)
   state.set_timer(pending, 'trigger', 'WATERMARK', Timestamp(119))
   lateness = Duration(120)
-  assert direct_runner_speedups.expired_windows(
+  assert beam_patches.expired_windows(
       raw, Timestamp(180), lateness) == {}  # at the bound: still open
-  expired = direct_runner_speedups.expired_windows(
+  expired = beam_patches.expired_windows(
       raw, Timestamp(181), lateness)
   assert list(expired) == [old]
-  direct_runner_speedups.drop_windows(raw, expired)
+  beam_patches.drop_windows(raw, expired)
   assert sorted(raw.state) == sorted(
       MergeableStateAdapter(raw).window_ids[w][0] for w in (pending, current))
   after = MergeableStateAdapter(raw)

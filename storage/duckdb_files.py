@@ -59,7 +59,8 @@ class Busy(Exception):
 
 
 class DuckDBFiles(object):
-  """Process-wide DuckDB connections, one per file, released for readers."""
+  """DuckDB connections, one per file in this process (DuckDB's rule: one
+  database instance per file per process), released for readers."""
   _lock = threading.Condition()
   _files = {}
   _tables = set()  # (path, DDL) already run while this process had the file
@@ -75,9 +76,10 @@ class DuckDBFiles(object):
     path = os.path.abspath(path)
     with cls._lock:
       entry = cls._files.setdefault(path, _File(path))
-      entry.hold_seconds = hold_seconds
       while entry.closing and wait:
         cls._lock.wait(1.0)
+        entry = cls._files.setdefault(path, _File(path))  # closed meanwhile?
+      entry.hold_seconds = hold_seconds
       if entry.con is None:
         gap = entry.released_at + GAP_SECONDS - time.monotonic()
         if gap > 0 and wait:
@@ -140,15 +142,27 @@ class DuckDBFiles(object):
 
   @classmethod
   def close(cls, path):
+    """Closes this process's connection to ``path`` once nobody uses it (a
+    run closes the files it wrote; another user reopens it when it needs
+    it)."""
     path = os.path.abspath(path)
     with cls._lock:
+      entry = cls._files.get(path)
+      while entry is not None and entry.users:
+        entry.closing = True
+        cls._lock.wait(0.1)
       entry = cls._files.pop(path, None)
-      if entry is not None and entry.con is not None:
-        _close_quietly(entry.con)
+      if entry is not None:
+        entry.closing = False
+        if entry.con is not None:
+          _close_quietly(entry.con)
+          entry.con = None
       cls._tables = {t for t in cls._tables if t[0] != path}
+      cls._lock.notify_all()
 
   @classmethod
   def close_all(cls):
+    """Closes every file of this process (tests, between cases)."""
     for path in list(cls._files):
       cls.close(path)
 

@@ -1,4 +1,4 @@
-"""Sign-in messages -> validated rows or dead letters with a stable reason.
+"""Sign-in messages -> validated rows, or dead letters with a stable reason.
 
 ``ParseSignins`` is the seed's ``MessageExtractingFn`` grown up: every input
 message yields exactly one output, a row on the main output or a dead letter
@@ -20,58 +20,28 @@ The result is UTC and must fit BigQuery's TIMESTAMP (years 0001-9999).
 import datetime
 import decimal
 import email.utils
-import json
 import re
 import traceback
+from typing import Iterable
 
-import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage
-from apache_beam.metrics import Metrics
-from apache_beam.utils.timestamp import Timestamp
 from dateutil import parser as date_parser
 from dateutil import tz
 
+from transforms import dead_letters
 from transforms import event_time
 from transforms import exact_json
-from transforms import json_rows
-from transforms import tally
 
-DEAD_LETTERS = 'dead_letters'
-MAX_MESSAGE_BYTES = 1 << 20
-PAYLOAD_PREFIX_BYTES = 1024  # what a too_large dead letter keeps
 EPOCH_MILLIS_FROM = 1e11
 UTC = datetime.timezone.utc
-
-REASONS = (
-    'too_large', 'not_utf8', 'not_json', 'not_object', 'missing_userid',
-    'bad_userid', 'missing_date', 'bad_date', 'date_out_of_range',
-    'duplicate_field', 'sink_rejected', 'internal_error', 'too_many_attempts',
-    'bad_timestamp_attribute')
-
-# Set by a reader (transforms.local_pubsub) on messages it delivers as poison:
-# delivered more than --max_delivery_attempts times without being stored, or
-# with a --timestamp_attribute that is not a timestamp. The value says why.
-TOO_MANY_ATTEMPTS_ATTRIBUTE = 'x-too-many-attempts'
-BAD_TIMESTAMP_ATTRIBUTE = 'x-bad-timestamp-attribute'
-
-
-def _check_reader_marks(message):
-  attributes = message.attributes or {}
-  if TOO_MANY_ATTEMPTS_ATTRIBUTE in attributes:
-    raise Invalid('too_many_attempts', 'delivered %s times without being '
-                  'stored; not processed again'
-                  % attributes[TOO_MANY_ATTEMPTS_ATTRIBUTE])
-  if BAD_TIMESTAMP_ATTRIBUTE in attributes:
-    raise Invalid('bad_timestamp_attribute',
-                  attributes[BAD_TIMESTAMP_ATTRIBUTE])
-
-
-class Invalid(Exception):
-  """A message that cannot become a row: ``reason`` is a stable code."""
-  def __init__(self, reason, message):
-    super().__init__(message)
-    self.reason = reason
-
+DEAD_LETTERS = dead_letters.DEAD_LETTERS
+MAX_MESSAGE_BYTES = dead_letters.MAX_MESSAGE_BYTES
+REASONS = dead_letters.reasons(
+    'missing_userid', 'bad_userid', 'missing_date', 'bad_date',
+    'date_out_of_range', 'duplicate_field')
+Invalid = dead_letters.Invalid
+_clip = dead_letters.clip
+_json_kind = dead_letters.json_kind
 
 _INTEGER_TEXT = re.compile(r'-?[0-9]+')
 
@@ -90,13 +60,6 @@ def parse_userid(value):
   if not userid:
     raise Invalid('bad_userid', 'userid is empty')
   return userid
-
-
-def _json_kind(value):
-  if type(value) is exact_json.Number:  # pylint: disable=unidiomatic-typecheck
-    return 'the number %s' % _clip(str(value), 40)
-  return {dict: 'an object', list: 'an array', bool: 'a boolean',
-          float: 'a number'}.get(type(value), type(value).__name__)
 
 
 def parse_date(value, default_tz=UTC):
@@ -191,63 +154,10 @@ def _from_epoch(number):
   if abs(seconds) >= EPOCH_MILLIS_FROM:
     seconds = seconds.scaleb(-3)
   try:
-    return json_rows.datetime_from_epoch(seconds)
+    return event_time.datetime_from_epoch(seconds)
   except OverflowError:
     raise Invalid('date_out_of_range',
                   'epoch %s is outside years 0001-9999' % _clip(str(number)))
-
-
-def _clip(text, limit=100):
-  return exact_json.printable(
-      text if len(text) <= limit else text[:limit] + '...')
-
-
-def attribute_list(attributes):
-  """{'k': 'v'} -> [{'key': 'k', 'value': 'v'}], BigQuery's REPEATED RECORD form."""
-  printable = exact_json.printable
-  return [{'key': printable(str(k)),
-           'value': None if v is None else printable(str(v))}
-          for k, v in sorted((attributes or {}).items())]
-
-
-def dead_letter(message, reason, error, stacktrace=None, now=None):
-  """The dead-letter row for a message (the raw payload kept, a prefix if too large)."""
-  data = message.data or b''
-  if reason == 'too_large':
-    data = data[:PAYLOAD_PREFIX_BYTES]
-  return {
-      'timestamp': now or datetime.datetime.now(UTC),
-      'payloadString': data.decode('utf-8', errors='replace'),
-      'payloadBytes': bytes(data),
-      'attributes': attribute_list(message.attributes),
-      'errorMessage': exact_json.printable(str(error)),
-      'stacktrace': stacktrace and exact_json.printable(stacktrace),
-      'message_id': message.message_id and exact_json.printable(
-          message.message_id),
-      'reason': reason,
-  }
-
-
-def decode_object(message, max_bytes=MAX_MESSAGE_BYTES):
-  """PubsubMessage -> (its JSON object, strings_checked); raises Invalid
-  (too_large, not_utf8, not_json, not_object, or a reader's poison mark).
-  Numbers keep their text (``exact_json``); ``strings_checked`` is False
-  when a string may hold a lone surrogate. Any message pipeline's first step."""
-  _check_reader_marks(message)
-  data = message.data or b''
-  if len(data) > max_bytes:
-    raise Invalid('too_large', 'payload is %d bytes, over the limit of %d'
-                  % (len(data), max_bytes))
-  try:
-    payload, checked = exact_json.loads(data)
-  except exact_json.NotUtf8 as e:
-    raise Invalid('not_utf8', str(e))
-  except exact_json.NotJson as e:
-    raise Invalid('not_json', str(e))
-  if type(payload) is not dict:  # pylint: disable=unidiomatic-typecheck
-    raise Invalid('not_object', 'payload is JSON %s, not an object'
-                  % _json_kind(payload).split(' ')[-1])
-  return payload, checked
 
 
 _SIGNIN_KEYS = ('userid', 'date')
@@ -273,13 +183,13 @@ def signin_fields(payload):
 
 def parse_signin(message, default_tz=UTC, max_bytes=MAX_MESSAGE_BYTES):
   """PubsubMessage -> row dict; raises Invalid for a bad message."""
-  payload, checked = decode_object(message, max_bytes)
+  payload, checked = dead_letters.decode_object(message, max_bytes)
   userid, date = signin_fields(payload)
   row = {
       'userid': parse_userid(userid),
       'date': parse_date(date, default_tz),
       'message_id': message.message_id,
-      'publish_time': publish_time(message),
+      'publish_time': dead_letters.publish_time(message),
   }
   if not checked and not exact_json.is_encodable(row['userid']):
     raise Invalid('bad_userid', 'userid holds a lone surrogate escape, which '
@@ -287,61 +197,31 @@ def parse_signin(message, default_tz=UTC, max_bytes=MAX_MESSAGE_BYTES):
   return row
 
 
-def publish_time(message):
-  """The message's publish time as an aware UTC datetime (None for files)."""
-  published = getattr(message, 'publish_time', None)
-  if published is None:
-    return None
-  if isinstance(published, Timestamp):
-    return published.to_utc_datetime(has_tz=True)
-  if published.tzinfo is None:
-    return published.replace(tzinfo=UTC)
-  return published.astimezone(UTC)
-
-
-class ParseSigninFn(beam.DoFn):
-  """One message in, one row (main output, event-time stamped) or one dead letter out."""
-  def __init__(self, default_timezone='UTC', max_message_bytes=MAX_MESSAGE_BYTES):
+class ParseSigninFn(dead_letters.ParseMessageFn):
+  """One message in, one row (main output, event-time stamped) or one dead
+  letter out."""
+  def __init__(self, default_timezone='UTC', max_message_bytes=MAX_MESSAGE_BYTES,
+               count_read=None):
+    super().__init__('user_signin', REASONS, count_read)
     self._tz_name = default_timezone
     self._max_bytes = max_message_bytes
-    self.rows = Metrics.counter('user_signin', 'rows')
-    self.counters = {
-        reason: Metrics.counter('user_signin', 'dead_letter_' + reason)
-        for reason in REASONS
-    }
 
   def setup(self):
+    super().setup()
     self._tz = resolve_timezone(self._tz_name)
-    self._seen = self._rows = 0
 
-  def start_bundle(self):
-    self._seen = self._rows = 0
-
-  def finish_bundle(self):
-    tally.add('messages_in', self._seen)  # per bundle: a lock per bundle
-    self.rows.inc(self._rows)  # a counter update costs ~0.5 us
-
-  def process(self, message):
+  def process(self, message: PubsubMessage) -> Iterable[dead_letters.Row]:
     self._seen += 1
     try:
       row = parse_signin(message, self._tz, self._max_bytes)
     except Invalid as e:
-      yield self._dead(message, e.reason, e)
+      yield self.dead(message, e.reason, e)
       return
     except Exception as e:  # pylint: disable=broad-except
-      yield self._dead(message, 'internal_error', e, traceback.format_exc())
+      yield self.dead(message, 'internal_error', e, traceback.format_exc())
       return
     self._rows += 1
     yield event_time.stamped(row, row['date'])
-
-  def _dead(self, message, reason, error, stacktrace=None):
-    self.counters[reason].inc()
-    return beam.pvalue.TaggedOutput(
-        DEAD_LETTERS, dead_letter(message, reason, error, stacktrace))
-
-
-epoch_micros = event_time.epoch_micros
-utc_timestamp = event_time.utc_timestamp
 
 
 def resolve_timezone(name):
@@ -352,22 +232,11 @@ def resolve_timezone(name):
   return zone
 
 
-class ParseSignins(beam.PTransform):
-  """PubsubMessages -> rows (main) and dead letters (``dead_letters``)."""
-  def __init__(self, default_timezone='UTC', max_message_bytes=MAX_MESSAGE_BYTES):
-    super().__init__()
+class ParseSignins(dead_letters.ParseMessages):
+  """PubsubMessages -> rows (main) and dead letters (``dead_letters``).
+  ``count_read`` (a local run's) hears how many messages were read."""
+  def __init__(self, default_timezone='UTC', max_message_bytes=MAX_MESSAGE_BYTES,
+               count_read=None):
     resolve_timezone(default_timezone)  # fail at construction, not per element
-    self._fn = ParseSigninFn(default_timezone, max_message_bytes)
-
-  def expand(self, messages):
-    return messages | 'ParseAndValidate' >> beam.ParDo(self._fn).with_outputs(
-        DEAD_LETTERS, main='rows')
-
-
-def refused_row_dead_letter(refused):
-  """(row, error) refused by the warehouse -> a sink_rejected dead letter."""
-  row, error = refused
-  payload = json.dumps(row, default=str, sort_keys=True).encode('utf-8')
-  message = PubsubMessage(
-      payload, {}, message_id=row.get('message_id'))
-  return dead_letter(message, 'sink_rejected', error)
+    super().__init__(ParseSigninFn(default_timezone, max_message_bytes,
+                                   count_read))

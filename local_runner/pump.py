@@ -1,53 +1,26 @@
-"""A local Pub/Sub source that acknowledges a message only after its row or
-dead letter is committed to the warehouse, in large bundles.
+"""The local reader's puller: one subscriber client for the life of the run
+(gRPC receive cap raised, so messages the emulator's default 4 MiB cap
+refuses still arrive), pulling up to 2,000 messages at a time within a
+read-ahead bound, leasing each until a sink reports it stored, and
+acknowledging stored ones in batches while extending the deadlines of the
+rest. Anything not stored is never acknowledged, so Pub/Sub redelivers it
+after a crash, and the warehouse's message-id key absorbs the duplicate.
 
-Beam's own Pub/Sub read on the local runner acknowledges each pull of at most
-10 messages before processing it, so a kill, a stop or a failed bundle loses
-what is in flight, and per-bundle costs cap it near 700 messages/s. Here:
-
-- ``PubSubPump`` keeps one subscriber client for the life of the process
-  (gRPC receive cap raised, so messages the emulator's default 4 MiB cap
-  refuses still arrive), pulls up to 2,000 messages at a time and serves them
-  as ``TestStream`` events over Beam's TestStreamService (the mechanism Beam
-  provides to feed a live event stream into the local runner; Beam's
-  PeriodicImpulse and splittable DoFns do not run on the local streaming
-  runner in Beam 2.77, and processing-time timers there never fire);
-- every pulled message is leased in ``LEASES`` until a sink reports it
-  committed (``AckOnCommit``); a lease thread acknowledges committed
-  messages in batches and extends the ack deadline of those still in flight;
-- anything not committed is never acknowledged, so Pub/Sub redelivers it
-  after a crash, and the warehouse's message-id key absorbs the duplicate.
-
-Local runner only (the sink must run in the launcher's process): on Dataflow
-use Beam's ``ReadFromPubSub``, whose source checkpoints and deduplicates.
+Its ``read_multiple`` is the TestStreamService reader (``channel``).
 """
 
-import collections
-import datetime
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
 
-import apache_beam as beam
-import grpc
-from apache_beam import coders
-from apache_beam.io.gcp.pubsub import PubsubMessage
-from apache_beam.portability.api import beam_runner_api_pb2
-from apache_beam.testing.test_stream import TestStream
-from apache_beam.testing.test_stream_service import TestStreamServiceController
 from apache_beam.utils.timestamp import Timestamp
 
-from transforms import outages
-from transforms import pubsub_message
+from local_runner import channel
+from storage import outages
 
 _LOG = logging.getLogger(__name__)
 
-MAX_EVENT_BYTES = 3 << 20  # Beam's TestStream client keeps gRPC's 4 MiB cap
-MAX_PAYLOAD_BYTES = 2 << 20  # longer payloads travel cut to this + 1 byte
-ORIGINAL_SIZE_ATTRIBUTE = 'x-original-size'
 ACK_DEADLINE_SECONDS = 10
 # Read-ahead bound: pulled but not yet acknowledged. Two of the pump's
 # 2,000-message bundles plus what is being acknowledged keep the runner busy
@@ -58,114 +31,10 @@ MAX_IN_FLIGHT_BYTES = 100 << 20
 ACK_CALL_SECONDS = 10  # acknowledge / modify deadline while running
 STOP_CALL_SECONDS = 2  # the same at a stop: a stop never waits on Pub/Sub
 START_SECONDS = 10  # how long a start waits for Pub/Sub to answer
-UTC = datetime.timezone.utc
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
 WATERMARK_EVERY_SECONDS = 0.5
 IDLE_SECONDS = 1.0  # pulls empty this long: nothing waiting, watermark = now
 HEARTBEAT_SECONDS = 5.0  # the longest the reader stays silent
 FORGET_EVERY_SECONDS = 1.0  # delivery counts of stored messages, dropped
-
-
-class Leases(object):
-  """Messages pulled but not yet acknowledged, process-wide.
-
-  ``add`` when pulled, ``committed`` when a sink has stored the row or dead
-  letter, ``take_acks`` for the lease thread (``requeue_acks`` what Pub/Sub
-  did not take). Counts and bytes bound the read-ahead. Thread-safe.
-  """
-  def __init__(self):
-    self._lock = threading.Condition()
-    # message id -> (subscription, ack id, bytes, publish time in epoch s)
-    self._in_flight = {}
-    self._to_ack = collections.defaultdict(list)  # subscription -> ack ids
-    self._to_ack_count = 0
-    self._committed_ids = []
-    self._bytes = 0
-    self.committed_total = 0  # messages stored (and so acknowledgeable)
-
-  def add(self, subscription, message_id, ack_id, size=0, published=None):
-    with self._lock:
-      if message_id not in self._in_flight:
-        self._bytes += size
-      else:
-        self._bytes += size - self._in_flight[message_id][2]
-      self._in_flight[message_id] = (
-          subscription, ack_id, size, published or time.time())
-
-  def committed(self, message_ids):
-    with self._lock:
-      for message_id in message_ids:
-        lease = self._in_flight.pop(message_id, None)
-        if lease is not None:
-          self._bytes -= lease[2]
-          self._to_ack[lease[0]].append(lease[1])
-          self._to_ack_count += 1
-          self._committed_ids.append(message_id)
-          self.committed_total += 1
-      self._lock.notify_all()
-
-  def take_acks(self):
-    with self._lock:
-      acks, self._to_ack = dict(self._to_ack), collections.defaultdict(list)
-      self._to_ack_count = 0
-      return acks
-
-  def requeue_acks(self, subscription, ack_ids):
-    """Acknowledgements Pub/Sub did not take, to be tried again."""
-    with self._lock:
-      self._to_ack[subscription].extend(ack_ids)
-      self._to_ack_count += len(ack_ids)
-
-  def take_committed_ids(self):
-    with self._lock:
-      ids, self._committed_ids = self._committed_ids, []
-      return ids
-
-  def in_flight(self, subscription=None):
-    with self._lock:
-      return [(mid, lease[1]) for mid, lease in self._in_flight.items()
-              if subscription in (None, lease[0])]
-
-  def count(self):
-    """Pulled and not yet acknowledged (stored or not)."""
-    with self._lock:
-      return len(self._in_flight) + self._to_ack_count
-
-  def unstored(self):
-    with self._lock:
-      return len(self._in_flight)
-
-  def unstored_bytes(self):
-    with self._lock:
-      return self._bytes
-
-  def lag_seconds(self):
-    """Age (since publishing) of the oldest message pulled but not stored."""
-    with self._lock:
-      if not self._in_flight:
-        return 0.0
-      return max(0.0, time.time() - min(
-          lease[3] for lease in self._in_flight.values()))
-
-  def wait_until_empty(self, timeout):
-    deadline = time.monotonic() + timeout
-    with self._lock:
-      while self._in_flight:
-        left = deadline - time.monotonic()
-        if left <= 0:
-          return False
-        self._lock.wait(min(left, 0.2))
-    return True
-
-
-LEASES = Leases()
-
-
-class AckOnCommit(object):
-  """A sink's on_commit hook: rows carrying ``message_id`` are committed."""
-  def __call__(self, rows):
-    LEASES.committed([row['message_id'] for row in rows
-                      if row.get('message_id') is not None])
 
 
 def subscriber_client(receive_bytes=256 << 20):
@@ -187,124 +56,6 @@ def subscriber_client(receive_bytes=256 << 20):
     channel = SubscriberGrpcTransport.create_channel(options=options)
   return pubsub_v1.SubscriberClient(
       transport=SubscriberGrpcTransport(channel=channel))
-
-
-class PubsubMessageProtoCoder(coders.Coder):
-  """PubsubMessage <-> Pub/Sub's own message proto: how pulled messages
-  travel from the pump to the runner (an encoding that cannot run code,
-  unlike pickles)."""
-  _PROTO = None
-
-  @classmethod
-  def _proto_class(cls):
-    if cls._PROTO is None:
-      from google.pubsub_v1.types import PubsubMessage as ProtoPlusMessage
-      cls._PROTO = ProtoPlusMessage.pb()
-    return cls._PROTO
-
-  def encode(self, message):
-    proto = self._proto_class()(
-        data=message.data or b'', attributes=message.attributes or {},
-        message_id=message.message_id or '')
-    if message.publish_time is not None:
-      proto.publish_time.FromDatetime(message.publish_time)
-    return proto.SerializeToString()
-
-  def decode(self, encoded):
-    proto = self._proto_class().FromString(encoded)
-    publish_time = None
-    if proto.HasField('publish_time'):
-      # What ToDatetime(tzinfo=UTC) gives, exactly, at a third of its cost.
-      published = proto.publish_time
-      publish_time = _EPOCH + datetime.timedelta(
-          seconds=published.seconds, microseconds=published.nanos // 1000)
-    return PubsubMessage(proto.data, dict(proto.attributes),
-                         message_id=proto.message_id or None,
-                         publish_time=publish_time)
-
-  def is_deterministic(self):
-    return True
-
-
-def message_proto(received, attempts=1, max_attempts=None,
-                  timestamp_attribute=None):
-  """A pulled ReceivedMessage (raw protobuf) -> (Pub/Sub message proto cut to
-  travel, its timestamp in microseconds): what the runner decodes with
-  PubsubMessageProtoCoder.
-
-  The timestamp is the publish time, or ``timestamp_attribute``'s value
-  (milliseconds since the epoch or RFC 3339, as Beam's read takes it). A
-  message over ``max_attempts`` deliveries, or whose timestamp attribute is
-  not a timestamp, is marked for the parse step to dead-letter. Raw protos,
-  not the client's proto-plus wrappers: those cost 12% of a live stream's
-  time (benchmarks/README.md).
-  """
-  msg = received.message
-  published = msg.publish_time
-  micros = published.seconds * 1000000 + published.nanos // 1000
-  attributes = msg.attributes
-  changes = {}
-  if len(msg.data) > MAX_PAYLOAD_BYTES:
-    changes[ORIGINAL_SIZE_ATTRIBUTE] = str(len(msg.data))
-  if max_attempts and attempts > max_attempts:
-    changes[pubsub_message.TOO_MANY_ATTEMPTS_ATTRIBUTE] = str(attempts)
-  if timestamp_attribute and timestamp_attribute in attributes:
-    try:
-      micros = parse_timestamp_attribute(
-          attributes[timestamp_attribute]).micros
-    except ValueError as e:
-      changes[pubsub_message.BAD_TIMESTAMP_ATTRIBUTE] = (
-          'attribute %s=%r is not a timestamp: %s' % (
-              timestamp_attribute, attributes[timestamp_attribute][:100], e))
-  if changes:
-    copy = type(msg)()
-    copy.CopyFrom(msg)
-    if ORIGINAL_SIZE_ATTRIBUTE in changes:
-      copy.data = msg.data[:MAX_PAYLOAD_BYTES + 1]
-    copy.attributes.update(changes)
-    msg = copy
-  return msg, micros
-
-
-def to_message(received, attempts=1, max_attempts=None,
-               timestamp_attribute=None):
-  """A pulled ReceivedMessage -> (PubsubMessage as the runner sees it, its
-  timestamp)."""
-  proto, micros = message_proto(received, attempts, max_attempts,
-                                timestamp_attribute)
-  return (PubsubMessageProtoCoder().decode(proto.SerializeToString()),
-          Timestamp(micros=micros))
-
-
-def parse_timestamp_attribute(value):
-  """Milliseconds since the epoch, or RFC 3339: what Beam's read accepts."""
-  try:
-    return Timestamp(micros=int(value) * 1000)
-  except ValueError:
-    return Timestamp.from_rfc3339(value)
-
-
-# Beam 2.77's TestStream events write times to the proto in milliseconds, but
-# the local runner reads TestStreamService events as microseconds (a 1000x
-# error that leaves the watermark in January 1970, so no window ever fires).
-# We build the protos with microseconds, which is what the reader expects.
-def element_event(protos_and_micros):
-  """[(message proto, timestamp in microseconds)] -> a TestStreamPayload
-  element event proto; each message travels serialized as it came
-  (PubsubMessageProtoCoder reads it on the runner's side)."""
-  payload = beam_runner_api_pb2.TestStreamPayload
-  return payload.Event(element_event=payload.Event.AddElements(
-      elements=[payload.TimestampedElement(
-          encoded_element=proto.SerializeToString(), timestamp=micros)
-                for proto, micros in protos_and_micros],
-      tag='None'))
-
-
-def watermark_event(watermark):
-  """Timestamp -> a TestStreamPayload watermark event proto."""
-  payload = beam_runner_api_pb2.TestStreamPayload
-  return payload.Event(watermark_event=payload.Event.AdvanceWatermark(
-      new_watermark=watermark.micros, tag='None'))
 
 
 def next_watermark(last, newest, idle, now=None):
@@ -330,55 +81,6 @@ def next_watermark(last, newest, idle, now=None):
   return max(last, candidate)
 
 
-class DeliveryAttempts(object):
-  """How often each unacknowledged message was pulled, kept in the warehouse
-  file so that it survives crashes: a message that kills the pipeline every
-  time is delivered at most max_delivery_attempts times, then dead-lettered.
-  Rows are forgotten once their message is acknowledged."""
-  TABLE = 'pubsub_deliveries'
-
-  def __init__(self, path):
-    self._path = path
-    self._created = False
-
-  @property
-  def path(self):
-    return self._path
-
-  def _execute(self, sql, table):
-    from transforms.duckdb_files import DuckDBFiles
-    with DuckDBFiles.use(self._path) as cursor:
-      if not self._created:
-        cursor.execute(
-            'CREATE TABLE IF NOT EXISTS %s (message_id VARCHAR PRIMARY KEY, '
-            'attempts INTEGER NOT NULL)' % self.TABLE)
-        self._created = True
-      cursor.register('message_ids', table)
-      try:
-        return cursor.execute(sql.format(t=self.TABLE)).fetchall()
-      finally:
-        cursor.unregister('message_ids')
-
-  def record(self, message_ids):
-    """Counts one more delivery of each; returns {message id: deliveries}."""
-    if not message_ids:
-      return {}
-    import pyarrow as pa
-    return dict(self._execute(
-        'INSERT INTO {t} SELECT DISTINCT message_id, 1 FROM message_ids '
-        'ON CONFLICT (message_id) DO UPDATE SET attempts = {t}.attempts + 1 '
-        'RETURNING message_id, attempts',
-        pa.table({'message_id': list(message_ids)})))
-
-  def forget(self, message_ids):
-    if not message_ids:
-      return
-    import pyarrow as pa
-    self._execute(
-        'DELETE FROM {t} WHERE message_id IN (SELECT message_id FROM '
-        'message_ids)', pa.table({'message_id': list(message_ids)}))
-
-
 class PubSubPump(object):
   """Pulls a subscription in large batches and serves them as TestStream events.
 
@@ -387,8 +89,8 @@ class PubSubPump(object):
   pulled, and is now once nothing waits (``next_watermark``); it speaks at
   least every HEARTBEAT_SECONDS (Beam stops a TestStream silent for 30 s).
   """
-  def __init__(self, subscription, max_messages=2000, pull_timeout=1.0,
-               leases=LEASES, attempts=None, max_attempts=5,
+  def __init__(self, subscription, leases, max_messages=2000, pull_timeout=1.0,
+               attempts=None, max_attempts=5,
                timestamp_attribute=None, max_in_flight=MAX_IN_FLIGHT,
                max_in_flight_bytes=MAX_IN_FLIGHT_BYTES):
     self.max_in_flight = max_in_flight
@@ -474,7 +176,7 @@ class PubSubPump(object):
           time.monotonic() - last_event_at >= HEARTBEAT_SECONDS):
         last_watermark = max(last_watermark, watermark)
         last_event_at = time.monotonic()
-        yield watermark_event(last_watermark)
+        yield channel.watermark_event(last_watermark)
 
   def _room(self):
     """How many more messages may be pulled now (read-ahead bound). At the
@@ -545,18 +247,18 @@ class PubSubPump(object):
     message timestamp among them or None)."""
     events, batch, size, newest = [], [], 0, None
     for r, attempts in received:
-      message, micros = message_proto(
+      message, micros = channel.message_proto(
           r, attempts, self.max_attempts, self.timestamp_attribute)
       if newest is None or micros > newest:
         newest = micros
       cost = len(message.data) + 200
-      if batch and size + cost > MAX_EVENT_BYTES:
-        events.append(element_event(batch))
+      if batch and size + cost > channel.MAX_EVENT_BYTES:
+        events.append(channel.element_event(batch))
         batch, size = [], 0
       batch.append((message, micros))
       size += cost
     if batch:
-      events.append(element_event(batch))
+      events.append(channel.element_event(batch))
     return events, None if newest is None else Timestamp(micros=newest)
 
   # -- acknowledgements and deadlines ----------------------------------------
@@ -692,68 +394,3 @@ def check_subscription(client, subscription, timeout=START_SECONDS):
         raise PubSubUnavailable('Pub/Sub at %s did not answer within %.0f s '
                                 '(%s)' % (host, timeout, str(e).splitlines()[0][:120]))
       time.sleep(0.5)
-
-
-def serve(subscription, max_messages=2000, attempts_db=None, max_attempts=5,
-          timestamp_attribute=None, max_in_flight=MAX_IN_FLIGHT,
-          max_in_flight_bytes=MAX_IN_FLIGHT_BYTES):
-  """Starts a pump and Beam's TestStreamService for it, privately (see
-  ``PrivateEventService``).
-
-  ``attempts_db`` (the DuckDB warehouse) keeps delivery counts across
-  crashes. Raises PubSubUnavailable if Pub/Sub does not show the
-  subscription within START_SECONDS. Returns (pump, controller);
-  controller.endpoint goes to ``ReadFromPubSubAckOnCommit``. Stop with
-  pump.close(); controller.stop().
-  """
-  pump = PubSubPump(
-      subscription, max_messages=max_messages,
-      attempts=DeliveryAttempts(attempts_db) if attempts_db else None,
-      max_attempts=max_attempts, timestamp_attribute=timestamp_attribute,
-      max_in_flight=max_in_flight, max_in_flight_bytes=max_in_flight_bytes)
-  pump.start()
-  try:
-    check_subscription(pump.client, subscription)
-  except PubSubUnavailable:
-    pump.close(timeout=0.5)
-    raise
-  controller = PrivateEventService(pump)
-  controller.start()
-  return pump, controller
-
-
-class PrivateEventService(TestStreamServiceController):
-  """Beam's TestStreamService, private: on a unix socket in a folder only
-  this user can enter (mkdtemp: mode 0700, a random name), so no other
-  user's process can connect, as any could to a loopback TCP port; and it
-  serves one event stream, the runner's (Beam's runner asks once): a later
-  client is refused, so none can take messages from the pump."""
-  def __init__(self, reader):
-    self._folder = tempfile.mkdtemp(prefix='beam-pubsub-reader-')
-    super().__init__(reader, endpoint='unix:%s' % os.path.join(
-        self._folder, 'events'))
-    self._claimed = threading.Lock()
-
-  def Events(self, request, context):  # pylint: disable=invalid-name
-    if not self._claimed.acquire(blocking=False):
-      _LOG.warning('refused a second client of the reader\'s channel (%s): '
-                   'it serves the runner only', context.peer())
-      context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                    'this channel serves one runner')
-    yield from super().Events(request, context)
-
-  def stop(self):
-    super().stop()
-    shutil.rmtree(self._folder, ignore_errors=True)
-
-
-class ReadFromPubSubAckOnCommit(beam.PTransform):
-  """PubsubMessages from a pump's TestStreamService endpoint (see ``serve``)."""
-  def __init__(self, endpoint):
-    super().__init__()
-    self._endpoint = endpoint
-
-  def expand(self, pbegin):
-    return pbegin | 'PulledMessages' >> TestStream(
-        coder=PubsubMessageProtoCoder(), output_tags=[None],
-        endpoint=self._endpoint)

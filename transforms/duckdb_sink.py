@@ -1,71 +1,21 @@
-"""Sinks chosen by where the output goes: a BigQuery table spec goes to
-``WriteToBigQuery``; a local file goes to DuckDB, with the same schema.
-
-Both return the rows the warehouse refused, as ``(row, error message)`` pairs,
-so a pipeline can turn them into dead letters instead of losing them.
-"""
+"""Rows -> a table in a local DuckDB file, with the same schema BigQuery
+gets: one Arrow bulk insert per bundle, redeliveries a no-op by the key, and
+the rows DuckDB refuses returned as ``(row, error message)`` pairs so that a
+pipeline turns them into dead letters instead of losing them. Outages (a
+full disk, a lock, I/O) are waited out, holding the batch."""
 
 import datetime
 import logging
-import os
-import re
-import threading
+from typing import Any, Mapping
 
 import apache_beam as beam
 
-from transforms import outages
-from transforms.duckdb_files import DuckDBFiles
-from transforms.duckdb_files import HOLD_SECONDS
+from storage import outages
+from storage.duckdb_files import DuckDBFiles
+from storage.duckdb_files import HOLD_SECONDS
 
 _LOG = logging.getLogger(__name__)
-
-_BIGQUERY_SPEC = re.compile(
-    r'^(?:[a-z][a-z0-9.:-]*[a-z0-9][:.])?[A-Za-z0-9_]+\.[A-Za-z0-9_$-]+$')
-LOCAL_SUFFIXES = ('.duckdb', '.db')
-
-BIGQUERY_METHODS = ('default', 'streaming_inserts', 'storage_write_api',
-                    'file_loads')
-
-
-def is_local_warehouse(spec):
-  """True for a DuckDB file path, False for a BigQuery table spec."""
-  return spec.endswith(LOCAL_SUFFIXES) or os.sep in spec
-
-
-def check_table_spec(spec, flag):
-  """Raises ValueError naming ``flag`` unless spec is a BigQuery table or a DuckDB file."""
-  if is_local_warehouse(spec) or _BIGQUERY_SPEC.match(spec):
-    return spec
-  raise ValueError(
-      '%s: %r is neither a BigQuery table (PROJECT:DATASET.TABLE) nor a '
-      'local DuckDB file (*.duckdb)' % (flag, spec))
-
-
-_DUCKDB_MAGIC = b'DUCK'  # bytes 8-12 of every DuckDB database file
-
-
-def duckdb_file_problem(path):
-  """Why ``path`` cannot be a DuckDB warehouse this run can write, or None.
-  Reads at most the file's first 12 bytes: a file that is not DuckDB's is
-  never opened by DuckDB (which could write to it)."""
-  folder = os.path.dirname(os.path.abspath(path))
-  if not os.path.exists(path):
-    if not os.access(folder, os.W_OK):
-      return 'cannot create it: the folder %r is not writable' % folder
-    return None
-  if not os.path.isfile(path):
-    return 'it is not a regular file'
-  try:
-    with open(path, 'rb') as f:
-      head = f.read(12)
-  except OSError as e:
-    return 'cannot read it: %s' % (e.strerror or e)
-  if len(head) < 12 or head[8:12] != _DUCKDB_MAGIC:
-    return 'it exists and is not a DuckDB database file (left untouched)'
-  if not os.access(path, os.W_OK):
-    return 'it is not writable%s' % (
-        ' (read-only file system)' if not os.access(folder, os.W_OK) else '')
-  return None
+Row = Mapping[str, Any]
 
 
 def prepare_duckdb_table(path, schema, table=None, truncate=False):
@@ -221,6 +171,7 @@ def _rollback(con):
     _LOG.debug('ROLLBACK after a failed insert: %s', e)
 
 
+@beam.typehints.with_input_types(Row)
 class WriteToDuckDB(beam.PTransform):
   """Rows (dicts) -> a table in a local DuckDB file. Returns refused rows.
 
@@ -252,113 +203,3 @@ class WriteToDuckDB(beam.PTransform):
     return results[_InsertIntoDuckDB.REJECTED]
 
 
-class WriteRowsToBigQuery(beam.PTransform):
-  """Rows (dicts with datetimes and bytes) -> a BigQuery table, schema from code.
-
-  Returns the rows BigQuery refused as ``(row, error message)`` pairs where
-  the method reports them (streaming inserts and the Storage Write API);
-  transient errors are retried, a refused row is not. ``on_commit(rows)``
-  (local runs, streaming inserts) hears of the rows BigQuery accepted, in
-  the process that inserted them.
-  """
-  def __init__(self, table, schema, method='default', truncate=False,
-               write_time_column=None, on_commit=None):
-    super().__init__()
-    self._table = table
-    self._schema = schema
-    self._method = method
-    self._truncate = truncate
-    self._write_time_column = write_time_column
-    self._on_commit = on_commit
-
-  def expand(self, rows):
-    # Imported here: BigQuery's client libraries cost memory and start-up
-    # time that runs writing only text or DuckDB need not pay.
-    from apache_beam.io.gcp.bigquery import BigQueryDisposition
-    from apache_beam.io.gcp.bigquery import WriteToBigQuery
-    from apache_beam.io.gcp.bigquery_tools import RetryStrategy
-    schema = self._schema
-    result = (
-        rows
-        | 'ToBigQueryJson' >> beam.ParDo(_ToBigQueryJsonFn(
-            schema, self._write_time_column, self._table, self._on_commit))
-        | 'WriteToBigQuery' >> WriteToBigQuery(
-            table=self._table,
-            schema=schema.bigquery_schema(),
-            create_disposition=BigQueryDisposition.CREATE_IF_NEEDED,
-            write_disposition=(
-                BigQueryDisposition.WRITE_TRUNCATE if self._truncate else
-                BigQueryDisposition.WRITE_APPEND),
-            insert_retry_strategy=RetryStrategy.RETRY_ON_TRANSIENT_ERROR,
-            method=self._method.upper()))
-    if self._method == 'file_loads' or (
-        self._method == 'default' and rows.is_bounded):
-      # File loads report no per-row failures: a load job fails as a whole.
-      return rows.pipeline | 'NoRefusedRows' >> beam.Create([])
-    return (
-        result.failed_rows_with_errors
-        | 'RefusedRows' >> beam.Map(_refused_row))
-
-
-class _ToBigQueryJsonFn(beam.DoFn):
-  """Row -> BigQuery's JSON form; registers ``on_commit`` where rows are inserted."""
-  def __init__(self, schema, write_time_column, table, on_commit):
-    self._schema = schema
-    self._write_time_column = write_time_column
-    self._table = table
-    self._on_commit = on_commit
-
-  def setup(self):
-    if self._on_commit is not None:
-      BigQueryAccepted.listen(self._table, self._on_commit)
-
-  def process(self, row):
-    if self._write_time_column:
-      row = dict(row, **{self._write_time_column: datetime.datetime.now(
-          datetime.timezone.utc)})
-    yield self._schema.to_bigquery_json(row)
-
-
-class BigQueryAccepted(object):
-  """Which rows BigQuery accepted, as Beam's streaming inserts learn it.
-
-  Beam's WriteToBigQuery reports refused rows but not accepted ones. Here
-  the one call through which its streaming inserts go
-  (``BigQueryWrapper.insert_rows``) is wrapped, process-wide, so that the
-  rows it sent without an error for them reach the table's listener. Used
-  by the local ack-after-commit reader: a message is acknowledged only once
-  BigQuery has its row or dead letter.
-  """
-  _lock = threading.Lock()
-  _listeners = {}  # (dataset, table) -> on_commit
-
-  @classmethod
-  def listen(cls, table, on_commit):
-    from apache_beam.io.gcp import bigquery_tools
-    ref = bigquery_tools.parse_table_reference(table)
-    with cls._lock:
-      cls._listeners[(ref.datasetId, ref.tableId)] = on_commit
-      wrapper = bigquery_tools.BigQueryWrapper
-      if not getattr(wrapper.insert_rows, 'reports_accepted', False):
-        wrapper.insert_rows = cls._reporting(wrapper.insert_rows)
-
-  @classmethod
-  def _reporting(cls, insert_rows):
-    def reporting_insert_rows(self, project_id, dataset_id, table_id, rows,
-                              *args, **kwargs):
-      with outages.pending('BigQuery %s.%s' % (dataset_id, table_id)):
-        passed, errors = insert_rows(
-            self, project_id, dataset_id, table_id, rows, *args, **kwargs)
-      listener = cls._listeners.get((dataset_id, table_id))
-      if listener is not None:
-        refused = {error['index'] for error in errors}
-        listener([row for i, row in enumerate(rows) if i not in refused])
-      return passed, errors
-    reporting_insert_rows.reports_accepted = True
-    return reporting_insert_rows
-
-
-def _refused_row(failure):
-  """BigQuery's (destination, row, errors) -> (row, error message)."""
-  _, row, errors = failure
-  return row, str(errors)

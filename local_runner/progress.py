@@ -1,0 +1,140 @@
+"""What a local run has done, for the progress line, the status file and the
+summary: messages read (the run's count), rows and dead letters stored (read
+from the DuckDB tables, what is committed), or what BigQuery accepted, and
+the reader's read-ahead, lag and outages."""
+
+import json
+import logging
+import os
+import time
+
+from storage import outages
+from storage.duckdb_files import Busy
+from storage.duckdb_files import DuckDBFiles
+
+_LOG = logging.getLogger(__name__)
+
+
+class Progress(object):
+  """Counts what the local run ``run`` has stored. ``warehouse`` and
+  ``tables`` ({'rows': .., 'dead_letters': .., optionally 'counts': ..}) name
+  the local tables (None when they are in BigQuery); ``pump`` is the run's
+  reader, if any."""
+  def __init__(self, run, warehouse, tables, status_file=None, pump=None):
+    self._run = run
+    self._warehouse = warehouse
+    self._tables = tables
+    self._status_file = status_file
+    self._pump = pump
+    self._started = time.monotonic()
+    self._last = (self._started, 0)
+    self._stored = None
+
+  def stored(self, wait=False):
+    """Counts in the warehouse; the last ones while another process holds
+    the file (a progress line never waits for a reader)."""
+    if not self._warehouse or not os.path.exists(self._warehouse):
+      return None
+    names = self._tables
+    try:
+      with DuckDBFiles.use(self._warehouse, wait=wait) as con:
+        tables = {r[0] for r in con.execute('SHOW TABLES').fetchall()}
+
+        def count(sql, table):
+          return (con.execute(sql % table).fetchall()
+                  if table and table in tables else [])
+        rows = count('SELECT count(*) FROM "%s"', names['rows'])
+        dead = count('SELECT reason, count(*) FROM "%s" GROUP BY 1 ORDER BY 1',
+                     names['dead_letters'])
+        windows = count('SELECT count(*) FROM "%s"', names.get('counts'))
+    except Busy:
+      return self._stored
+    except Exception as e:  # pylint: disable=broad-except
+      _LOG.debug('progress could not read the warehouse: %s', e)
+      return self._stored  # an outage: the sinks say so and wait it out
+    self._stored = {
+        'rows': rows[0][0] if rows else 0,
+        'dead_letters': dict(dead),
+    }
+    if names.get('counts'):
+      self._stored['count_rows'] = windows[0][0] if windows else 0
+    return self._stored
+
+  def report(self, final=False):
+    """Logs one progress line, writes the status file; returns the status."""
+    now = time.monotonic()
+    seen = self._run.messages_read
+    last_time, last_seen = self._last
+    rate = (seen - last_seen) / max(now - last_time, 1e-6)
+    self._last = (now, seen)
+    status = {'messages_in': seen, 'rate_per_s': round(rate, 1),
+              'elapsed_s': round(now - self._started, 1), 'final': final}
+    stored = self.stored()
+    if stored is not None:
+      status.update(stored)
+      status['stored_total'] = stored['rows'] + sum(
+          stored['dead_letters'].values())
+    elif self._pump is not None:
+      # BigQuery: what the reader heard BigQuery accept this run.
+      status['stored_total'] = self._run.leases.committed_total
+    if self._pump is not None:
+      status.update(self._pump.status())
+    waiting = outages.snapshot()
+    if waiting:
+      status['outages'] = waiting
+    _LOG.info('%s', progress_line(status))
+    if self._status_file:
+      tmp = self._status_file + '.tmp'
+      with open(tmp, 'w') as f:
+        json.dump(status, f, sort_keys=True)
+      os.replace(tmp, self._status_file)
+    return status
+
+
+def progress_line(status):
+  """The status dict as one short line a person reads at a glance."""
+  parts = ['{:,} read'.format(status.get('messages_in', 0))]
+  if 'rows' in status:
+    dead = status.get('dead_letters', {})
+    parts.append('{:,} rows'.format(status['rows']))
+    worst = sorted(dead.items(), key=lambda kv: (-kv[1], kv[0]))
+    detail = ', '.join('%s %s' % (k, '{:,}'.format(n)) for k, n in worst[:3])
+    if len(worst) > 3:
+      detail += ', ...'
+    parts.append('{:,} dead'.format(sum(dead.values())) +
+                 (' (%s)' % detail if detail else ''))
+  elif 'stored_total' in status:
+    parts.append('{:,} stored'.format(status['stored_total']))
+  parts.append('{:,.0f} msg/s'.format(status.get('rate_per_s', 0)))
+  if 'in_flight' in status:
+    parts.append('{:,} in flight'.format(status['in_flight']))
+    parts.append('lag %.2f s' % status.get('lag_s', 0))
+  if status.get('pubsub_unreachable_s'):
+    parts.append('Pub/Sub not answering for %.0f s' %
+                 status['pubsub_unreachable_s'])
+  for what, outage in sorted(status.get('outages', {}).items()):
+    parts.append('waiting for %s for %.0f s (%s)' % (
+        what, outage['for_s'], outage['error'][:80]))
+  return '  '.join(parts)
+
+
+def summary(name, status, warehouse, tables, output_table=None):
+  """The end-of-run lines."""
+  lines = ['%s: %d messages read in %.1f s' % (
+      name, status['messages_in'], status['elapsed_s'])]
+  if 'rows' in status:
+    lines.append('  rows:         %d  (%s, table %s)' % (
+        status['rows'], warehouse, tables['rows']))
+    dead = status['dead_letters']
+    lines.append('  dead letters: %d  %s' % (sum(dead.values()), ', '.join(
+        '%s=%d' % kv for kv in sorted(dead.items()))))
+    if 'count_rows' in status:
+      lines.append('  count rows:   %d  (table %s)' % (
+          status['count_rows'], tables['counts']))
+  elif 'stored_total' in status:
+    lines.append('  stored:       %d  (rows and dead letters BigQuery accepted '
+                 'in %s)' % (status['stored_total'], output_table))
+  if status.get('in_flight'):
+    lines.append('  not acknowledged: %d  (Pub/Sub redelivers them to the next '
+                 'run, which stores each once)' % status['in_flight'])
+  return '\n'.join(lines)

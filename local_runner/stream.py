@@ -1,0 +1,221 @@
+"""Running a pipeline on the local runner: a stream until it is told to
+stop, with progress every few seconds and a stop bounded in time whatever
+Pub/Sub does; a batch to its end, with its summary.
+
+- SIGTERM or Ctrl-C: stop pulling, let what is in flight be stored for at
+  most ``drain_seconds``, acknowledge what was stored if Pub/Sub answers
+  within a couple of seconds, hand the rest back, print the summary, exit 0.
+  What is not acknowledged is redelivered to the next run and absorbed by
+  the tables' message-id key, so a fast stop is always safe.
+- A second signal exits at once (exit 128 + signal), as safe as the first.
+- A watchdog ends the process if a stop takes more than ``drain_seconds`` +
+  5 s in all (say a runner that does not cancel).
+
+One ``LocalRun`` per run is the local runner's one entry: it starts the
+ack-after-commit reader (pump and channel) when asked, hands out the hooks a
+run's parse steps and sinks report to, runs the pipeline (a stream until
+stopped, a batch to the end) with progress and a summary, and closes it
+all. It knows nothing of sign-ins; its state is its own (``runs``).
+"""
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from local_runner import beam_patches
+from local_runner import channel
+from local_runner import progress
+from local_runner import pump as pump_lib
+from local_runner import runs
+from local_runner.leases import DeliveryAttempts
+from storage.duckdb_files import DuckDBFiles
+
+_LOG = logging.getLogger(__name__)
+
+# Beam's local Pub/Sub read long-polls for up to 30 s, and cancel() waits for
+# it; every bundle is committed to the sink as it finishes, so stop waiting.
+CANCEL_WAIT_SECONDS = 3
+STOP_MARGIN_SECONDS = 5  # a stop's bound: drain_seconds + this
+PubSubUnavailable = pump_lib.PubSubUnavailable
+
+
+class StreamFailed(Exception):
+  """The stream stopped on an error (said on one line)."""
+
+
+class LocalRun(object):
+  """One local run of pipeline ``name``. ``warehouse`` and ``tables`` name
+  its local tables for progress ({'rows', 'dead_letters'[, 'counts']}; no
+  warehouse when they are in BigQuery, then ``output_table`` names it)."""
+  def __init__(self, name, warehouse=None, tables=None, output_table=None,
+               status_file=None, progress_seconds=5, drain_seconds=10):
+    self._name = name
+    self._warehouse = warehouse
+    self._tables = tables or {}
+    self._output_table = output_table
+    self._status_file = status_file
+    self._progress_seconds = progress_seconds
+    self._drain_seconds = drain_seconds
+    self._run = runs.Run()
+    self._pump = self._service = None
+    self._progress = None
+
+  def __enter__(self):
+    self._run.__enter__()
+    return self
+
+  def __exit__(self, *unused):
+    try:
+      if self._service is not None:
+        self._pump.close(timeout=0.5)  # a no-op after a stop; bounded after a failure
+        self._service.stop()
+      if self._warehouse:
+        DuckDBFiles.close(self._warehouse)
+    finally:
+      self._run.__exit__()
+
+  # -- the hooks of this run's steps -----------------------------------------
+  @property
+  def count_read(self):
+    """For the parse step: counts the messages read."""
+    return self._run.count_read()
+
+  @property
+  def acknowledge_stored(self):
+    """For the sinks' ``on_commit``, when the run reads with its own reader."""
+    return self._run.acknowledge_stored() if self._pump is not None else None
+
+  # -- the ack-after-commit reader -------------------------------------------
+  def read_subscription(self, subscription, attempts_db=None, max_attempts=5,
+                        timestamp_attribute=None,
+                        max_in_flight=pump_lib.MAX_IN_FLIGHT,
+                        max_in_flight_bytes=pump_lib.MAX_IN_FLIGHT_BYTES,
+                        max_messages=2000):
+    """Starts the reader of ``subscription`` and its private channel;
+    returns the PTransform that reads it. ``attempts_db`` (the DuckDB
+    warehouse) keeps delivery counts across crashes. Raises
+    PubSubUnavailable if Pub/Sub does not show the subscription within
+    START_SECONDS."""
+    pump = pump_lib.PubSubPump(
+        subscription, self._run.leases, max_messages=max_messages,
+        attempts=DeliveryAttempts(attempts_db) if attempts_db else None,
+        max_attempts=max_attempts, timestamp_attribute=timestamp_attribute,
+        max_in_flight=max_in_flight, max_in_flight_bytes=max_in_flight_bytes)
+    pump.start()
+    try:
+      pump_lib.check_subscription(pump.client, subscription)
+    except PubSubUnavailable:
+      pump.close(timeout=0.5)
+      raise
+    self._pump = pump
+    self._service = channel.PrivateEventService(pump)
+    self._service.start()
+    return channel.ReadFromPubSubAckOnCommit(self._service.endpoint)
+
+  # -- running ---------------------------------------------------------------
+  def summary(self, status):
+    return progress.summary(self._name, status, self._warehouse, self._tables,
+                            self._output_table)
+
+  def _start_progress(self):
+    self._progress = progress.Progress(
+        self._run, self._warehouse if self._tables else None, self._tables,
+        self._status_file, self._pump)
+
+  def run_batch(self, pipeline):
+    """Runs a bounded pipeline to its end; prints its summary."""
+    self._start_progress()
+    result = pipeline.run()
+    result.wait_until_finish()
+    print(self.summary(self._progress.report(final=True)))
+    return result
+
+  def run_stream(self, pipeline):
+    """Runs ``pipeline`` until SIGINT/SIGTERM (or failure); returns the
+    result. With the reader, a stop first stops pulling and drains what is
+    in flight."""
+    beam_patches.speed_up_local_streams()
+    self._start_progress()
+    stop = threading.Event()
+    failure = []
+    signals = []
+
+    def on_signal(signum, _):
+      signals.append(signum)
+      if len(signals) > 1:
+        _exit_now('second signal (%d): exiting now; messages not acknowledged '
+                  'are redelivered to the next run' % signum, 128 + signum)
+      stop.set()
+    previous = {sig: signal.signal(sig, on_signal)
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+      result = pipeline.run()
+
+      def wait():
+        try:
+          result.wait_until_finish()
+          if not stop.is_set():  # a stream does not end by itself
+            failure.append(RuntimeError('the stream ended unexpectedly'))
+        except Exception as e:  # pylint: disable=broad-except
+          failure.append(e)
+        stop.set()
+      threading.Thread(target=wait, daemon=True, name='wait-pipeline').start()
+      while not stop.wait(self._progress_seconds):
+        self._progress.report(False)
+      bound = self._drain_seconds + STOP_MARGIN_SECONDS
+      watchdog = threading.Timer(bound, _exit_now, (
+          'stopping took more than %d s: exiting; messages not acknowledged are '
+          'redelivered to the next run' % bound, 1))
+      watchdog.daemon = True
+      watchdog.start()
+      started = time.monotonic()
+      if self._pump is not None and not failure:
+        self._pump.stop_pulling()
+        _LOG.info('stopping: pulling stopped; storing the %d messages in flight '
+                  '(at most %d s)', self._pump.leases.unstored(), self._drain_seconds)
+        if not self._pump.leases.wait_until_empty(self._drain_seconds):
+          _LOG.warning('%d messages not stored within %d s; Pub/Sub will '
+                       'redeliver them', self._pump.leases.unstored(), self._drain_seconds)
+        left = self._pump.close()
+        if left:
+          _LOG.warning('%d messages left unacknowledged: Pub/Sub redelivers them '
+                       'to the next run, which stores each once', left)
+      if not failure:
+        _LOG.info('stopping: no new bundles start; what is committed stays')
+        cancel_within(result, min(CANCEL_WAIT_SECONDS, max(
+            0.5, bound - (time.monotonic() - started) - 1)))
+      print(self.summary(self._progress.report(True)), flush=True)
+      watchdog.cancel()
+    finally:
+      for sig, handler in previous.items():
+        signal.signal(sig, handler)
+    if failure:
+      raise StreamFailed('the pipeline failed: %s' % str(
+          failure[0]).splitlines()[0])
+    return result
+
+
+def cancel_within(result, seconds):
+  """Asks the runner to stop; returns after ``seconds`` even if it has not."""
+  def cancel():
+    try:
+      result.cancel()
+    except Exception as e:  # pylint: disable=broad-except
+      _LOG.debug('cancel: %s', e)
+  worker = threading.Thread(target=cancel, daemon=True, name='cancel-pipeline')
+  worker.start()
+  worker.join(seconds)
+  if worker.is_alive():
+    _LOG.info('runner still waiting on a Pub/Sub pull; leaving it behind')
+
+
+def _exit_now(message, code):
+  """Leaves at once, from a signal handler or a watchdog thread."""
+  try:
+    sys.stderr.write(message + '\n')
+    sys.stderr.flush()
+  finally:
+    os._exit(code)  # pylint: disable=protected-access

@@ -1,0 +1,154 @@
+"""One-line errors for flags that cannot work, found before any work: a
+bad flag value, an input that matches nothing, an output that cannot be
+written, a table spec that is neither BigQuery's nor a DuckDB file."""
+
+import os
+import re
+
+from apache_beam.io.gcp import pubsub
+from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.options.pipeline_options import TestOptions
+
+from pipelines.errors import UsageError
+from storage import table_specs
+
+LOCAL_RUNNERS = ('DirectRunner', 'direct', 'Direct', 'directrunner')
+DATAFLOW_RUNNERS = ('DataflowRunner', 'dataflow', 'Dataflow', 'dataflowrunner')
+SOURCE_FLAGS = ('--input_subscription', '--input_topic', '--input_file')
+
+
+def runner_name(options):
+  runner = options.view_as(StandardOptions).runner
+  return runner if isinstance(runner, str) or runner is None else type(
+      runner).__name__
+
+
+def is_dataflow(options):
+  return runner_name(options) in DATAFLOW_RUNNERS
+
+
+def is_dry_run(options):
+  return str(options.view_as(TestOptions).dry_run).lower() in (
+      'true', '1', 'yes')
+
+
+# GCS bucket names: 3-63 characters of a-z, 0-9, '-', '_' and '.', starting
+# and ending with a letter or digit (dotted names up to 222).
+_BUCKET = re.compile(r'[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]')
+
+
+def check_gcs_location(flag, value):
+  """A one-line UsageError unless ``value`` is gs://BUCKET[/PATH] with a
+  bucket name GCS allows (else Beam spends 120 s on the network first)."""
+  if not value.startswith('gs://'):
+    raise UsageError('%s: %r is not a gs:// location (gs://BUCKET/PATH)' % (
+        flag, value))
+  bucket = value[len('gs://'):].split('/', 1)[0]
+  if not _BUCKET.fullmatch(bucket) or (
+      '.' not in bucket and len(bucket) > 63) or '..' in bucket:
+    raise UsageError('%s: %r is not a valid bucket name (3-63 characters: '
+                     'a-z, 0-9, -, _ and ., starting and ending with a letter '
+                     'or digit)' % (flag, bucket))
+
+
+def match_input_files(flag, pattern, options):
+  """The files ``pattern`` matches (local or gs://); a one-line UsageError
+  naming ``flag`` when it matches nothing, a directory, or cannot be listed."""
+  from apache_beam.io.filesystems import FileSystems
+  FileSystems.set_options(options)
+  try:
+    matched = FileSystems.match([pattern])[0].metadata_list
+  except Exception as e:  # pylint: disable=broad-except
+    raise UsageError('%s: cannot list %r: %s' % (
+        flag, pattern, str(e).splitlines()[0]))
+  if not matched:
+    raise UsageError('%s: no file matches %r' % (flag, pattern))
+  for m in matched:
+    if os.path.isdir(m.path):
+      raise UsageError('%s: %r is a directory; give files or a glob such as '
+                       '%r' % (flag, m.path, os.path.join(m.path, '*')))
+  return matched
+
+
+def check_local_output(flag, path, is_file=True):
+  """A local output path must be creatable: its folder made now, and the
+  path itself not a directory when it names a file (one-line UsageError)."""
+  if path.startswith('gs://'):
+    return
+  if is_file and os.path.isdir(path):
+    raise UsageError('%s: %r is a directory, not a file' % (flag, path))
+  folder = os.path.dirname(os.path.abspath(path))
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:
+    raise UsageError('%s: cannot create the folder %r: %s' % (
+        flag, folder, e.strerror or e))
+  if not os.access(folder, os.W_OK):
+    raise UsageError('%s: cannot write in %r' % (flag, folder))
+
+
+def check_local_warehouse(flag, path):
+  """A local DuckDB warehouse must be one this run can open and write: a
+  one-line UsageError (exit 2) before anything is read or acknowledged."""
+  check_local_output(flag, path)
+  problem = table_specs.duckdb_file_problem(path)
+  if problem:
+    raise UsageError('%s: %r: %s' % (flag, path, problem))
+
+
+def check_message_flags(opts, bigquery_flags):
+  """One-line errors, before any work, for the flags every message pipeline
+  takes; ``bigquery_flags`` name its tables' flags, --output_table first."""
+  given = [f for f in SOURCE_FLAGS if getattr(opts, f[2:])]
+  if len(given) != 1:
+    raise UsageError('give exactly one of %s (got %s)' % (
+        ', '.join(SOURCE_FLAGS), ', '.join(given) or 'none'))
+  for flag, value, parse in (
+      ('--input_subscription', opts.input_subscription,
+       pubsub.parse_subscription),
+      ('--input_topic', opts.input_topic, pubsub.parse_topic)):
+    if value:
+      try:
+        parse(value)
+      except ValueError as e:
+        raise UsageError('%s: %s' % (flag, e))
+  for flag, value in (('--max_delivery_attempts', opts.max_delivery_attempts),
+                      ('--max_message_bytes', opts.max_message_bytes),
+                      ('--progress_seconds', opts.progress_seconds),
+                      ('--max_in_flight', opts.max_in_flight),
+                      ('--max_in_flight_mb', opts.max_in_flight_mb)):
+    if value <= 0:
+      raise UsageError('%s must be positive, not %s' % (flag, value))
+  if opts.drain_seconds < 0:
+    raise UsageError('--drain_seconds must be 0 or more')
+  for flag in bigquery_flags:
+    value = getattr(opts, flag[2:])
+    if value:
+      try:
+        table_specs.check_table_spec(value, flag)
+      except ValueError as e:
+        raise UsageError(str(e))
+      if table_specs.is_local_warehouse(value):
+        raise UsageError('%s takes a BigQuery table; use --warehouse for '
+                             'a local DuckDB file' % flag)
+  extra = [f for f in bigquery_flags[1:] if getattr(opts, f[2:])]
+  if extra and not opts.output_table:
+    raise UsageError('%s go%s with --output_table' % (
+        ' and '.join(extra), '' if len(extra) > 1 else 'es'))
+
+
+def check_message_locations(options, opts):
+  """After the other checks: Dataflow needs BigQuery; local inputs must
+  exist and the warehouse must be writable."""
+  if is_dataflow(options):
+    if not opts.output_table:
+      raise UsageError('DataflowRunner needs --output_table (BigQuery); '
+                           '--warehouse is a local file')
+    return
+  if is_dry_run(options):
+    return
+  if opts.input_file:
+    match_input_files('--input_file', opts.input_file, options)
+  if not opts.output_table or opts.input_subscription:
+    # The local reader keeps delivery counts in the warehouse file too.
+    check_local_warehouse('--warehouse', opts.warehouse)

@@ -1,0 +1,172 @@
+"""Every pipeline's flags, as PipelineOptions classes (so ``--help`` lists
+them, grouped, and the Flex Template metadata is generated from them), and
+the parse of a command line against ours and Beam's with one-line errors."""
+
+import argparse
+
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+from local_runner import pump
+from pipelines.errors import OneLineErrors
+from pipelines.errors import UsageError
+from transforms import bigquery_sink
+from transforms import dead_letters
+
+
+class CommonOptions(PipelineOptions):
+  """Flags every pipeline of ours takes."""
+  TITLE = 'logging'
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument(
+        '--log_file', default=None,
+        help='Also write DEBUG-level logs to this file (the console gets INFO).')
+
+
+class BigQueryOutputOptions(PipelineOptions):
+  """Flags shared by pipelines that can write to BigQuery."""
+  TITLE = 'BigQuery output'
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument(
+        '--output_table', default=None,
+        help='Also write results to this BigQuery table, PROJECT:DATASET.TABLE '
+        '(created from the schema in code if missing). wordcount also takes '
+        'a local DuckDB file here (*.duckdb), table word_counts.')
+    parser.add_argument(
+        '--bigquery_method', default='default',
+        choices=bigquery_sink.BIGQUERY_METHODS,
+        help='How rows reach BigQuery. default: file loads for batch, '
+        'streaming inserts for streaming. storage_write_api needs a Java '
+        'expansion service at pipeline construction.')
+
+
+class MessageSourceOptions(PipelineOptions):
+  """Flags every message pipeline takes: sources, the local warehouse, dead
+  letters and local runs (one class, so that pipelines imported together,
+  as in tests, do not register them twice)."""
+  TITLE = 'source and local run'
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    add_source_flags(parser)
+
+
+def add_source_flags(parser):
+  """The flags of sources, local warehouse, dead letters and local runs."""
+  parser.add_argument(
+      '--input_subscription', default=None,
+      help='Read this Pub/Sub subscription, projects/P/subscriptions/S '
+      '(streaming).')
+  parser.add_argument(
+      '--input_topic', default=None,
+      help='Read this Pub/Sub topic, projects/P/topics/T, through a '
+      'temporary subscription (streaming).')
+  parser.add_argument(
+      '--input_file', default=None,
+      help='Replay JSON lines from files (glob, local or gs://), one message '
+      'per line, through the same transforms (batch).')
+  parser.add_argument(
+      '--warehouse', default='output/warehouse.duckdb',
+      help='Local DuckDB file for the tables (and, with the local reader, '
+      'delivery counts), used when --output_table is not given.')
+  parser.add_argument(
+      '--dead_letter_table', default=None,
+      help='BigQuery table for dead letters (default: --output_table with '
+      'suffix _error_records, as Google\'s Pub/Sub-to-BigQuery template).')
+  parser.add_argument(
+      '--max_message_bytes', type=int,
+      default=dead_letters.MAX_MESSAGE_BYTES,
+      help='Larger payloads become too_large dead letters (a prefix kept).')
+  parser.add_argument(
+      '--progress_seconds', type=float, default=5,
+      help='Local streaming runs log progress this often.')
+  parser.add_argument(
+      '--local_pubsub_reader', default='ack_after_commit',
+      choices=['ack_after_commit', 'beam'],
+      help='Local runs reading --input_subscription: ack_after_commit '
+      'acknowledges a message only once its row or dead letter is stored '
+      '(committed to DuckDB, or accepted by BigQuery\'s streaming inserts) '
+      'and pulls up to 2,000 at a time; beam is Beam\'s own local read (acks '
+      'on pull, 10 per bundle). Dataflow always uses Beam\'s read.')
+  parser.add_argument(
+      '--timestamp_attribute', default=None,
+      help='Pub/Sub attribute holding each message\'s event time '
+      '(milliseconds since the epoch or RFC 3339) for the reader\'s '
+      'watermark; a message whose attribute is not a timestamp becomes a '
+      'bad_timestamp_attribute dead letter with the local reader.')
+  parser.add_argument(
+      '--max_delivery_attempts', type=int, default=5,
+      help='Local ack-after-commit reader: a message pulled this many times '
+      'without being stored (it crashed the pipeline each time) becomes a '
+      'too_many_attempts dead letter.')
+  parser.add_argument(
+      '--max_in_flight', type=int, default=pump.MAX_IN_FLIGHT,
+      help='Local ack-after-commit reader: at most this many messages '
+      'pulled and not yet acknowledged; it pauses pulling at the bound.')
+  parser.add_argument(
+      '--max_in_flight_mb', type=int,
+      default=pump.MAX_IN_FLIGHT_BYTES >> 20,
+      help='The same bound in megabytes of payload.')
+  parser.add_argument(
+      '--drain_seconds', type=float, default=10,
+      help='Local streaming stop (SIGTERM, Ctrl-C): how long messages in '
+      'flight may take to be stored; the whole stop takes at most this + '
+      '5 s whatever Pub/Sub does, and a second signal exits at once.')
+  parser.add_argument(
+      '--status_file', default=None,
+      help='Local runs also write their progress here as JSON, each time '
+      'they log it.')
+
+
+class _OneLineBeamParser(OneLineErrors, _BeamArgumentParser):
+  """Beam's argument parser with one-line errors."""
+
+
+def _beam_option_classes(ours, argv):
+  """Every registered PipelineOptions class except other pipelines' own."""
+  if any(a.startswith(('--render', '-h', '--help')) for a in argv):
+    # Registers --render_output; imported only when asked for (3 MB of RSS).
+    import apache_beam.runners.render  # noqa: F401
+  seen = {}
+  for cls in PipelineOptions.__subclasses__():
+    if cls in ours or cls.__module__.startswith('pipelines.'):
+      continue
+    seen.setdefault(str(cls), cls)
+  return list(seen.values())
+
+
+def parse_options(argv, option_classes, prog, description):
+  """Checks argv against our flags and Beam's; returns PipelineOptions.
+
+  Unknown or malformed flags raise UsageError with argparse's one-line
+  message (Beam itself would only warn and drop them).
+  """
+  parser = _OneLineBeamParser(
+      prog=prog, description=description, allow_abbrev=False,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  ours = [CommonOptions] + list(option_classes)
+  groups = []
+  for cls in ours:
+    group = parser.add_argument_group(getattr(cls, 'TITLE', cls.__name__))
+    cls._add_argparse_args(group)  # pylint: disable=protected-access
+    groups.append(group)
+  beam_group = parser.add_argument_group('Beam and runner options')
+  for cls in _beam_option_classes(ours, argv):
+    cls._add_argparse_args(parser)  # pylint: disable=protected-access
+  # Show our flags first, Beam's after them.
+  parser._action_groups = groups + [  # pylint: disable=protected-access
+      g for g in parser._action_groups if g not in groups and g is not beam_group]
+  _, unknown = parser.parse_known_args(argv)
+  if unknown:
+    raise UsageError('unrecognized argument: %s' % unknown[0])
+  return PipelineOptions(argv)
+
+
+def flag_values(options):
+  """All flag values, ours and Beam's, as one namespace (``view_as`` shows
+  one class at a time)."""
+  return argparse.Namespace(**options.get_all_options())

@@ -1,0 +1,89 @@
+"""Rows -> a BigQuery table through Beam's WriteToBigQuery, the schema from
+code (``schemas``), returning the rows BigQuery refused as ``(row, error
+message)`` pairs where the method reports them."""
+
+import datetime
+from typing import Any, Mapping
+
+import apache_beam as beam
+
+Row = Mapping[str, Any]
+BIGQUERY_METHODS = ('default', 'streaming_inserts', 'storage_write_api',
+                    'file_loads')
+
+
+@beam.typehints.with_input_types(Row)
+class WriteRowsToBigQuery(beam.PTransform):
+  """Rows (dicts with datetimes and bytes) -> a BigQuery table, schema from code.
+
+  Returns the rows BigQuery refused as ``(row, error message)`` pairs where
+  the method reports them (streaming inserts and the Storage Write API);
+  transient errors are retried, a refused row is not. ``on_commit`` (a local
+  run's, streaming inserts) hears of the rows BigQuery accepted, in the
+  process that inserted them: its ``watch_bigquery_table(table)`` is called
+  before the first insert.
+  """
+  def __init__(self, table, schema, method='default', truncate=False,
+               write_time_column=None, on_commit=None):
+    super().__init__()
+    self._table = table
+    self._schema = schema
+    self._method = method
+    self._truncate = truncate
+    self._write_time_column = write_time_column
+    self._on_commit = on_commit
+
+  def expand(self, rows):
+    # Imported here: BigQuery's client libraries cost memory and start-up
+    # time that runs writing only text or DuckDB need not pay.
+    from apache_beam.io.gcp.bigquery import BigQueryDisposition
+    from apache_beam.io.gcp.bigquery import WriteToBigQuery
+    from apache_beam.io.gcp.bigquery_tools import RetryStrategy
+    schema = self._schema
+    result = (
+        rows
+        | 'ToBigQueryJson' >> beam.ParDo(_ToBigQueryJsonFn(
+            schema, self._write_time_column, self._table, self._on_commit))
+        | 'WriteToBigQuery' >> WriteToBigQuery(
+            table=self._table,
+            schema=schema.bigquery_schema(),
+            create_disposition=BigQueryDisposition.CREATE_IF_NEEDED,
+            write_disposition=(
+                BigQueryDisposition.WRITE_TRUNCATE if self._truncate else
+                BigQueryDisposition.WRITE_APPEND),
+            insert_retry_strategy=RetryStrategy.RETRY_ON_TRANSIENT_ERROR,
+            method=self._method.upper()))
+    if self._method == 'file_loads' or (
+        self._method == 'default' and rows.is_bounded):
+      # File loads report no per-row failures: a load job fails as a whole.
+      return rows.pipeline | 'NoRefusedRows' >> beam.Create([])
+    return (
+        result.failed_rows_with_errors
+        | 'RefusedRows' >> beam.Map(_refused_row))
+
+
+class _ToBigQueryJsonFn(beam.DoFn):
+  """Row -> BigQuery's JSON form; registers ``on_commit`` where rows are inserted."""
+  def __init__(self, schema, write_time_column, table, on_commit):
+    self._schema = schema
+    self._write_time_column = write_time_column
+    self._table = table
+    self._on_commit = on_commit
+
+  def setup(self):
+    if self._on_commit is not None:
+      # Beam's streaming inserts report refused rows only: the local runner
+      # hears what they accepted (local_runner.beam_patches).
+      self._on_commit.watch_bigquery_table(self._table)
+
+  def process(self, row):
+    if self._write_time_column:
+      row = dict(row, **{self._write_time_column: datetime.datetime.now(
+          datetime.timezone.utc)})
+    yield self._schema.to_bigquery_json(row)
+
+
+def _refused_row(failure):
+  """BigQuery's (destination, row, errors) -> (row, error message)."""
+  _, row, errors = failure
+  return row, str(errors)

@@ -1,0 +1,90 @@
+"""Storing what a message pipeline produced: rows to their table, and every
+dead letter (the parse step's, and each row the warehouse refused, as
+``sink_rejected``) to the dead-letter table. Nothing is dropped silently: a
+dead letter the dead-letter table itself refuses is logged as an error.
+
+A destination is a BigQuery table spec or a local DuckDB file (the same
+schema either way); ``on_commit`` (a local run's) hears of every row and
+dead letter once it is stored.
+"""
+
+import logging
+from typing import Tuple
+
+import apache_beam as beam
+
+from storage import table_specs
+from transforms import bigquery_sink
+from transforms import dead_letters
+from transforms import duckdb_sink
+
+_LOG = logging.getLogger(__name__)
+Row = dead_letters.Row
+
+
+@beam.typehints.with_input_types(Row)
+class WriteTable(beam.PTransform):
+  """Rows -> the table of ``destination`` (BigQuery or DuckDB); returns the
+  refused rows as (row, error) pairs. ``duckdb_options`` go to WriteToDuckDB
+  when the table is local; ``bigquery_method`` and ``truncate`` to
+  WriteRowsToBigQuery (a local table is emptied before the run instead)."""
+  def __init__(self, destination, bigquery_method='default', replace=False,
+               on_commit=None, write_time_column=None, duckdb_options=None,
+               truncate=False):
+    super().__init__()
+    self._truncate = truncate
+    self._destination = destination
+    self._method = bigquery_method
+    self._replace = replace
+    self._on_commit = on_commit
+    self._write_time_column = write_time_column
+    self._duckdb_options = duckdb_options or {}
+
+  def expand(self, rows):
+    spec, schema = self._destination.spec, self._destination.schema
+    if table_specs.is_local_warehouse(spec):
+      options = dict({'replace': self._replace, 'hold_connection': True},
+                     **self._duckdb_options)
+      return rows | 'WriteToDuckDB' >> duckdb_sink.WriteToDuckDB(
+          spec, schema, on_commit=self._on_commit,
+          write_time_column=self._write_time_column, **options)
+    return rows | 'WriteToBigQuery' >> bigquery_sink.WriteRowsToBigQuery(
+        spec, schema, self._method, truncate=self._truncate,
+        write_time_column=self._write_time_column, on_commit=self._on_commit)
+
+
+class StoreRowsAndDeadLetters(beam.PTransform):
+  """(rows, dead letters) -> their tables; returns every dead letter stored
+  or tried (the parse step's and the warehouse's refusals)."""
+  def __init__(self, rows_to, dead_letters_to, bigquery_method='default',
+               on_commit=None, write_time_column=None,
+               rows_duckdb_options=None):
+    super().__init__()
+    self._rows_to = rows_to
+    self._dead_letters_to = dead_letters_to
+    self._method = bigquery_method
+    self._on_commit = on_commit
+    self._write_time_column = write_time_column
+    self._rows_duckdb_options = rows_duckdb_options
+
+  def expand(self, rows_and_dead_letters):
+    rows, dead = rows_and_dead_letters
+    refused_rows = rows | 'WriteRows' >> WriteTable(
+        self._rows_to, self._method, on_commit=self._on_commit,
+        write_time_column=self._write_time_column,
+        duckdb_options=self._rows_duckdb_options)
+    refused_dead = (
+        refused_rows
+        | 'RefusedRowsToDeadLetters' >> beam.Map(
+            dead_letters.refused_row_dead_letter))
+    all_dead = (dead, refused_dead) | 'AllDeadLetters' >> beam.Flatten()
+    lost = all_dead | 'WriteDeadLetters' >> WriteTable(
+        self._dead_letters_to, self._method, on_commit=self._on_commit)
+    _ = lost | 'LogRefusedDeadLetters' >> beam.Map(_log_refused_dead_letter)
+    return all_dead
+
+
+def _log_refused_dead_letter(refused: Tuple[Row, str]) -> None:
+  row, error = refused
+  _LOG.error('the dead-letter table refused message %s (%s): %s',
+             row.get('message_id'), row.get('reason'), error)
