@@ -303,3 +303,23 @@ def test_fast_timestamp_path_equals_the_general_reader(when, sep, zone, micros):
     return
   assert bigquery_values._fast_timestamp(text, 'f') == general  # pylint: disable=protected-access
 
+
+@pytest.mark.parametrize('text, stored', [
+    # GEOS's default WKT stops at 16 significant digits: found by the
+    # property test of exact values.
+    ('POINT(0.0 0.001227796386726803)', 'POINT (0 0.001227796386726803)'),
+    ('LINESTRING(0.1 0.2, 0.30000000000000004 1e-20)',
+     'LINESTRING (0.1 0.2, 0.30000000000000004 1e-20)'),
+])
+def test_geography_keeps_every_coordinate_exactly(text, stored):
+  fields = schemas.table_from_bigquery_schema(
+      [{'name': 'g', 'type': 'GEOGRAPHY'}], 't', message_id_column=False).fields
+  assert json_rows.convert_object({'g': text}, fields) == {'g': stored}
+
+
+def test_geography_with_a_lone_surrogate_is_a_bad_value_not_an_internal_error():
+  fields = schemas.table_from_bigquery_schema(
+      [{'name': 'g', 'type': 'GEOGRAPHY'}], 't', message_id_column=False).fields
+  with pytest.raises(json_rows.Refused) as refused:
+    json_rows.convert_object({'g': 'a\ud800b'}, fields)
+  assert refused.value.reason == 'bad_value' and refused.value.path == 'g'

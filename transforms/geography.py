@@ -1,12 +1,14 @@
 """GEOGRAPHY values as BigQuery reads them: WKT, WKB in hex, or GeoJSON
 geometry text, on the WGS84 sphere (longitude -180..180, latitude -90..90),
 2D and valid; kept as canonical WKT (what DuckDB's ST_GeomFromText and
-BigQuery both read). shapely (GEOS) does the parsing and the checks."""
+BigQuery both read), every coordinate written so that it reads back as the
+same double. shapely (GEOS) does the parsing and the checks."""
 
 import json
 import math
 import re
 
+WKT_DECIMALS = 30  # enough for any double's shortest round-trip text
 _HEX = re.compile(r'(?:[0-9A-Fa-f]{2})+')
 _GEOJSON_GEOMETRIES = ('Point', 'MultiPoint', 'LineString', 'MultiLineString',
                        'Polygon', 'MultiPolygon', 'GeometryCollection')
@@ -32,9 +34,14 @@ def canonical_wkt(text):
   import shapely
   text = text.strip()
   try:
+    text.encode('utf-8')
+  except UnicodeEncodeError:
+    raise ValueError('holds a lone surrogate escape, which is not text')
+  try:
     geometry = _parse(text)
   except (shapely.errors.GEOSException, ValueError, TypeError) as e:
-    raise ValueError(str(e).splitlines()[0][:200] or 'unreadable')
+    raise ValueError((str(e).splitlines() or ['unreadable'])[0][:200]
+                     or 'unreadable')
   if geometry is None:
     raise ValueError('unreadable')
   if shapely.has_z(geometry):
@@ -48,4 +55,10 @@ def canonical_wkt(text):
                        '-90..90' % (lon, lat))
   if not shapely.is_valid(geometry):
     raise ValueError('invalid geometry: %s' % shapely.is_valid_reason(geometry))
-  return shapely.to_wkt(geometry, rounding_precision=-1, trim=True)
+  # GEOS's "trim" writes the shortest text that reads back as the double
+  # when allowed enough decimals; its default (-1) stops at 16 significant
+  # digits (0.001227796386726803 became 0.0012277963867268).
+  wkt = shapely.to_wkt(geometry, rounding_precision=WKT_DECIMALS, trim=True)
+  if shapely.get_coordinates(shapely.from_wkt(wkt)).tolist() != coords.tolist():
+    raise ValueError('its coordinates cannot be written exactly as WKT')
+  return wkt
