@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from transforms import bigquery_values
+from transforms import bigquery_times
 from transforms import json_rows
 from transforms import schemas
 from storage.duckdb_files import DuckDBFiles
@@ -295,13 +295,13 @@ def test_fast_timestamp_path_equals_the_general_reader(when, sep, zone, micros):
   text = when.strftime('%Y-%m-%d' + sep + '%H:%M:%S') + (
       '.%06d' % when.microsecond if micros else '') + zone
   try:
-    general = bigquery_values._timestamp(text, 'f')  # pylint: disable=protected-access
+    general = bigquery_times._timestamp(text, 'f')  # pylint: disable=protected-access
   except json_rows.Refused as e:
     with pytest.raises(json_rows.Refused) as fast:
-      bigquery_values._fast_timestamp(text, 'f')  # pylint: disable=protected-access
+      bigquery_times._fast_timestamp(text, 'f')  # pylint: disable=protected-access
     assert fast.value.reason == e.reason
     return
-  assert bigquery_values._fast_timestamp(text, 'f') == general  # pylint: disable=protected-access
+  assert bigquery_times._fast_timestamp(text, 'f') == general  # pylint: disable=protected-access
 
 
 @pytest.mark.parametrize('text, stored', [

@@ -15,7 +15,6 @@ import math
 import re
 
 from transforms import exact_json
-from transforms.event_time import datetime_from_epoch
 from transforms.exact_json import Number
 
 UTC = datetime.timezone.utc
@@ -36,20 +35,6 @@ _DECIMAL_TYPES = {
 # digits, which BigQuery does not.
 _NUMBER_TEXT = re.compile(r'\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*')
 _INTEGER_TEXT = re.compile(r'\s*[+-]?[0-9]+\s*')
-_DATE = r'([0-9]{4,})-([0-9]{1,2})-([0-9]{1,2})'
-_CLOCK = r'([0-9]{1,2}):([0-9]{2})(?::([0-9]{2})(?:\.([0-9]{1,9}))?)?'
-_ZONE = r'(Z|UTC|[+-][0-9]{2}(?::?[0-9]{2})?)'
-_DATE_TEXT = re.compile(_DATE)
-_TIME_TEXT = re.compile(r'([0-9]{1,2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?')
-_TIMESTAMP_TEXT = re.compile(
-    _DATE + r'(?:[T ]' + _CLOCK + r'\s*' + _ZONE + r'?)?', re.IGNORECASE)
-_DATETIME_TEXT = re.compile(
-    _DATE + r'[T ]([0-9]{1,2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?')
-_COMMON_TIMESTAMP = re.compile(
-    r'[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}'
-    r'(?::[0-9]{2}(?:\.[0-9]{1,6})?)?(?:Z|[+-][0-9]{2}:[0-9]{2})?')
-_COMMON_DATE = re.compile(r'[0-9]{4}-[0-9]{2}-[0-9]{2}')
-
 ALIASES = {'INT64': 'INTEGER', 'FLOAT64': 'FLOAT', 'BOOL': 'BOOLEAN',
            'STRUCT': 'RECORD', 'BIGDECIMAL': 'BIGNUMERIC', 'DECIMAL': 'NUMERIC'}
 TYPES = ('STRING', 'BYTES', 'INTEGER', 'FLOAT', 'NUMERIC', 'BIGNUMERIC',
@@ -203,111 +188,6 @@ def _boolean(value, path):
   raise _bad(path, value, 'a BOOLEAN')
 
 
-def _micros(fraction):
-  """'1234567' (digits after the point) -> microseconds: BigQuery keeps six."""
-  return int((fraction + '000000')[:6]) if fraction else 0
-
-
-def _date_parts(year, month, day, path, value, what):
-  try:
-    return datetime.date(int(year), int(month), int(day))
-  except ValueError as e:
-    if len(year) > 4 or int(year) == 0:
-      raise _out_of_range(path, value, what + ' (years 0001-9999)')
-    raise Refused('bad_value', path, '%s is not a %s: %s' % (
-        _shown(value), what, e))
-
-
-def _clock(hour, minute, second, fraction, path, value, what):
-  try:
-    return datetime.time(int(hour), int(minute), int(second or 0),
-                         _micros(fraction))
-  except ValueError as e:
-    raise Refused('bad_value', path, '%s is not a %s: %s' % (
-        _shown(value), what, e))
-
-
-
-def _epoch_timestamp(value, path):
-  """Seconds since the epoch (exact decimal arithmetic) -> aware datetime."""
-  if type(value) is float and not math.isfinite(value):  # pylint: disable=unidiomatic-typecheck
-    raise _bad(path, value, 'a TIMESTAMP')
-  try:
-    return datetime_from_epoch(_decimal_of(value))
-  except OverflowError:
-    raise _out_of_range(path, value, 'TIMESTAMP (years 0001-9999)')
-
-
-def _timestamp(value, path):
-  if _is_number(value):
-    return _epoch_timestamp(value, path)
-  match = type(value) is str and _TIMESTAMP_TEXT.fullmatch(value.strip())  # pylint: disable=unidiomatic-typecheck
-  if not match:
-    raise _bad(path, value, 'a TIMESTAMP')
-  year, month, day, hour, minute, second, fraction, zone = match.groups()
-  day_ = _date_parts(year, month, day, path, value, 'TIMESTAMP')
-  clock = _clock(hour or 0, minute or 0, second, fraction, path, value,
-                 'TIMESTAMP')
-  offset = datetime.timedelta(0)
-  if zone and zone.upper() not in ('Z', 'UTC'):
-    digits = zone[1:].replace(':', '')
-    offset = datetime.timedelta(hours=int(digits[:2]),
-                                minutes=int(digits[2:] or 0))
-    if zone[0] == '-':
-      offset = -offset
-  try:
-    return datetime.datetime.combine(day_, clock, tzinfo=UTC) - offset
-  except OverflowError:
-    raise _out_of_range(path, value, 'TIMESTAMP (years 0001-9999)')
-
-
-def _fast_timestamp(value, path):
-  """The common RFC 3339 shapes through the standard library, else the
-  general reader (the same value either way; a test holds them equal)."""
-  if type(value) is str and _COMMON_TIMESTAMP.fullmatch(value):  # pylint: disable=unidiomatic-typecheck
-    try:
-      parsed = datetime.datetime.fromisoformat(value)
-      zone = parsed.tzinfo
-      if zone is UTC:
-        return parsed
-      if zone is None:
-        return parsed.replace(tzinfo=UTC)
-      return parsed.astimezone(UTC)
-    except (ValueError, OverflowError):
-      pass
-  return _timestamp(value, path)
-
-
-def _datetime(value, path):
-  match = type(value) is str and _DATETIME_TEXT.fullmatch(value.strip())  # pylint: disable=unidiomatic-typecheck
-  if not match:
-    raise _bad(path, value, 'a DATETIME')
-  year, month, day, hour, minute, second, fraction = match.groups()
-  return datetime.datetime.combine(
-      _date_parts(year, month, day, path, value, 'DATETIME'),
-      _clock(hour, minute, second, fraction, path, value, 'DATETIME'))
-
-
-def _date_value(value, path):
-  if type(value) is str:  # pylint: disable=unidiomatic-typecheck
-    if _COMMON_DATE.fullmatch(value):
-      try:
-        return datetime.date.fromisoformat(value)
-      except ValueError:
-        pass
-    match = _DATE_TEXT.fullmatch(value.strip())
-    if match:
-      return _date_parts(*match.groups(), path, value, 'DATE')
-  raise _bad(path, value, 'a DATE')
-
-
-def _time_value(value, path):
-  match = type(value) is str and _TIME_TEXT.fullmatch(value.strip())  # pylint: disable=unidiomatic-typecheck
-  if not match:
-    raise _bad(path, value, 'a TIME')
-  return _clock(*match.groups(), path, value, 'TIME')
-
-
 def _string(value, path):
   kind = type(value)
   if kind is str:
@@ -414,9 +294,9 @@ def value_reader(kind):
     return lambda v, path: _decimal(v, path, kind)
   if kind == 'BOOLEAN':
     return lambda v, path: v if type(v) is bool else _boolean(v, path)  # pylint: disable=unidiomatic-typecheck
-  readers = {'FLOAT': _float, 'BYTES': _bytes, 'TIMESTAMP': _fast_timestamp,
-             'DATE': _date_value, 'TIME': _time_value, 'DATETIME': _datetime,
-             'JSON': _json, 'GEOGRAPHY': _geography}
+  from transforms import bigquery_times
+  readers = {'FLOAT': _float, 'BYTES': _bytes, 'JSON': _json,
+             'GEOGRAPHY': _geography, **bigquery_times.READERS}
   if kind in readers:
     return readers[kind]
   raise ValueError('unsupported type %s' % kind)
