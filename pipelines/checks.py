@@ -152,3 +152,29 @@ def check_message_locations(options, opts):
   if not opts.output_table or opts.input_subscription:
     # The local reader keeps delivery counts in the warehouse file too.
     check_local_warehouse('--warehouse', opts.warehouse)
+
+
+CLUSTER_TYPES = ('STRING', 'INTEGER', 'INT64', 'NUMERIC', 'BIGNUMERIC', 'BOOLEAN',
+                 'BOOL', 'DATE', 'DATETIME', 'TIMESTAMP', 'GEOGRAPHY')
+
+
+def check_layout(layout, schema):
+  """One-line errors for a rows table layout its schema cannot have."""
+  by_name = {f.name.lower(): f for f in schema.fields}
+  field = layout.partition_field
+  if field and field != '_PARTITIONTIME':
+    f = by_name.get(field.lower())
+    if f is None or f.type not in ('TIMESTAMP', 'DATE', 'DATETIME') or (
+        f.mode == 'REPEATED'):
+      raise UsageError('--partition_field: %r is not a TIMESTAMP, DATE or '
+                       'DATETIME field of the table (or _PARTITIONTIME)' % field)
+    if f.type == 'DATE' and layout.granularity == 'HOUR':
+      raise UsageError('--partition_granularity: a DATE field has no hours')
+  if len(layout.cluster_fields) > 4:
+    raise UsageError('--cluster_fields: at most 4 fields, not %d' %
+                     len(layout.cluster_fields))
+  for name in layout.cluster_fields:
+    f = by_name.get(name.lower())
+    if f is None or f.mode == 'REPEATED' or f.type not in CLUSTER_TYPES:
+      raise UsageError('--cluster_fields: %r is not a top-level, non-repeated '
+                       'field of a type BigQuery clusters by' % name)

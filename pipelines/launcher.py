@@ -37,8 +37,10 @@ from apache_beam.options.pipeline_options import StandardOptions
 from local_runner import beam_patches
 from local_runner import stream as local_stream
 from pipelines import bigquery_replay
+from pipelines import bigquery_tables
 from pipelines import checks
 from pipelines import emulator_clients
+from pipelines import schema_changes
 from pipelines.errors import PipelineFailed
 from pipelines.errors import UsageError
 from storage import table_specs
@@ -97,6 +99,12 @@ class Job(object):
     self.rendering = _use_render_runner_if_asked(self.options)
     if self.prepares_bigquery:
       _prepare_local_bigquery(self.options, self.destinations)
+    elif (self.on_dataflow and not self.dry_run and self.destinations
+          is not None and not self.destinations.is_local):
+      # Schema changes before the job's first write; Beam creates the
+      # missing tables, with their layout.
+      bigquery_tables.prepare(self.bigquery_client(), self.destinations,
+                              create=False)
     if (self.destinations is not None and not self.destinations.is_local
         and not self.streaming and not self.rendering and not self.dry_run
         and self._reports):
@@ -282,12 +290,19 @@ def _keep_auth_on_loopback():
 
 
 def prepare_local_tables(flag, path, schemas, truncate=False):
-  """Creates the tables of ``schemas`` in a local DuckDB file before a run;
-  a full disk or an I/O error is one line (exit 1)."""
+  """Creates the tables of ``schemas`` in a local DuckDB file before a run,
+  or brings those there up to them (``schema_changes``: a change BigQuery
+  could not make is a one-line UsageError); a full disk or an I/O error is
+  one line (exit 1)."""
   existed = os.path.exists(path)
   try:
+    with DuckDBFiles.use(path, hold_seconds=0) as con:
+      for schema in schemas:
+        schema_changes.evolve_duckdb_table(con, path, schema)
     for schema in schemas:
       duckdb_sink.prepare_duckdb_table(path, schema, truncate=truncate)
+  except UsageError:
+    raise
   except Exception as e:  # pylint: disable=broad-except
     if not existed:  # a file this run began and could not finish
       DuckDBFiles.close(path)
@@ -299,38 +314,16 @@ def prepare_local_tables(flag, path, schemas, truncate=False):
 
 
 def _prepare_local_bigquery(options, destinations):
-  """A local run writing BigQuery ``destinations``: the datasets must exist
-  (as on BigQuery; a one-line error says how to make one), the tables are
-  made now if missing, so that a person can query them from the start, and
-  file loads get a gs:// temp location on the GCS emulator when none is
-  given."""
-  from google.api_core import exceptions
-  from google.cloud import bigquery
+  """A local run writing BigQuery ``destinations``: the tables made now if
+  missing (``bigquery_tables``), so that a person can query them from the
+  start, and file loads given a gs:// temp location on the GCS emulator when
+  none is given."""
   cloud = options.view_as(GoogleCloudOptions)
   if not cloud.project:
     cloud.project = table_specs.parse_table_spec(
         next(iter(destinations)).spec)[0]
-  client = emulator_clients.bigquery_client(cloud.project)
-  for destination in destinations:
-    flag = destination.flag
-    project, dataset, _ = table_specs.parse_table_spec(
-        destination.spec, client.project)
-    try:
-      client.get_dataset('%s.%s' % (project, dataset))
-    except exceptions.NotFound:
-      raise UsageError(
-          '%s: dataset %s:%s does not exist; create it first (bq mk --dataset '
-          '%s:%s, or the Python client\'s create_dataset on the emulator)' % (
-              flag, project, dataset, project, dataset))
-    except Exception as e:  # pylint: disable=broad-except
-      raise UsageError('%s: cannot reach BigQuery: %s' % (
-          flag, str(e).splitlines()[0]))
-  for destination in destinations:
-    client.create_table(bigquery.Table(
-        table_specs.dotted(destination.spec, client.project),
-        schema=[bigquery.SchemaField.from_api_repr(f)
-                for f in destination.schema.bigquery_schema()['fields']]),
-                        exists_ok=True)
+  bigquery_tables.prepare(emulator_clients.bigquery_client(cloud.project),
+                          destinations)
   if not cloud.temp_location and os.environ.get('STORAGE_EMULATOR_HOST'):
     gcs = emulator_clients.storage_client(cloud.project)
     if gcs.lookup_bucket(LOCAL_TEMP_BUCKET) is None:

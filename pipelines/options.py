@@ -10,6 +10,7 @@ from apache_beam.options.pipeline_options import _BeamArgumentParser
 from local_runner import pump
 from pipelines.errors import OneLineErrors
 from pipelines.errors import UsageError
+from pipelines.tables import GRANULARITIES
 from transforms import bigquery_sink
 from transforms import dead_letters
 
@@ -42,6 +43,28 @@ class BigQueryOutputOptions(PipelineOptions):
         help='How rows reach BigQuery. default: file loads for batch, '
         'streaming inserts for streaming. storage_write_api needs a Java '
         'expansion service at pipeline construction.')
+
+
+class TableLayoutOptions(PipelineOptions):
+  """How BigQuery lays out the rows table a pipeline creates."""
+  TITLE = 'BigQuery table layout'
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument(
+        '--partition_field', default=None,
+        help='Partition the rows table this run creates by this TIMESTAMP, '
+        'DATE or DATETIME field, or by ingestion time with _PARTITIONTIME; '
+        '"" for none. Default: the pipeline\'s (user_signin: date). An '
+        'existing table\'s partitioning is checked, not changed.')
+    parser.add_argument(
+        '--partition_granularity', default=None, choices=GRANULARITIES,
+        type=str.upper, help='Partitions of an HOUR, DAY, MONTH or YEAR '
+        '(default DAY).')
+    parser.add_argument(
+        '--cluster_fields', default=None,
+        help='Cluster the rows table by these top-level fields, a,b (at most '
+        '4); "" for none. Default: the pipeline\'s (user_signin: userid).')
 
 
 class MessageSourceOptions(PipelineOptions):

@@ -19,8 +19,10 @@ from pipelines import launcher
 from pipelines import options as pipeline_options
 from pipelines.errors import UsageError
 from pipelines.tables import Destinations
+from pipelines.tables import Layout
 from pipelines.tables import Table
 from pipelines.tables import bigquery_flags
+from pipelines.tables import flag_layout
 from transforms import json_messages
 from transforms import schemas
 from transforms.read_messages import ReadMessages
@@ -59,7 +61,8 @@ class PubsubToBigQueryOptions(PipelineOptions):
 
 
 OPTIONS = [PubsubToBigQueryOptions, pipeline_options.MessageSourceOptions,
-           pipeline_options.BigQueryOutputOptions]
+           pipeline_options.BigQueryOutputOptions,
+           pipeline_options.TableLayoutOptions]
 
 
 def tables_of(schema):
@@ -68,7 +71,7 @@ def tables_of(schema):
       Table('rows', '--output_table', schema),
       Table('dead_letters', '--dead_letter_table',
             schemas.error_records(schema.name + '_error_records'),
-            '_error_records'))
+            '_error_records', Layout('timestamp')))
 
 
 # The flags naming the tables, whatever the schema.
@@ -115,6 +118,7 @@ def check(options, opts):
     if field is None or field.type != 'TIMESTAMP' or field.mode == 'REPEATED':
       raise UsageError('--event_time_field: %r is not a TIMESTAMP field '
                        'of the schema' % opts.event_time_field)
+  checks.check_layout(flag_layout(opts), schema)
   checks.check_message_locations(options, opts)
   return schema
 

@@ -12,6 +12,43 @@ from storage import table_specs
 from transforms.schemas import TableSchema
 
 
+GRANULARITIES = ('HOUR', 'DAY', 'MONTH', 'YEAR')
+INGESTION_TIME = '_PARTITIONTIME'
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """How BigQuery stores a table this project creates: time partitioning
+  (by a TIMESTAMP, DATE or DATETIME field, or ``_PARTITIONTIME``: ingestion
+  time) and clustering. ``explicit``: asked for by flags, so an existing
+  table laid out otherwise is an error (a default is only a warning)."""
+  partition_field: Optional[str] = None
+  granularity: str = 'DAY'
+  cluster_fields: Tuple[str, ...] = ()
+  explicit: bool = False
+
+  def bigquery_parameters(self) -> Dict:
+    """The table's ``timePartitioning`` and ``clustering``, as BigQuery's API
+    (and WriteToBigQuery's ``additional_bq_parameters``) take them."""
+    out = {}
+    if self.partition_field:
+      out['timePartitioning'] = {'type': self.granularity}
+      if self.partition_field != INGESTION_TIME:
+        out['timePartitioning']['field'] = self.partition_field
+    if self.cluster_fields:
+      out['clustering'] = {'fields': list(self.cluster_fields)}
+    return out
+
+  def describe(self) -> str:
+    parts = []
+    if self.partition_field:
+      parts.append('partitioned by %s (%s)' % (self.partition_field,
+                                               self.granularity))
+    if self.cluster_fields:
+      parts.append('clustered by %s' % ', '.join(self.cluster_fields))
+    return ' and '.join(parts) or 'neither partitioned nor clustered'
+
+
 @dataclasses.dataclass(frozen=True)
 class Table:
   """One table of a pipeline."""
@@ -19,6 +56,7 @@ class Table:
   flag: str  # the flag naming it in BigQuery
   schema: TableSchema
   suffix: str = ''  # after --output_table when the flag is not given
+  layout: Layout = Layout()  # in BigQuery, unless the flags say otherwise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +78,10 @@ class Destination:
   def is_local(self) -> bool:
     return table_specs.is_local_warehouse(self.spec)
 
+  @property
+  def layout(self) -> Layout:
+    return self.table.layout
+
 
 class Destinations(object):
   """A pipeline's tables for one run: all in BigQuery (``output_table``, or
@@ -52,6 +94,7 @@ class Destinations(object):
   def of(cls, tables, opts, warehouse: Optional[str] = None):
     """From the flags: BigQuery when --output_table names a BigQuery table,
     else the DuckDB file ``warehouse`` (default: --warehouse)."""
+    tables = tuple(_with_flag_layout(t, opts) for t in tables)
     output = getattr(opts, 'output_table', None)
     if output and not table_specs.is_local_warehouse(output):
       specs = {t.role: getattr(opts, t.flag[2:], None) or output + t.suffix
@@ -92,3 +135,25 @@ class Destinations(object):
 def bigquery_flags(tables) -> Tuple[str, ...]:
   """The flags naming ``tables`` in BigQuery, --output_table first."""
   return tuple(t.flag for t in tables)
+
+
+def flag_layout(opts, default=Layout()) -> Layout:
+  """The rows table's layout from --partition_field, --partition_granularity
+  and --cluster_fields, each defaulting to ``default``'s."""
+  field = getattr(opts, 'partition_field', None)
+  granularity = getattr(opts, 'partition_granularity', None)
+  cluster = getattr(opts, 'cluster_fields', None)
+  if field is None and granularity is None and cluster is None:
+    return default
+  return Layout(
+      default.partition_field if field is None else (field or None),
+      (granularity or default.granularity).upper(),
+      default.cluster_fields if cluster is None else tuple(
+          c.strip() for c in cluster.split(',') if c.strip()),
+      explicit=True)
+
+
+def _with_flag_layout(table, opts):
+  if table.role != 'rows':
+    return table
+  return dataclasses.replace(table, layout=flag_layout(opts, table.layout))

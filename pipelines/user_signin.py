@@ -16,8 +16,10 @@ from pipelines import options as pipeline_options
 from pipelines.errors import PipelineFailed
 from pipelines.errors import UsageError
 from pipelines.tables import Destinations
+from pipelines.tables import Layout
 from pipelines.tables import Table
 from pipelines.tables import bigquery_flags
+from pipelines.tables import flag_layout
 from storage import table_specs
 from storage.duckdb_files import DuckDBFiles
 from transforms import schemas
@@ -29,10 +31,12 @@ from transforms.store import WriteTable
 
 PROG = 'main.py user_signin'
 TABLES = (
-    Table('rows', '--output_table', schemas.SIGNINS),
+    Table('rows', '--output_table', schemas.SIGNINS,
+          layout=Layout('date', 'DAY', ('userid',))),
     Table('dead_letters', '--dead_letter_table', schemas.SIGNIN_ERRORS,
-          '_error_records'),
-    Table('counts', '--counts_table', schemas.SIGNIN_COUNTS, '_counts'),
+          '_error_records', Layout('timestamp')),
+    Table('counts', '--counts_table', schemas.SIGNIN_COUNTS, '_counts',
+          Layout('window_start', 'DAY', ('userid',))),
 )
 # Panes only say when Beam fired: locally the counts are kept with the rows.
 PANE_COLUMNS = ('window_end', 'pane_timing', 'pane_index')
@@ -67,7 +71,8 @@ class SigninOptions(PipelineOptions):
 
 
 OPTIONS = [SigninOptions, pipeline_options.MessageSourceOptions,
-           pipeline_options.BigQueryOutputOptions]
+           pipeline_options.BigQueryOutputOptions,
+           pipeline_options.TableLayoutOptions]
 
 
 def run(argv=None):
@@ -134,6 +139,7 @@ def check(options, opts):
     signin_messages.resolve_timezone(opts.default_timezone)
   except ValueError as e:
     raise UsageError('--default_timezone: %s' % e)
+  checks.check_layout(flag_layout(opts, TABLES[0].layout), schemas.SIGNINS)
   checks.check_message_locations(options, opts)
 
 

@@ -21,11 +21,13 @@ class WriteRowsToBigQuery(beam.PTransform):
   transient errors are retried, a refused row is not. ``on_commit`` (a local
   run's, streaming inserts) hears of the rows BigQuery accepted, in the
   process that inserted them: its ``watch_bigquery_table(table)`` is called
-  before the first insert.
+  before the first insert. ``table_parameters`` (``timePartitioning``,
+  ``clustering``) shape the table when WriteToBigQuery creates it.
   """
   def __init__(self, table, schema, method='default', truncate=False,
-               write_time_column=None, on_commit=None):
+               write_time_column=None, on_commit=None, table_parameters=None):
     super().__init__()
+    self._table_parameters = table_parameters or None
     self._table = table
     self._schema = schema
     self._method = method
@@ -52,6 +54,7 @@ class WriteRowsToBigQuery(beam.PTransform):
                 BigQueryDisposition.WRITE_TRUNCATE if self._truncate else
                 BigQueryDisposition.WRITE_APPEND),
             insert_retry_strategy=RetryStrategy.RETRY_ON_TRANSIENT_ERROR,
+            additional_bq_parameters=self._table_parameters,
             method=self._method.upper()))
     if self._method == 'file_loads' or (
         self._method == 'default' and rows.is_bounded):

@@ -50,7 +50,8 @@ class WriteTable(beam.PTransform):
           write_time_column=self._write_time_column, **options)
     return rows | 'WriteToBigQuery' >> bigquery_sink.WriteRowsToBigQuery(
         spec, schema, self._method, truncate=self._truncate,
-        write_time_column=self._write_time_column, on_commit=self._on_commit)
+        write_time_column=self._write_time_column, on_commit=self._on_commit,
+        table_parameters=self._destination.layout.bigquery_parameters())
 
 
 class StoreRowsAndDeadLetters(beam.PTransform):
