@@ -11,6 +11,7 @@ streaming inserts, uniqueness through the Pub/Sub message ids we publish.
 import collections
 import datetime
 import json
+import os
 import signal
 import time
 import uuid
@@ -19,6 +20,7 @@ import pytest
 from google.cloud import bigquery
 
 from tests.conftest import PROJECT
+from tests.conftest import ROOT
 from tests.conftest import new_dataset
 from tests.conftest import run_main
 from tests.test_user_signin_stream import start_pipeline
@@ -151,10 +153,12 @@ def bigquery_ids(client, dataset):
   return rows, dead
 
 
-def stream_to_bigquery(pubsub, tmp_path, dataset, payloads=None, count=0):
+def stream_to_bigquery(pubsub, tmp_path, dataset, payloads=None, count=0,
+                       after_start=None):
   """main.py user_signin from a new subscription into BigQuery; publishes
   ``payloads`` (or ``count`` sample sign-ins) and waits until the reader has
-  heard BigQuery accept a row or dead letter for each. Returns (pipeline,
+  heard BigQuery accept a row or dead letter for each. ``after_start()`` is
+  called once the stream runs, before publishing. Returns (pipeline,
   published ids, kinds)."""
   from google.cloud import pubsub_v1
   project = pubsub.project
@@ -168,6 +172,9 @@ def stream_to_bigquery(pubsub, tmp_path, dataset, payloads=None, count=0):
       '--warehouse', tmp_path / 'deliveries.duckdb', '--max_message_bytes',
       2048, '--window_seconds', 1, '--allowed_lateness_seconds', 0,
       '--progress_seconds', 0.5, '--status_file', status)
+  if after_start is not None:
+    wait_for_status(status, lambda s: 'messages_in' in s, proc)
+    after_start()
   if payloads is None:
     n, ids, kinds = publish_signins.publish(
         project, topic, count, bad_fraction=0.2, max_message_bytes=2048)
@@ -210,23 +217,36 @@ def test_stream_from_pubsub_to_bigquery(pubsub_emulator, bigquery_emulator,
 
 def test_rows_bigquery_refuses_become_dead_letters(
     pubsub_emulator, bigquery_emulator, tmp_path):
-  """A rows table made earlier with userid INTEGER: BigQuery refuses the
-  non-numeric user ids our validator accepts; they become sink_rejected
-  dead letters with BigQuery's error, and nothing is lost."""
+  """The rows table replaced under a running stream by one with userid
+  INTEGER (at the start that is a one-line error: a type change): BigQuery
+  refuses the non-numeric user ids our validator accepts; they become
+  sink_rejected dead letters with BigQuery's error, and nothing is lost."""
   client = bigquery_emulator
   dataset = new_dataset(client)
-  client.create_table(bigquery.Table(
-      '%s.%s.signins' % (PROJECT, dataset), schema=[
-          bigquery.SchemaField('userid', 'INTEGER'),
-          bigquery.SchemaField('date', 'TIMESTAMP'),
-          bigquery.SchemaField('message_id', 'STRING'),
-          bigquery.SchemaField('publish_time', 'TIMESTAMP'),
-          bigquery.SchemaField('ingested_at', 'TIMESTAMP')]))
+  name = '%s.%s.signins' % (PROJECT, dataset)
+  integer_userid = [
+      bigquery.SchemaField('userid', 'INTEGER'),
+      bigquery.SchemaField('date', 'TIMESTAMP'),
+      bigquery.SchemaField('message_id', 'STRING'),
+      bigquery.SchemaField('publish_time', 'TIMESTAMP'),
+      bigquery.SchemaField('ingested_at', 'TIMESTAMP')]
+  client.create_table(bigquery.Table(name, schema=integer_userid))
+  at_start = run_main('user_signin', '--input_file', os.path.join(
+      ROOT, 'data', 'orders_sample.jsonl'), '--output_table',
+                      '%s:%s.signins' % (PROJECT, dataset))
+  assert at_start.returncode == 2, at_start.stderr
+  assert 'field userid is INTEGER in the table' in at_start.stderr
+  client.delete_table(name)
+
+  def replace_the_table():
+    client.delete_table(name)
+    client.create_table(bigquery.Table(name, schema=integer_userid))
   userids = ['user-%d' % i if i % 4 == 0 else str(1000 + i) for i in range(80)]
   payloads = [json.dumps({'userid': u, 'date': '2017-10-17T20:57:17Z'}).encode()
               for u in userids]
   proc, ids, _ = stream_to_bigquery(
-      pubsub_emulator, tmp_path, dataset, payloads=payloads)
+      pubsub_emulator, tmp_path, dataset, payloads=payloads,
+      after_start=replace_the_table)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=60)
   assert proc.returncode == 0, err
