@@ -73,6 +73,12 @@ def main(argv=None):
       schema, event_time_field='placed_at')
   orders_fn.setup()
   orders_fn.start_bundle()
+  from transforms import udf as udf_lib
+  identity = udf_lib.Udf('identity.py:same', 'def same(order):\n  return order\n')
+  udf_fn = json_messages.ParseJsonMessageFn(
+      schema, event_time_field='placed_at', udf=identity)
+  udf_fn.setup()
+  udf_fn.start_bundle()
   signin_msgs, order_msgs = as_messages(signins), as_messages(orders)
   import msgspec
   import orjson
@@ -95,6 +101,8 @@ def main(argv=None):
       'orders_json': best(lambda: [json.loads(p) for p in orders]),
       'orders_ours': best(lambda: [list(orders_fn.process(m))
                                    for m in order_msgs]),
+      'orders_udf': best(lambda: [list(udf_fn.process(m))
+                                  for m in order_msgs]),
   }
   us = {k: v / n * 1e6 for k, v in results.items()}
   report = '\n'.join([
@@ -107,6 +115,11 @@ def main(argv=None):
       '%.1f us | %.1fx |' % (us['orders_json'], us['orders_ours'],
                              us['orders_ours'] / us['orders_json']),
   ])
+  report += ('\n\nA UDF that returns its input (`--udf`), same orders, same '
+             'run: %.1f us against %.1f us without, %.2fx the parse step '
+             '(goal: at most 1.5x).' % (
+                 us['orders_udf'], us['orders_ours'],
+                 us['orders_udf'] / us['orders_ours']))
   names = list(libraries['signin'])
   report += '\n\nJSON parsers alone, same messages, same run:\n\n' + '\n'.join(
       ['| parser | sign-in | order | exact numbers |', '| --- | ---: | ---: | --- |'] +

@@ -69,6 +69,8 @@ class Progress(object):
     self._last = (now, seen)
     status = {'messages_in': seen, 'rate_per_s': round(rate, 1),
               'elapsed_s': round(now - self._started, 1), 'final': final}
+    if self._run.messages_dropped:
+      status['dropped'] = self._run.messages_dropped
     stored = self.stored()
     if stored is not None:
       status.update(stored)
@@ -105,6 +107,8 @@ def progress_line(status):
                  (' (%s)' % detail if detail else ''))
   elif 'stored_total' in status:
     parts.append('{:,} stored'.format(status['stored_total']))
+  if status.get('dropped'):
+    parts.append('{:,} dropped'.format(status['dropped']))
   parts.append('{:,.0f} msg/s'.format(status.get('rate_per_s', 0)))
   if 'in_flight' in status:
     parts.append('{:,} in flight'.format(status['in_flight']))
@@ -134,6 +138,8 @@ def summary(name, status, warehouse, tables, output_table=None):
   elif 'stored_total' in status:
     lines.append('  stored:       %d  (rows and dead letters BigQuery accepted '
                  'in %s)' % (status['stored_total'], output_table))
+  if status.get('dropped'):
+    lines.append('  dropped:      %d  (the UDF returned None)' % status['dropped'])
   if status.get('in_flight'):
     lines.append('  not acknowledged: %d  (Pub/Sub redelivers them to the next '
                  'run, which stores each once)' % status['in_flight'])

@@ -22,7 +22,7 @@ class Run(object):
   def __init__(self):
     self.id = uuid.uuid4().hex
     self.leases = Leases()
-    self._read = 0
+    self._read = self._dropped = 0
     self._lock = threading.Lock()
 
   def __enter__(self):
@@ -35,14 +35,21 @@ class Run(object):
       _runs.pop(self.id, None)
     beam_patches.forget(AcknowledgeStored(self.id))
 
-  def add_read(self, n):
+  def add_read(self, n, dropped=0):
     with self._lock:
       self._read += n
+      self._dropped += dropped
 
   @property
   def messages_read(self):
     with self._lock:
       return self._read
+
+  @property
+  def messages_dropped(self):
+    """Messages a UDF dropped (neither a row nor a dead letter)."""
+    with self._lock:
+      return self._dropped
 
   def count_read(self):
     """The hook a parse step counts the messages it read with."""
@@ -70,11 +77,12 @@ class _Hook(object):
 
 
 class CountRead(_Hook):
-  """``add(n)``: n more messages read by the run."""
-  def add(self, n):
+  """``add(n, dropped)``: n more messages read by the run, ``dropped`` of
+  them by a UDF."""
+  def add(self, n, dropped=0):
     run = _run(self.run_id)
     if run is not None:
-      run.add_read(n)
+      run.add_read(n, dropped)
 
 
 class AcknowledgeStored(_Hook):

@@ -106,7 +106,8 @@ def check_message_flags(opts, bigquery_flags):
   for flag, value, parse in (
       ('--input_subscription', opts.input_subscription,
        pubsub.parse_subscription),
-      ('--input_topic', opts.input_topic, pubsub.parse_topic)):
+      ('--input_topic', opts.input_topic, pubsub.parse_topic),
+      ('--dead_letter_topic', opts.dead_letter_topic, pubsub.parse_topic)):
     if value:
       try:
         parse(value)

@@ -28,9 +28,11 @@ LOCAL_ONLY = {'log_file', 'warehouse', 'progress_seconds', 'status_file',
 REGEXES = {
     'input_subscription': r'^projects/[^/]+/subscriptions/[^/]+$',
     'input_topic': r'^projects/[^/]+/topics/[^/]+$',
+    'dead_letter_topic': r'^projects/[^/]+/topics/[^/]+$',
     'input': r'^gs://[^/]+/.+$',
     'input_file': r'^gs://[^/]+/.+$',
     'schema': r'^gs://[^/]+/.+$',
+    'udf': r'^gs://[^/]+/.+:[A-Za-z_][A-Za-z0-9_]*$',
     'output': r'^gs://[^/]+/.+$',
 }
 

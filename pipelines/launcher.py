@@ -77,7 +77,7 @@ class Job(object):
     self.dry_run = checks.is_dry_run(options)
     self.rendering = False
     if not self.on_dataflow:
-      _keep_auth_on_loopback()
+      keep_auth_on_loopback()
       _use_emulator_clients(options)
 
   def start(self, destinations=None, parallel=False, truncate=False):
@@ -281,7 +281,7 @@ def _prepare_for_dataflow(options):
       checks.check_gcs_location(flag, value)
 
 
-def _keep_auth_on_loopback():
+def keep_auth_on_loopback():
   """Google auth probes a link-local metadata server; send it to loopback
   instead when nothing says otherwise (local runs and tests)."""
   os.environ.setdefault('NO_GCE_CHECK', 'true')

@@ -101,6 +101,12 @@ def add_source_flags(parser):
       help='BigQuery table for dead letters (default: --output_table with '
       'suffix _error_records, as Google\'s Pub/Sub-to-BigQuery template).')
   parser.add_argument(
+      '--dead_letter_topic', default=None,
+      help='Also publish every dead letter to this Pub/Sub topic, '
+      'projects/P/topics/T (payload, and attributes dead_letter_reason, '
+      'dead_letter_field, original_message_id, error_message), before its '
+      'table has it: for alerting and other consumers.')
+  parser.add_argument(
       '--max_message_bytes', type=int,
       default=dead_letters.MAX_MESSAGE_BYTES,
       help='Larger payloads become too_large dead letters (a prefix kept).')

@@ -25,6 +25,7 @@ from pipelines.tables import bigquery_flags
 from pipelines.tables import flag_layout
 from transforms import json_messages
 from transforms import schemas
+from transforms import udf
 from transforms.read_messages import ReadMessages
 from transforms.store import StoreRowsAndDeadLetters
 
@@ -53,6 +54,12 @@ class PubsubToBigQueryOptions(PipelineOptions):
         '--event_time_field', default=None,
         help='A TIMESTAMP field of the schema that sets each row\'s event '
         'time (default: the publish time).')
+    parser.add_argument(
+        '--udf', default=None,
+        help='FILE.py:function (local or gs://) applied to each message\'s '
+        'JSON object before the schema check: it returns an object, a list '
+        'of objects (several rows) or None (dropped, counted); an exception '
+        'is a udf_error dead letter. Its source travels with the job.')
     parser.add_argument(
         '--message_id_column', default=True,
         type=lambda v: str(v).lower() not in ('false', '0', 'no'),
@@ -85,31 +92,35 @@ def run(argv=None):
   opts = pipeline_options.flag_values(options)
   job = launcher.Job('pubsub_to_bigquery', options, argv,
                      streaming=not opts.input_file, reports_messages=True)
-  schema = check(options, opts)
+  schema, function = check(options, opts)
   with job.start(Destinations.of(tables_of(schema), opts)):
     pipeline = job.pipeline()
     messages = pipeline | 'ReadMessages' >> ReadMessages.from_flags(
         opts, job.local_reader(opts))
     build(messages, opts, schema, job.destinations,
-          count_read=job.count_read, on_commit=job.acknowledge_stored)
+          count_read=job.count_read, on_commit=job.acknowledge_stored,
+          udf=function)
     return job.run(pipeline)
 
 
 def build(messages, opts, schema, destinations, count_read=None,
-          on_commit=None):
-  """Messages -> rows of ``schema`` and dead letters, stored. ``count_read``
-  and ``on_commit`` are a local run's hooks."""
+          on_commit=None, udf=None):
+  """Messages -> rows of ``schema`` (through ``udf`` first, if given) and
+  dead letters, stored. ``count_read`` and ``on_commit`` are a local run's
+  hooks."""
   parsed = messages | 'ParseMessages' >> json_messages.ParseJsonMessages(
       schema, opts.unknown_fields, opts.event_time_field,
-      opts.max_message_bytes, count_read=count_read)
+      opts.max_message_bytes, count_read=count_read, udf=udf)
   _ = ((parsed.rows, parsed.dead_letters)
        | 'StoreRowsAndDeadLetters' >> StoreRowsAndDeadLetters(
            destinations['rows'], destinations['dead_letters'],
-           opts.bigquery_method, on_commit=on_commit))
+           opts.bigquery_method, on_commit=on_commit,
+           dead_letter_topic=opts.dead_letter_topic))
 
 
 def check(options, opts):
-  """One-line errors, before any work; returns the table's schema."""
+  """One-line errors, before any work; returns the table's schema and the
+  UDF (or None)."""
   checks.check_message_flags(opts, TABLE_FLAGS)
   schema = load_schema(opts, options)
   if opts.event_time_field:
@@ -120,7 +131,23 @@ def check(options, opts):
                        'of the schema' % opts.event_time_field)
   checks.check_layout(flag_layout(opts), schema)
   checks.check_message_locations(options, opts)
-  return schema
+  return schema, load_udf(opts, options)
+
+
+def load_udf(opts, options):
+  """--udf's source, read now (local or gs://): it travels with the job."""
+  if not opts.udf:
+    return None
+  from apache_beam.io.filesystems import FileSystems
+  FileSystems.set_options(options)
+
+  def read(path):
+    with FileSystems.open(path) as f:
+      return f.read()
+  try:
+    return udf.Udf.load(opts.udf, read)
+  except ValueError as e:
+    raise UsageError('--udf: %s' % e)
 
 
 def load_schema(opts, options):

@@ -33,6 +33,10 @@ ENTRIES = (
           'streaming: any JSON event from Pub/Sub (or JSON lines) -> rows of '
           'the BigQuery schema you give, dead letters naming reason and field',
           template_required=frozenset({'output_table', 'schema'})),
+    Entry('redrive', 'pipelines.redrive',
+          'stored dead letters through the current parse (a fixed schema or '
+          'UDF): those that pass become rows, marked redriven',
+          template=False),
     Entry('query', 'pipelines.query',
           'SQL on the local DuckDB warehouse, also while a stream writes it',
           template=False),

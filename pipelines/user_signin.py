@@ -112,6 +112,7 @@ def build(messages, opts, destinations, count_read=None, on_commit=None,
            destinations['rows'], destinations['dead_letters'],
            opts.bigquery_method, on_commit=on_commit,
            write_time_column='ingested_at',
+           dead_letter_topic=opts.dead_letter_topic,
            rows_duckdb_options={
                'with_inserted': signin_counts.CountsWithTheRows(
                    opts.window_seconds, schemas.SIGNIN_COUNTS.name)}))

@@ -150,24 +150,28 @@ def refused_row_dead_letter(
 class ParseMessageFn(beam.DoFn):
   """The frame of a parse step: counts rows and dead letters by reason
   (Beam metrics, per bundle) and, on a local run, the messages read
-  (``count_read.add(n)``, per bundle: the local runner's metrics are wrong).
+  (``count_read.add(n, dropped)``, per bundle: the local runner's metrics
+  are wrong), and the messages a UDF dropped.
   A subclass's ``process`` yields a row, or ``self.dead(...)``."""
   def __init__(self, namespace, reasons_, count_read=None):
     self._count_read = count_read
     self.rows = Metrics.counter(namespace, 'rows')
+    self.dropped = Metrics.counter(namespace, 'dropped')  # by a UDF
     self.counters = {r: Metrics.counter(namespace, 'dead_letter_' + r)
                      for r in reasons_}
 
   def setup(self):
-    self._seen = self._rows = 0
+    self._seen = self._rows = self._dropped = 0
 
   def start_bundle(self):
-    self._seen = self._rows = 0
+    self._seen = self._rows = self._dropped = 0
 
   def finish_bundle(self):
     if self._count_read is not None:
-      self._count_read.add(self._seen)  # a lock per bundle
+      self._count_read.add(self._seen, self._dropped)  # a lock per bundle
     self.rows.inc(self._rows)  # a counter update costs ~0.5 us
+    if self._dropped:
+      self.dropped.inc(self._dropped)
 
   def dead(self, message, reason, error, stacktrace=None, **extra):
     """The dead letter of ``message``, on the DEAD_LETTERS output."""

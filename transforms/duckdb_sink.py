@@ -113,54 +113,64 @@ class _InsertIntoDuckDB(beam.DoFn):
       self._on_commit(rows)
 
   def _insert(self, con, rows):
-    key = self._schema.primary_key
-    if key:  # one row per key: the first (keep) or the last (replace)
-      unique = {}
-      for row in rows:
-        k = tuple(row.get(k) for k in key)
-        if self._replace or self._update_only or k not in unique:
-          unique[k] = row
-      rows = list(unique.values())
-    names = self._schema.column_names
     constants = dict(self._constants)
     if self._write_time_column:
       constants[self._write_time_column] = datetime.datetime.now(
           datetime.timezone.utc)
-    data = self._schema.to_arrow_table(rows, constants=constants or None)
-    columns = ', '.join('"%s"' % n for n in names)
-    if self._update_only:
-      verb, tail = 'INSERT', ' ON CONFLICT (%s) DO UPDATE SET %s' % (
-          ', '.join('"%s"' % k for k in key), ', '.join(
-              '"%s" = excluded."%s"' % (c, c) for c in self._update_only))
-    elif key and self._replace:
-      verb, tail = 'INSERT OR REPLACE', ''
-    elif key:
-      verb, tail = 'INSERT', ' ON CONFLICT DO NOTHING'
+    insert_rows(con, self._table, self._schema, rows, replace=self._replace,
+                update_only=self._update_only, constants=constants,
+                with_inserted=self._with_inserted)
+
+
+def insert_rows(con, table, schema, rows, replace=False, update_only=(),
+                constants=None, with_inserted=None):
+  """One bulk insert of ``rows`` into ``table`` (see WriteToDuckDB for
+  ``replace``, ``update_only`` and ``with_inserted``; ``constants``
+  {column: value} fill a column for every row)."""
+  key = schema.primary_key
+  if key:  # one row per key: the first (keep) or the last (replace)
+    unique = {}
+    for row in rows:
+      k = tuple(row.get(k) for k in key)
+      if replace or update_only or k not in unique:
+        unique[k] = row
+    rows = list(unique.values())
+  names = schema.column_names
+  data = schema.to_arrow_table(rows, constants=constants or None)
+  columns = ', '.join('"%s"' % n for n in names)
+  if update_only:
+    verb, tail = 'INSERT', ' ON CONFLICT (%s) DO UPDATE SET %s' % (
+        ', '.join('"%s"' % k for k in key), ', '.join(
+            '"%s" = excluded."%s"' % (c, c) for c in update_only))
+  elif key and replace:
+    verb, tail = 'INSERT OR REPLACE', ''
+  elif key:
+    verb, tail = 'INSERT', ' ON CONFLICT DO NOTHING'
+  else:
+    verb, tail = 'INSERT', ''
+  returning = with_inserted is not None and key and not (
+      replace or update_only)
+  if returning:
+    tail += ' RETURNING %s' % ', '.join('"%s"' % k for k in key)
+  con.register('_incoming_rows', data)
+  try:
+    if returning:  # the rows and what is derived from them, atomically
+      con.execute('BEGIN TRANSACTION')
+      try:
+        new = {tuple(r) for r in con.execute(
+            '%s INTO "%s" (%s) SELECT %s FROM _incoming_rows%s' % (
+                verb, table, columns, columns, tail)).fetchall()}
+        with_inserted(con, [
+            r for r in rows if tuple(r.get(k) for k in key) in new])
+        con.execute('COMMIT')
+      except BaseException:
+        _rollback(con)
+        raise
     else:
-      verb, tail = 'INSERT', ''
-    returning = self._with_inserted is not None and key and not (
-        self._replace or self._update_only)
-    if returning:
-      tail += ' RETURNING %s' % ', '.join('"%s"' % k for k in key)
-    con.register('_incoming_rows', data)
-    try:
-      if returning:  # the rows and what is derived from them, atomically
-        con.execute('BEGIN TRANSACTION')
-        try:
-          new = {tuple(r) for r in con.execute(
-              '%s INTO "%s" (%s) SELECT %s FROM _incoming_rows%s' % (
-                  verb, self._table, columns, columns, tail)).fetchall()}
-          self._with_inserted(con, [
-              r for r in rows if tuple(r.get(k) for k in key) in new])
-          con.execute('COMMIT')
-        except BaseException:
-          _rollback(con)
-          raise
-      else:
-        con.execute('%s INTO "%s" (%s) SELECT %s FROM _incoming_rows%s' % (
-            verb, self._table, columns, columns, tail))
-    finally:
-      con.unregister('_incoming_rows')
+      con.execute('%s INTO "%s" (%s) SELECT %s FROM _incoming_rows%s' % (
+          verb, table, columns, columns, tail))
+  finally:
+    con.unregister('_incoming_rows')
 
 
 def _rollback(con):

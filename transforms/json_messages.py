@@ -16,17 +16,19 @@ from apache_beam.io.gcp.pubsub import PubsubMessage
 from transforms import dead_letters
 from transforms import event_time
 from transforms import json_rows
+from transforms import udf
 
 DEAD_LETTERS = dead_letters.DEAD_LETTERS
-REASONS = dead_letters.reasons(*json_rows.REASONS)
+REASONS = dead_letters.reasons(*json_rows.REASONS, 'udf_error')
 
 
 class ParseJsonMessageFn(dead_letters.ParseMessageFn):
   """One message in, one row (main output) or one dead letter out."""
   def __init__(self, schema, unknown_fields='ignore', event_time_field=None,
                max_message_bytes=dead_letters.MAX_MESSAGE_BYTES,
-               namespace='pubsub_to_bigquery', count_read=None):
+               namespace='pubsub_to_bigquery', count_read=None, udf=None):
     super().__init__(namespace, REASONS, count_read)
+    self._udf = udf
     self._schema = schema
     self._unknown = unknown_fields
     self._event_time_field = event_time_field
@@ -37,10 +39,14 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
   def setup(self):
     super().setup()
     self._convert = json_rows.RowConverter(self._data_fields, self._unknown)
+    self._udf_function = self._udf.function() if self._udf else None
 
   def process(self, message: PubsubMessage,
               timestamp=beam.DoFn.TimestampParam) -> Iterable[dead_letters.Row]:
     self._seen += 1
+    if self._udf_function is not None:
+      yield from self._through_udf(message, timestamp)
+      return
     try:
       payload, checked = dead_letters.decode_object(message, self._max_bytes)
       row = self._convert(payload)
@@ -61,12 +67,55 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
     if self._with_id:
       row['message_id'] = message.message_id
     self._rows += 1
+    yield self._stamped(row, message, timestamp)
+
+  def _stamped(self, row, message, timestamp):
     when = row.get(self._event_time_field) if self._event_time_field else (
         dead_letters.publish_time(message))
     if isinstance(when, datetime.datetime):
-      yield event_time.stamped(row, when)
-    else:  # no event time (a file replay without the field): the input's
-      yield beam.window.TimestampedValue(row, timestamp)
+      return event_time.stamped(row, when)
+    # No event time (a file replay without the field): the input's.
+    return beam.window.TimestampedValue(row, timestamp)
+
+  def _through_udf(self, message, timestamp):
+    """The UDF's objects (none: dropped) as rows, all or none of them: one
+    refused object makes the message a dead letter. Several rows of one
+    message have ids ``ID#0``, ``ID#1``, ... (stable: replays add nothing)."""
+    try:
+      payload, checked = dead_letters.decode_object(message, self._max_bytes)
+    except dead_letters.Invalid as e:
+      yield self.dead(message, e.reason, e, field=None)
+      return
+    try:
+      objects = udf.objects(self._udf_function(payload))
+    except Exception as e:  # pylint: disable=broad-except
+      yield self.dead(message, 'udf_error', '%s: %s' % (type(e).__name__, e),
+                      traceback.format_exc(), field=None)
+      return
+    if not objects:
+      self._dropped += 1
+      return
+    try:
+      rows = []
+      for obj in objects:
+        row = self._convert(obj)
+        unencodable = None if checked else json_rows.first_unencodable(row)
+        if unencodable is not None:
+          raise json_rows.surrogate_refusal(unencodable)
+        rows.append(row)
+    except json_rows.Refused as e:
+      yield self.dead(message, e.reason, e, field=e.path)
+      return
+    except Exception as e:  # pylint: disable=broad-except
+      yield self.dead(message, 'internal_error', e, traceback.format_exc(),
+                      field=None)
+      return
+    for i, row in enumerate(rows):
+      if self._with_id:
+        row['message_id'] = message.message_id if len(rows) == 1 else (
+            '%s#%d' % (message.message_id, i))
+      self._rows += 1
+      yield self._stamped(row, message, timestamp)
 
 
 class ParseJsonMessages(dead_letters.ParseMessages):
@@ -74,7 +123,7 @@ class ParseJsonMessages(dead_letters.ParseMessages):
   ``count_read`` (a local run's) hears how many messages were read."""
   def __init__(self, schema, unknown_fields='ignore', event_time_field=None,
                max_message_bytes=dead_letters.MAX_MESSAGE_BYTES,
-               count_read=None):
+               count_read=None, udf=None):
     super().__init__(ParseJsonMessageFn(
         schema, unknown_fields, event_time_field, max_message_bytes,
-        count_read=count_read))
+        count_read=count_read, udf=udf))

@@ -274,6 +274,8 @@ SIGNIN_ERRORS = TableSchema(
               'Traceback, for unexpected errors only.'),
         Field('message_id', 'STRING', 'NULLABLE', 'As in signins.'),
         Field('reason', 'STRING', 'REQUIRED', 'Stable reason code.'),
+        Field('redriven_at', 'TIMESTAMP', 'NULLABLE',
+              'When `main.py redrive` made it a row; null while it is not.'),
     ),
     primary_key=('message_id',),
     description='Dead letters: every sign-in message that is not a row.')

@@ -15,6 +15,7 @@ import apache_beam as beam
 
 from storage import table_specs
 from transforms import bigquery_sink
+from transforms import dead_letter_topic
 from transforms import dead_letters
 from transforms import duckdb_sink
 
@@ -55,12 +56,14 @@ class WriteTable(beam.PTransform):
 
 
 class StoreRowsAndDeadLetters(beam.PTransform):
-  """(rows, dead letters) -> their tables; returns every dead letter stored
-  or tried (the parse step's and the warehouse's refusals)."""
+  """(rows, dead letters) -> their tables (and the dead letters to
+  ``dead_letter_topic`` first, when given); returns every dead letter
+  stored or tried (the parse step's and the warehouse's refusals)."""
   def __init__(self, rows_to, dead_letters_to, bigquery_method='default',
                on_commit=None, write_time_column=None,
-               rows_duckdb_options=None):
+               rows_duckdb_options=None, dead_letter_topic=None):
     super().__init__()
+    self._topic = dead_letter_topic
     self._rows_to = rows_to
     self._dead_letters_to = dead_letters_to
     self._method = bigquery_method
@@ -79,7 +82,11 @@ class StoreRowsAndDeadLetters(beam.PTransform):
         | 'RefusedRowsToDeadLetters' >> beam.Map(
             dead_letters.refused_row_dead_letter))
     all_dead = (dead, refused_dead) | 'AllDeadLetters' >> beam.Flatten()
-    lost = all_dead | 'WriteDeadLetters' >> WriteTable(
+    to_table = all_dead
+    if self._topic:  # the topic first: the table (and the ack) after it
+      to_table = all_dead | 'PublishDeadLetters' >> (
+          dead_letter_topic.PublishDeadLetters(self._topic))
+    lost = to_table | 'WriteDeadLetters' >> WriteTable(
         self._dead_letters_to, self._method, on_commit=self._on_commit)
     _ = lost | 'LogRefusedDeadLetters' >> beam.Map(_log_refused_dead_letter)
     return all_dead
