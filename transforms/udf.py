@@ -77,13 +77,37 @@ def objects(result):
                   'None' % type(result).__name__)
 
 
+_DECIMAL = decimal.Decimal
+_CONTAINERS = (dict, list, tuple)
+
+
 def _exact(value):
   """Decimals the function computed -> their exact text, as a JSON number
-  arrives; containers walked."""
-  if isinstance(value, decimal.Decimal):
+  arrives; tuples -> lists. What holds none is returned as it is, uncopied
+  (an identity UDF costs a walk, not a copy)."""
+  kind = type(value)
+  if kind is dict:
+    changed = None
+    for key, item in value.items():
+      if type(item) in _CONTAINERS or isinstance(item, _DECIMAL):
+        new = _exact(item)
+        if new is not item:
+          if changed is None:
+            changed = dict(value)
+          changed[key] = new
+    return value if changed is None else changed
+  if kind is list or kind is tuple:
+    changed = None
+    for i, item in enumerate(value):
+      if type(item) in _CONTAINERS or isinstance(item, _DECIMAL):
+        new = _exact(item)
+        if new is not item:
+          if changed is None:
+            changed = list(value)
+          changed[i] = new
+    if changed is None:
+      return value if kind is list else list(value)
+    return changed
+  if isinstance(value, _DECIMAL):
     return Number(str(value))
-  if isinstance(value, dict):
-    return {k: _exact(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_exact(v) for v in value]
   return value
