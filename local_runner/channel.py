@@ -49,7 +49,8 @@ class PubsubMessageProtoCoder(coders.Coder):
   def encode(self, message):
     proto = self._proto_class()(
         data=message.data or b'', attributes=message.attributes or {},
-        message_id=message.message_id or '')
+        message_id=message.message_id or '',
+        ordering_key=getattr(message, 'ordering_key', None) or '')
     if message.publish_time is not None:
       proto.publish_time.FromDatetime(message.publish_time)
     return proto.SerializeToString()
@@ -64,7 +65,8 @@ class PubsubMessageProtoCoder(coders.Coder):
           seconds=published.seconds, microseconds=published.nanos // 1000)
     return PubsubMessage(proto.data, dict(proto.attributes),
                          message_id=proto.message_id or None,
-                         publish_time=publish_time)
+                         publish_time=publish_time,
+                         ordering_key=proto.ordering_key)
 
   def is_deterministic(self):
     return True

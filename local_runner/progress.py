@@ -20,7 +20,9 @@ class Progress(object):
   ``tables`` ({'rows': .., 'dead_letters': .., optionally 'counts': ..}) name
   the local tables (None when they are in BigQuery); ``pump`` is the run's
   reader, if any."""
-  def __init__(self, run, warehouse, tables, status_file=None, pump=None):
+  def __init__(self, run, warehouse, tables, status_file=None, pump=None,
+               input_total=None):
+    self._input_total = input_total  # a replay's (files, bytes)
     self._run = run
     self._warehouse = warehouse
     self._tables = tables
@@ -60,6 +62,18 @@ class Progress(object):
       self._stored['count_rows'] = windows[0][0] if windows else 0
     return self._stored
 
+  def _replay_progress(self, now):
+    """Files and bytes of a replay done of its total, and the time left at
+    the rate so far."""
+    files, size = self._run.files_done
+    total_files, total_bytes = self._input_total
+    out = {'files_done': files, 'files_total': total_files,
+           'bytes_done': size, 'bytes_total': total_bytes}
+    elapsed = now - self._started
+    if size and total_bytes > size:
+      out['time_left_s'] = round(elapsed * (total_bytes - size) / size, 1)
+    return out
+
   def report(self, final=False):
     """Logs one progress line, writes the status file; returns the status."""
     now = time.monotonic()
@@ -71,6 +85,8 @@ class Progress(object):
               'elapsed_s': round(now - self._started, 1), 'final': final}
     if self._run.messages_dropped:
       status['dropped'] = self._run.messages_dropped
+    if self._input_total:
+      status.update(self._replay_progress(now))
     stored = self.stored()
     if stored is not None:
       status.update(stored)
@@ -110,6 +126,13 @@ def progress_line(status):
   if status.get('dropped'):
     parts.append('{:,} dropped'.format(status['dropped']))
   parts.append('{:,.0f} msg/s'.format(status.get('rate_per_s', 0)))
+  if 'files_total' in status:
+    parts.append('files %d/%d (%.0f%% of %s)' % (
+        status['files_done'], status['files_total'],
+        100.0 * status['bytes_done'] / max(status['bytes_total'], 1),
+        _size(status['bytes_total'])))
+    if 'time_left_s' in status:
+      parts.append('%.0f s left' % status['time_left_s'])
   if 'in_flight' in status:
     parts.append('{:,} in flight'.format(status['in_flight']))
     parts.append('lag %.2f s' % status.get('lag_s', 0))
@@ -122,10 +145,22 @@ def progress_line(status):
   return '  '.join(parts)
 
 
+def _size(n):
+  for unit in ('B', 'KB', 'MB', 'GB'):
+    if n < 1024 or unit == 'GB':
+      return ('%d %s' if unit == 'B' else '%.1f %s') % (n, unit)
+    n /= 1024.0
+  return '%d B' % n
+
+
 def summary(name, status, warehouse, tables, output_table=None):
   """The end-of-run lines."""
-  lines = ['%s: %d messages read in %.1f s' % (
-      name, status['messages_in'], status['elapsed_s'])]
+  lines = ['%s: %d messages read in %.1f s%s' % (
+      name, status['messages_in'], status['elapsed_s'],
+      ' (%d files, %s; %.0f msgs/s)' % (
+          status['files_total'], _size(status['bytes_total']),
+          status['messages_in'] / max(status['elapsed_s'], 0.1))
+      if 'files_total' in status else '')]
   if 'rows' in status:
     lines.append('  rows:         %d  (%s, table %s)' % (
         status['rows'], warehouse, tables['rows']))
@@ -136,8 +171,8 @@ def summary(name, status, warehouse, tables, output_table=None):
       lines.append('  count rows:   %d  (table %s)' % (
           status['count_rows'], tables['counts']))
   elif 'stored_total' in status:
-    lines.append('  stored:       %d  (rows and dead letters BigQuery accepted '
-                 'in %s)' % (status['stored_total'], output_table))
+    lines.append('  stored:       %d  (and acknowledged: in %s)' % (
+        status['stored_total'], output_table))
   if status.get('dropped'):
     lines.append('  dropped:      %d  (the UDF returned None)' % status['dropped'])
   if status.get('in_flight'):

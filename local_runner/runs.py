@@ -23,6 +23,7 @@ class Run(object):
     self.id = uuid.uuid4().hex
     self.leases = Leases()
     self._read = self._dropped = 0
+    self._files = self._bytes = 0
     self._lock = threading.Lock()
 
   def __enter__(self):
@@ -44,6 +45,17 @@ class Run(object):
   def messages_read(self):
     with self._lock:
       return self._read
+
+  def add_file(self, size):
+    with self._lock:
+      self._files += 1
+      self._bytes += size
+
+  @property
+  def files_done(self):
+    """(files, bytes) of a replay read to their end."""
+    with self._lock:
+      return self._files, self._bytes
 
   @property
   def messages_dropped(self):
@@ -83,6 +95,12 @@ class CountRead(_Hook):
     run = _run(self.run_id)
     if run is not None:
       run.add_read(n, dropped)
+
+  def file_done(self, size):
+    """A replayed file read to its end (``size`` bytes)."""
+    run = _run(self.run_id)
+    if run is not None:
+      run.add_file(size)
 
 
 class AcknowledgeStored(_Hook):

@@ -51,7 +51,9 @@ class LocalRun(object):
   its local tables for progress ({'rows', 'dead_letters'[, 'counts']}; no
   warehouse when they are in BigQuery, then ``output_table`` names it)."""
   def __init__(self, name, warehouse=None, tables=None, output_table=None,
-               status_file=None, progress_seconds=5, drain_seconds=10):
+               status_file=None, progress_seconds=5, drain_seconds=10,
+               input_total=None):
+    self._input_total = input_total  # a replay's (files, bytes)
     self._name = name
     self._warehouse = warehouse
     self._tables = tables or {}
@@ -123,13 +125,26 @@ class LocalRun(object):
   def _start_progress(self):
     self._progress = progress.Progress(
         self._run, self._warehouse if self._tables else None, self._tables,
-        self._status_file, self._pump)
+        self._status_file, self._pump, self._input_total)
 
   def run_batch(self, pipeline):
-    """Runs a bounded pipeline to its end; prints its summary."""
+    """Runs a bounded pipeline to its end, with progress lines while it
+    runs (a replay of days of archive is long); prints its summary."""
     self._start_progress()
-    result = pipeline.run()
-    result.wait_until_finish()
+    done = threading.Event()
+
+    def report_while_running():
+      while not done.wait(self._progress_seconds):
+        self._progress.report(False)
+    reporter = threading.Thread(target=report_while_running, daemon=True,
+                                name='replay-progress')
+    reporter.start()
+    try:
+      result = pipeline.run()
+      result.wait_until_finish()
+    finally:
+      done.set()
+      reporter.join()
     print(self.summary(self._progress.report(final=True)))
     return result
 

@@ -34,6 +34,7 @@ REGEXES = {
     'schema': r'^gs://[^/]+/.+$',
     'udf': r'^gs://[^/]+/.+:[A-Za-z_][A-Za-z0-9_]*$',
     'output': r'^gs://[^/]+/.+$',
+    'output_directory': r'^gs://[^/]+(/.*)?$',
 }
 
 

@@ -70,6 +70,7 @@ class Job(object):
     self._argv = argv
     self._reports = reports_messages
     self._parallel = self._truncate = False
+    self._output = None
     self._staged = []
     self._local_run = None
     options.view_as(StandardOptions).streaming = streaming
@@ -80,11 +81,14 @@ class Job(object):
       keep_auth_on_loopback()
       _use_emulator_clients(options)
 
-  def start(self, destinations=None, parallel=False, truncate=False):
-    """What the run writes (``tables.Destinations``, or None) and how:
-    ``parallel``, a large batch worth local worker processes; ``truncate``,
-    tables emptied first. Use as ``with job.start(...):``."""
+  def start(self, destinations=None, parallel=False, truncate=False,
+            output=None):
+    """What the run writes (``tables.Destinations``, or None; ``output``
+    names another kind of output for the summary) and how: ``parallel``, a
+    large batch worth local worker processes; ``truncate``, tables emptied
+    first. Use as ``with job.start(...):``."""
     self.destinations = destinations
+    self._output = output
     self._parallel = parallel
     self._truncate = truncate
     return self
@@ -151,10 +155,19 @@ class Job(object):
         warehouse=opts.get('warehouse') if self._reports else None,
         tables=self.destinations.local_names() if (
             local and self._reports) else None,
-        output_table=opts.get('output_table'),
+        output_table=self._output or opts.get('output_table'),
         status_file=opts.get('status_file'),
         progress_seconds=opts.get('progress_seconds') or 5,
-        drain_seconds=opts.get('drain_seconds', 10))
+        drain_seconds=opts.get('drain_seconds', 10),
+        input_total=self._input_total(opts))
+
+  def _input_total(self, opts):
+    """A local replay's (files, bytes), for its progress."""
+    if self.streaming or not opts.get('input_file') or not self._reports:
+      return None
+    matched = checks.match_input_files('--input_file', opts['input_file'],
+                                       self.options)
+    return len(matched), sum(m.size_in_bytes for m in matched)
 
   # -- what the graph takes from the job -------------------------------------
   def pipeline(self):
@@ -163,6 +176,11 @@ class Job(object):
   @property
   def count_read(self):
     """The parse step's counter of messages read (local runs), or None."""
+    return self._local_run.count_read if self._local_run else None
+
+  @property
+  def count_files(self):
+    """The replay reader's counter of files done (local runs), or None."""
     return self._local_run.count_read if self._local_run else None
 
   @property
@@ -176,13 +194,14 @@ class Job(object):
     if not (self.streaming and self._local_run and opts.input_subscription
             and opts.local_pubsub_reader == 'ack_after_commit'):
       return None
-    if opts.output_table and opts.bigquery_method not in (
+    output_table = getattr(opts, 'output_table', None)
+    if output_table and opts.bigquery_method not in (
         'default', 'streaming_inserts'):
       raise UsageError(
           '--local_pubsub_reader ack_after_commit acknowledges what BigQuery '
           'accepted through streaming inserts; with --bigquery_method %s use '
           '--local_pubsub_reader beam' % opts.bigquery_method)
-    if opts.output_table and not beam_patches.enabled():
+    if output_table and not beam_patches.enabled():
       raise UsageError(
           '--local_pubsub_reader ack_after_commit hears what BigQuery '
           'accepted through a change to Beam\'s internals, off on this Beam; '

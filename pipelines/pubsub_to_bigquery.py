@@ -96,7 +96,7 @@ def run(argv=None):
   with job.start(Destinations.of(tables_of(schema), opts)):
     pipeline = job.pipeline()
     messages = pipeline | 'ReadMessages' >> ReadMessages.from_flags(
-        opts, job.local_reader(opts))
+        opts, job.local_reader(opts), job.count_files)
     build(messages, opts, schema, job.destinations,
           count_read=job.count_read, on_commit=job.acknowledge_stored,
           udf=function)

@@ -33,6 +33,10 @@ ENTRIES = (
           'streaming: any JSON event from Pub/Sub (or JSON lines) -> rows of '
           'the BigQuery schema you give, dead letters naming reason and field',
           template_required=frozenset({'output_table', 'schema'})),
+    Entry('pubsub_to_gcs', 'pipelines.pubsub_to_gcs',
+          'streaming: Pub/Sub -> an archive of windowed Avro, Parquet or JSON '
+          'files on GCS (or local), every message kept exactly; replay it',
+          template_required=frozenset({'output_directory'})),
     Entry('redrive', 'pipelines.redrive',
           'stored dead letters through the current parse (a fixed schema or '
           'UDF): those that pass become rows, marked redriven',

@@ -92,7 +92,7 @@ def run(argv=None):
                              destinations)  # the final tables, not staging
     pipeline = job.pipeline()
     messages = pipeline | 'ReadMessages' >> ReadMessages.from_flags(
-        opts, job.local_reader(opts))
+        opts, job.local_reader(opts), job.count_files)
     build(messages, opts, job.destinations, count_read=job.count_read,
           on_commit=job.acknowledge_stored, on_dataflow=job.on_dataflow)
     return job.run(pipeline)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+from tools import emulators
 from tools import publish_signins
 from tools import status as status_file
 from storage.duckdb_files import wait_to_read
@@ -89,11 +90,68 @@ def show_tables(tables):
     print('  id %s  %s: %s\n      payload %r' % row)
 
 
-def run_stream(tables, project, topic, sub, count, timeout, status_path):
-  """One stream into ``tables``; returns True when every message is stored."""
+def start_archive(project, topic, directory, status_path):
+  """pubsub_to_gcs on a second subscription of ``topic``, into
+  ``directory`` (the GCS emulator); returns the process."""
+  from google.cloud import pubsub_v1
+  subscriber = pubsub_v1.SubscriberClient()
+  sub = subscriber.subscription_path(project, topic + '-archive-demo')
+  try:
+    subscriber.delete_subscription(subscription=sub)
+  except Exception:  # pylint: disable=broad-except
+    pass  # a first run
+  subscriber.create_subscription(name=sub, topic=pubsub_v1.PublisherClient(
+      ).topic_path(project, topic))
+  proc = subprocess.Popen(
+      [sys.executable, os.path.join(ROOT, 'main.py'), 'pubsub_to_gcs',
+       '--input_subscription', sub, '--output_directory', directory,
+       '--warehouse', os.path.join(ROOT, 'output', 'demo',
+                                   'archive-deliveries.duckdb'),
+       '--status_file', status_path, '--progress_seconds', '1'], cwd=ROOT,
+      stdout=subprocess.DEVNULL)
+  status_file.wait_for(status_path, lambda s: 'messages_in' in s,
+                       lambda: proc.poll() is None, 60)
+  return proc
+
+
+def replay_archive(directory, live):
+  """The archive replayed into a fresh warehouse: the same counts as live."""
+  replayed = os.path.join(ROOT, 'output', 'demo', 'replayed.duckdb')
+  for path in (replayed, replayed + '.wal'):
+    if os.path.exists(path):
+      os.remove(path)
+  print('\n-- the archive (%s) replayed into %s' % (directory, replayed),
+        flush=True)
+  done = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'main.py'), 'user_signin',
+       '--input_file', directory + '/**', '--warehouse', replayed,
+       '--window_seconds', str(WINDOW_SECONDS), '--max_message_bytes',
+       str(MAX_BYTES), '--progress_seconds', '1'], cwd=ROOT)
+  if done.returncode != 0:
+    return False
+  again = DuckDBTables(replayed)
+  same = True
+  for what, sql in (('rows', COUNT_SQL), ('dead letters', 'SELECT count(*) '
+                                          'FROM {signin_errors}'),
+                    ('counted sign-ins', 'SELECT coalesce(sum(signins), 0) '
+                     'FROM {signin_counts}')):
+    a, b = live.query(sql)[0][0], again.query(sql)[0][0]
+    same &= a == b
+    print('  %-18s live %5d  replayed %5d  %s' % (
+        what, a, b, 'same' if a == b else 'DIFFERENT'))
+  return same
+
+
+def run_stream(tables, project, topic, sub, count, timeout, status_path,
+               archive_to=None):
+  """One stream into ``tables`` (and, with ``archive_to``, archived there
+  too); returns True when every message is stored (and the archive replays
+  to the same counts)."""
   publish_signins.publish(project, topic, 0, subscription=sub)  # topic + sub
   if os.path.exists(status_path):
     os.remove(status_path)
+  archiver = archive_to and start_archive(
+      project, topic, archive_to, status_path + '.archive.json')
   proc = subprocess.Popen(
       [sys.executable, os.path.join(ROOT, 'main.py'), 'user_signin',
        '--input_subscription', 'projects/%s/subscriptions/%s' % (project, sub),
@@ -130,12 +188,21 @@ def run_stream(tables, project, topic, sub, count, timeout, status_path):
     # once Pub/Sub has had nothing waiting for a second).
     status_file.wait_for(status_path, lambda s: False, running,
                          WINDOW_SECONDS + 2)
+    if archiver:
+      status_file.wait_for(status_path + '.archive.json',
+                           lambda s: s.get('stored_total', 0) >= n,
+                           lambda: archiver.poll() is None, timeout)
   finally:
-    if proc.poll() is None:
-      proc.send_signal(signal.SIGTERM)
-    proc.wait(60)
+    for running_proc in (proc, archiver):
+      if running_proc and running_proc.poll() is None:
+        running_proc.send_signal(signal.SIGTERM)
+      if running_proc:
+        running_proc.wait(60)
   show_tables(tables)
-  return accounted == n and proc.returncode == 0
+  ok = accounted == n and proc.returncode == 0
+  if archiver:
+    ok &= archiver.returncode == 0 and replay_archive(archive_to, tables)
+  return ok
 
 
 def main(argv=None):
@@ -155,8 +222,14 @@ def main(argv=None):
     for path in (args.warehouse, args.warehouse + '.wal'):
       if os.path.exists(path):
         os.remove(path)
+    bucket = os.environ.get('DEMO_BUCKET', emulators.BUCKET)
+    archive_to = ('gs://%s/demo-archive-%d' % (bucket, int(time.time()))
+                  if os.environ.get('STORAGE_EMULATOR_HOST') else
+                  os.path.join(ROOT, 'output', 'demo', 'archive'))
+    print('   and archived by pubsub_to_gcs to %s' % archive_to)
     ok &= run_stream(DuckDBTables(args.warehouse), project, 'signins',
-                     'signins-demo', args.count, args.timeout, status_path)
+                     'signins-demo', args.count, args.timeout, status_path,
+                     archive_to=archive_to)
   if args.only in (None, 'bigquery'):
     print('\n-- into local BigQuery (bqemulator at %s), through Beam\'s '
           'WriteToBigQuery' % os.environ.get('BIGQUERY_EMULATOR_HOST'))

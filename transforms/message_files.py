@@ -7,7 +7,10 @@ makes a second replay of the same file add nothing, however it is named:
 a local file is the same file under any spelling (relative from another
 folder, ``..``, through a symlink) because PATH is its real path; a GCS
 object is ``gs://BUCKET/OBJECT``. A copy at another location is another
-file.
+file. Archive files (``*.avro``, ``*.parquet``, ``*.messages.jsonl.gz``,
+as pubsub_to_gcs writes them) are read as the messages they keep, with
+their original ids: replaying the archive into a table the live stream
+filled adds nothing.
 """
 
 import os
@@ -18,6 +21,8 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.gcp.pubsub import PubsubMessage
+
+from transforms import archive
 
 
 def canonical_location(path):
@@ -35,8 +40,25 @@ def file_message_id(path, line_number):
 
 
 class ReadFileLines(beam.DoFn):
-  """A matched file -> one PubsubMessage per non-empty line (raw bytes kept)."""
+  """A matched file -> one PubsubMessage per non-empty line (raw bytes
+  kept); an archive file (``transforms.archive``) -> the messages it keeps,
+  with their own ids, publish times and attributes. ``count_files`` (a
+  local run's) hears of each file done, with its size, for progress."""
+  def __init__(self, count_files=None):
+    self._count_files = count_files
+
   def process(self, metadata) -> Iterable[PubsubMessage]:
+    yield from self._messages(metadata)
+    if self._count_files is not None:
+      self._count_files.file_done(metadata.size_in_bytes)
+
+  def _messages(self, metadata):
+    if archive.is_archive(metadata.path):
+      with FileSystems.open(metadata.path,
+                            compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        for rec in archive.read_records(f, metadata.path):
+          yield archive.message(rec)
+      return
     location = canonical_location(metadata.path)
     prefix = 'file:%s:' % location
     with FileSystems.open(metadata.path,
@@ -52,9 +74,10 @@ class ReadFileLines(beam.DoFn):
 
 class ReadMessagesFromFiles(beam.PTransform):
   """A file pattern (local or gs://, compressed or not) -> PubsubMessages."""
-  def __init__(self, file_pattern):
+  def __init__(self, file_pattern, count_files=None):
     super().__init__()
     self._pattern = file_pattern
+    self._count_files = count_files
 
   def expand(self, pbegin):
     return (
@@ -62,4 +85,4 @@ class ReadMessagesFromFiles(beam.PTransform):
         | 'FilePattern' >> beam.Create([self._pattern])
         | 'MatchFiles' >> fileio.MatchAll()
         | 'SpreadFiles' >> beam.Reshuffle()
-        | 'ReadLines' >> beam.ParDo(ReadFileLines()))
+        | 'ReadLines' >> beam.ParDo(ReadFileLines(self._count_files)))

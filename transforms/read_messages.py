@@ -13,10 +13,12 @@ from transforms import message_files
 class ReadMessages(beam.PTransform):
   """PBegin -> PubsubMessages from ``input_file``, ``subscription`` or
   ``topic`` (exactly one), or from ``local_reader`` (a PTransform) when a
-  local run reads the subscription itself."""
+  local run reads the subscription itself. ``count_files`` (a local run's)
+  hears of each replayed file done."""
   def __init__(self, input_file=None, subscription=None, topic=None,
-               timestamp_attribute=None, local_reader=None):
+               timestamp_attribute=None, local_reader=None, count_files=None):
     super().__init__()
+    self._count_files = count_files
     self._input_file = input_file
     self._subscription = subscription
     self._topic = topic
@@ -24,14 +26,15 @@ class ReadMessages(beam.PTransform):
     self._local_reader = local_reader
 
   @classmethod
-  def from_flags(cls, opts, local_reader=None):
+  def from_flags(cls, opts, local_reader=None, count_files=None):
     return cls(opts.input_file, opts.input_subscription, opts.input_topic,
-               opts.timestamp_attribute, local_reader)
+               opts.timestamp_attribute, local_reader, count_files)
 
   def expand(self, pbegin):
     if self._input_file:
       return pbegin | 'ReadMessageFiles' >> (
-          message_files.ReadMessagesFromFiles(self._input_file))
+          message_files.ReadMessagesFromFiles(self._input_file,
+                                              self._count_files))
     if self._local_reader is not None:
       return pbegin | 'ReadFromPubSubAckOnCommit' >> self._local_reader
     return pbegin | 'ReadFromPubSub' >> beam.io.ReadFromPubSub(

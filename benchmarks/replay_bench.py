@@ -1,0 +1,110 @@
+"""Replay benchmark: what a backfill costs per message.
+
+    ./run.sh bench replay [--messages 100000] [--rounds 2] [--write-readme]
+
+Side by side in one run, rounds alternating, each a fresh process on the
+same machine and runner (FnApiRunner, in-process): Beam's minimal JSON
+pipeline on the same file (``ReadFromText | Map(json.loads) |
+Map(json.dumps) | WriteToText``), ``main.py pubsub_to_bigquery`` replaying
+the JSON lines into a fresh DuckDB warehouse, and the same replaying an
+Avro archive of the same messages (as pubsub_to_gcs writes it). Wall-clock
+time of the whole command, start-up included (what a user waits for).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+MINIMAL = '''
+import json, sys
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+with beam.Pipeline(options=PipelineOptions(['--runner', 'FnApiRunner'])) as p:
+  _ = (p | beam.io.ReadFromText(sys.argv[1]) | beam.Map(json.loads)
+       | beam.Map(json.dumps) | beam.io.WriteToText(sys.argv[2]))
+'''
+
+
+def timed(args, env):
+  started = time.monotonic()
+  done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT)
+  took = time.monotonic() - started
+  if done.returncode != 0:
+    raise SystemExit('failed: %s\n%s' % (' '.join(args), done.stderr[-2000:]))
+  return took
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--messages', type=int, default=100000)
+  parser.add_argument('--rounds', type=int, default=2)
+  parser.add_argument('--write-readme', action='store_true')
+  args = parser.parse_args(argv)
+  from parse_bench import TEN_FIELDS, order
+  from apache_beam.io.gcp.pubsub import PubsubMessage
+  from transforms import archive
+  tmp = tempfile.mkdtemp(prefix='replay-bench-')
+  schema = os.path.join(tmp, 'orders.json')
+  with open(schema, 'w') as f:
+    json.dump(TEN_FIELDS, f)
+  lines = os.path.join(tmp, 'orders.jsonl')
+  payloads = [order(i).encode('utf-8') for i in range(args.messages)]
+  with open(lines, 'wb') as f:
+    f.write(b'\n'.join(payloads) + b'\n')
+  os.makedirs(os.path.join(tmp, 'archive'))
+  import datetime
+  published = datetime.datetime(2026, 11, 28, 9, 15, tzinfo=datetime.timezone.utc)
+  with open(os.path.join(tmp, 'archive', 'orders.avro'), 'wb') as f:
+    f.write(archive.encode([archive.record(PubsubMessage(
+        p, {}, message_id='m-%d' % i, publish_time=published))
+                            for i, p in enumerate(payloads)], 'avro'))
+  env = dict(os.environ, NO_GCE_CHECK='true', GCE_METADATA_HOST='127.0.0.1:9',
+             GCE_METADATA_IP='127.0.0.1:9')
+  cases = {
+      'beam_minimal': lambda r: [sys.executable, '-c', MINIMAL, lines,
+                                 os.path.join(tmp, 'out-%d' % r, 'o')],
+      'replay_json_lines': lambda r: [
+          sys.executable, 'main.py', 'pubsub_to_bigquery', '--schema', schema,
+          '--input_file', lines, '--warehouse',
+          os.path.join(tmp, 'j-%d.duckdb' % r)],
+      'replay_archive': lambda r: [
+          sys.executable, 'main.py', 'pubsub_to_bigquery', '--schema', schema,
+          '--input_file', os.path.join(tmp, 'archive', '*.avro'), '--warehouse',
+          os.path.join(tmp, 'a-%d.duckdb' % r)],
+  }
+  times = {name: [] for name in cases}
+  for r in range(args.rounds):
+    order_ = list(cases) if r % 2 == 0 else list(reversed(cases))
+    for name in order_:
+      times[name].append(timed(cases[name](r), env))
+  best = {k: min(v) for k, v in times.items()}
+  n = args.messages
+  rows = ['| command | best of %d | per message | vs Beam minimal |' % args.rounds,
+          '| --- | ---: | ---: | ---: |']
+  for name, label in (('beam_minimal', "Beam's minimal JSON pipeline"),
+                      ('replay_json_lines', 'replay of the JSON lines'),
+                      ('replay_archive', 'replay of the Avro archive')):
+    rows.append('| %s | %.1f s | %.1f us | %.2fx |' % (
+        label, best[name], best[name] / n * 1e6,
+        best[name] / best['beam_minimal']))
+  report = '\n'.join(rows)
+  print(report)
+  if args.write_readme:
+    from results import replace_section
+    replace_section('replay', 'Last run %s: `./run.sh bench replay --messages '
+                    '%d --rounds %d --write-readme` (%d valid 10-field '
+                    'orders)\n\n%s\n' % (time.strftime('%Y-%m-%d'), n,
+                                          args.rounds, n, report))
+
+
+if __name__ == '__main__':
+  main()

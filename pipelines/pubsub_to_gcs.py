@@ -1,0 +1,87 @@
+"""Pub/Sub -> an archive of windowed files on GCS (or a local folder): every
+message kept exactly (payload bytes, attributes, id, publish time, ordering
+key), in ``YYYY/MM/DD/HH/`` folders by event-time window, for backfills
+after a fix, audits and recovery. Replay it with ``--input_file
+'gs://B/archive/**'`` into user_signin or pubsub_to_bigquery: the messages
+come back with their original ids, so a replay adds only what a table lacks.
+
+    main.py pubsub_to_gcs --input_subscription S --output_directory gs://B/archive
+"""
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines import checks
+from pipelines import launcher
+from pipelines import options as pipeline_options
+from pipelines.errors import UsageError
+from transforms import archive
+from transforms.read_messages import ReadMessages
+
+PROG = 'main.py pubsub_to_gcs'
+
+
+class ArchiveOptions(PipelineOptions):
+  """Flags of the pubsub_to_gcs pipeline."""
+  TITLE = 'pubsub_to_gcs'
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument(
+        '--output_directory', default='output/archive',
+        help='Where the archive goes: gs://BUCKET/PATH or a local folder.')
+    parser.add_argument(
+        '--window_seconds', type=int, default=300,
+        help='Event-time window of a file: its folder and its name.')
+    parser.add_argument(
+        '--format', default='avro', choices=archive.FORMATS,
+        help='avro (BigQuery loads it; Google\'s template writes it), '
+        'parquet (DuckDB and analysts read it best) or jsonl (gzipped JSON '
+        'lines, payload in base64).')
+    parser.add_argument(
+        '--output_filename_prefix', default='',
+        help='Put before every file name.')
+
+
+OPTIONS = [ArchiveOptions, pipeline_options.MessageSourceOptions]
+
+
+def run(argv=None):
+  """Parses flags and runs; a local stream runs until SIGINT or SIGTERM."""
+  argv = list(argv or [])
+  options = pipeline_options.parse_options(argv, OPTIONS, PROG, __doc__)
+  opts = pipeline_options.flag_values(options)
+  job = launcher.Job('pubsub_to_gcs', options, argv, streaming=True,
+                     reports_messages=True)
+  check(options, opts)
+  with job.start(output=opts.output_directory):
+    pipeline = job.pipeline()
+    messages = pipeline | 'ReadMessages' >> ReadMessages.from_flags(
+        opts, job.local_reader(opts))
+    _ = messages | 'ArchiveMessages' >> archive.ArchiveMessages(
+        opts.output_directory, opts.format, opts.window_seconds,
+        opts.output_filename_prefix, on_commit=job.acknowledge_stored,
+        count_read=job.count_read)
+    return job.run(pipeline)
+
+
+def check(options, opts):
+  """One-line errors, before any work."""
+  if opts.input_file:
+    raise UsageError('--input_file: pubsub_to_gcs archives Pub/Sub; give '
+                     '--input_subscription or --input_topic')
+  checks.check_message_flags(opts, ())
+  if opts.window_seconds <= 0:
+    raise UsageError('--window_seconds must be positive, not %s'
+                     % opts.window_seconds)
+  if '/' in opts.output_filename_prefix:
+    raise UsageError('--output_filename_prefix: no "/" in a file name prefix')
+  if opts.output_directory.startswith('gs://'):
+    checks.check_gcs_location('--output_directory', opts.output_directory)
+  elif checks.is_dataflow(options):
+    raise UsageError('--output_directory: Dataflow workers write gs://, not '
+                     'a local folder')
+  elif not checks.is_dry_run(options):
+    checks.check_local_output('--output_directory', opts.output_directory,
+                              is_file=False)
+  if not checks.is_dataflow(options) and not checks.is_dry_run(options):
+    checks.check_local_warehouse('--warehouse', opts.warehouse)  # deliveries

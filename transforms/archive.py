@@ -1,0 +1,222 @@
+"""Pub/Sub messages kept exactly in archive files, and read back as the
+same messages: payload bytes (any bytes), attributes, message id, publish
+time and ordering key.
+
+Formats (``--format``): ``avro`` (the default: what Google's "Pub/Sub to
+Avro Files on Cloud Storage" template writes and BigQuery load jobs read
+natively; a row-oriented container that appends message by message, bytes
+kept as bytes), ``parquet`` (columnar: what DuckDB and analysts read best;
+a file is written whole, as its footer comes last) and ``jsonl`` (one JSON
+object a line, the payload in base64, gzip-compressed: the most readable,
+the largest before compression). Files are named ``*.avro``,
+``*.parquet`` and ``*.messages.jsonl.gz``.
+
+``WriteArchiveFiles`` writes each bundle's messages of one event-time window
+into one new file in the window's ``YYYY/MM/DD/HH/`` folder (UTC), named by
+the window and the bundle: ``<prefix><start>--<end>-<bundle>.<ext>``.
+A local file is written under a temporary name, flushed to disk and renamed;
+a GCS object appears whole when its upload completes. Only then does
+``on_commit`` hear of the messages (the local reader acknowledges them), so
+a crash can write a message into two files (its bundle again, after
+redelivery) but never lose one; a replay absorbs the copy by message id.
+"""
+
+import base64
+import collections
+import datetime
+import io
+import json
+import logging
+import os
+import uuid
+
+import apache_beam as beam
+from apache_beam.io.gcp.pubsub import PubsubMessage
+
+from storage import outages
+
+_LOG = logging.getLogger(__name__)
+FORMATS = ('avro', 'parquet', 'jsonl')
+EXTENSIONS = {'avro': '.avro', 'parquet': '.parquet',
+              'jsonl': '.messages.jsonl.gz'}
+UTC = datetime.timezone.utc
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
+AVRO_SCHEMA = {
+    'type': 'record', 'name': 'PubsubMessage', 'namespace': 'beam_gcp_pipelines',
+    'fields': [
+        {'name': 'message_id', 'type': 'string'},
+        {'name': 'publish_time', 'type': ['null', {
+            'type': 'long', 'logicalType': 'timestamp-micros'}]},
+        {'name': 'attributes', 'type': {'type': 'map', 'values': 'string'}},
+        {'name': 'ordering_key', 'type': 'string'},
+        {'name': 'data', 'type': 'bytes'},
+    ]}
+
+
+def is_archive(path):
+  return path.endswith(tuple(EXTENSIONS.values()))
+
+
+def _micros(published):
+  if published is None:
+    return None
+  if published.tzinfo is None:
+    published = published.replace(tzinfo=UTC)
+  return (published - _EPOCH) // datetime.timedelta(microseconds=1)
+
+
+def record(message):
+  """A PubsubMessage -> the archive's record of it."""
+  return {'message_id': message.message_id or '',
+          'publish_time': _micros(message.publish_time),
+          'attributes': dict(message.attributes or {}),
+          'ordering_key': getattr(message, 'ordering_key', None) or '',
+          'data': bytes(message.data or b'')}
+
+
+def message(rec):
+  """An archive record -> the PubsubMessage it was."""
+  micros = rec['publish_time']
+  if isinstance(micros, datetime.datetime):  # fastavro reads timestamp-micros so
+    published = micros.astimezone(UTC)
+  else:
+    published = None if micros is None else _EPOCH + datetime.timedelta(
+        microseconds=micros)
+  attributes = rec['attributes']
+  if isinstance(attributes, list):  # Parquet maps read as (key, value) pairs
+    attributes = dict(attributes)
+  return PubsubMessage(bytes(rec['data']), dict(attributes or {}),
+                       message_id=rec['message_id'] or None,
+                       publish_time=published,
+                       ordering_key=rec['ordering_key'] or '')
+
+
+def encode(records, fmt):
+  """Records -> the bytes of one archive file."""
+  out = io.BytesIO()
+  if fmt == 'avro':
+    import fastavro
+    fastavro.writer(out, fastavro.parse_schema(AVRO_SCHEMA), records,
+                    codec='deflate')
+  elif fmt == 'parquet':
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    table = pa.table({
+        'message_id': pa.array([r['message_id'] for r in records], pa.string()),
+        'publish_time': pa.array([r['publish_time'] for r in records],
+                                 pa.timestamp('us', tz='UTC')),
+        'attributes': pa.array([list(r['attributes'].items())
+                                for r in records], pa.map_(pa.string(), pa.string())),
+        'ordering_key': pa.array([r['ordering_key'] for r in records], pa.string()),
+        'data': pa.array([r['data'] for r in records], pa.binary()),
+    })
+    pq.write_table(table, out, compression='zstd')
+  else:
+    import gzip
+    with gzip.GzipFile(fileobj=out, mode='wb') as gz:
+      for r in records:
+        gz.write(json.dumps(dict(r, data=base64.b64encode(r['data']).decode(
+            'ascii')), sort_keys=True).encode('utf-8') + b'\n')
+  return out.getvalue()
+
+
+def read_records(f, path):
+  """An open archive file -> its records."""
+  if path.endswith('.avro'):
+    import fastavro
+    yield from fastavro.reader(f)
+  elif path.endswith('.parquet'):
+    import pyarrow.parquet as pq
+    for rec in pq.read_table(io.BytesIO(f.read())).to_pylist():
+      yield rec
+  else:
+    import gzip
+    with gzip.GzipFile(fileobj=f) as gz:
+      for line in gz:
+        if line.strip():
+          rec = json.loads(line)
+          rec['data'] = base64.b64decode(rec['data'])
+          yield rec
+
+
+def file_path(directory, prefix, window_start, window_seconds, bundle, fmt):
+  start = _EPOCH + datetime.timedelta(microseconds=window_start)
+  end = start + datetime.timedelta(seconds=window_seconds)
+  return '/'.join([directory.rstrip('/'), start.strftime('%Y/%m/%d/%H'),
+                   '%s%s--%s-%s%s' % (prefix, start.strftime('%Y%m%dT%H%M%SZ'),
+                                      end.strftime('%Y%m%dT%H%M%SZ'), bundle,
+                                      EXTENSIONS[fmt])])
+
+
+class WriteArchiveFiles(beam.DoFn):
+  """Messages -> archive files, one per (bundle, window); outputs the paths
+  written, and tells ``on_commit`` of each message once its file is whole
+  (and ``count_read``, a local run's, how many it read)."""
+  def __init__(self, directory, fmt='avro', window_seconds=300, prefix='',
+               on_commit=None, count_read=None):
+    self._count_read = count_read
+    self._directory = directory
+    self._fmt = fmt
+    self._window_micros = int(window_seconds * 1e6)
+    self._window_seconds = window_seconds
+    self._prefix = prefix
+    self._on_commit = on_commit
+
+  def start_bundle(self):
+    self._by_window = collections.defaultdict(list)
+
+  def process(self, msg, timestamp=beam.DoFn.TimestampParam):
+    micros = timestamp.micros
+    self._by_window[micros - micros % self._window_micros].append(msg)
+
+  def finish_bundle(self):
+    from apache_beam.transforms.window import GlobalWindow
+    from apache_beam.utils.windowed_value import WindowedValue
+    by_window, self._by_window = self._by_window, collections.defaultdict(list)
+    if self._count_read is not None:
+      self._count_read.add(sum(len(m) for m in by_window.values()))
+    bundle = uuid.uuid4().hex[:12]
+    for start, messages in sorted(by_window.items()):
+      path = file_path(self._directory, self._prefix, start,
+                       self._window_seconds, bundle, self._fmt)
+      data = encode([record(m) for m in messages], self._fmt)
+      outages.wait_out('archive %s' % self._directory,
+                       lambda: _write(path, data))
+      if self._on_commit is not None:
+        self._on_commit([{'message_id': m.message_id} for m in messages])
+      yield WindowedValue(path, start // 1000000, [GlobalWindow()])
+
+
+def _write(path, data):
+  """The whole file at ``path``, or none of it."""
+  from apache_beam.io.filesystems import FileSystems
+  if '://' in path:
+    with FileSystems.create(path, mime_type='application/octet-stream',
+                            compression_type='uncompressed') as f:
+      f.write(data)
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = '%s.%s.tmp' % (path, uuid.uuid4().hex[:8])
+  try:
+    with open(tmp, 'wb') as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+class ArchiveMessages(beam.PTransform):
+  """PubsubMessages -> archive files in ``directory`` (local or gs://);
+  returns the paths written."""
+  def __init__(self, directory, fmt='avro', window_seconds=300, prefix='',
+               on_commit=None, count_read=None):
+    super().__init__()
+    self._fn = WriteArchiveFiles(directory, fmt, window_seconds, prefix,
+                                 on_commit, count_read)
+
+  def expand(self, messages):
+    return messages | 'WriteArchiveFiles' >> beam.ParDo(self._fn)
