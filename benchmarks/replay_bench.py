@@ -57,7 +57,7 @@ def main(argv=None):
   with open(schema, 'w') as f:
     json.dump(TEN_FIELDS, f)
   lines = os.path.join(tmp, 'orders.jsonl')
-  payloads = [order(i).encode('utf-8') for i in range(args.messages)]
+  payloads = [order(i) for i in range(args.messages)]  # bytes
   with open(lines, 'wb') as f:
     f.write(b'\n'.join(payloads) + b'\n')
   os.makedirs(os.path.join(tmp, 'archive'))

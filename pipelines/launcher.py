@@ -315,11 +315,10 @@ def prepare_local_tables(flag, path, schemas, truncate=False):
   one line (exit 1)."""
   existed = os.path.exists(path)
   try:
-    with DuckDBFiles.use(path, hold_seconds=0) as con:
+    with DuckDBFiles.use(path, hold_seconds=0) as con:  # one open, one close
       for schema in schemas:
         schema_changes.evolve_duckdb_table(con, path, schema)
-    for schema in schemas:
-      duckdb_sink.prepare_duckdb_table(path, schema, truncate=truncate)
+        duckdb_sink.prepare_duckdb_table(con, schema, truncate=truncate)
   except UsageError:
     raise
   except Exception as e:  # pylint: disable=broad-except

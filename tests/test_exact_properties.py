@@ -28,10 +28,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from tests.conftest import duckdb_dicts
-from transforms import json_messages
-from transforms import schemas
+from pipelines import launcher
 from storage.duckdb_files import DuckDBFiles
 from transforms import duckdb_sink
+from transforms import json_messages
+from transforms import schemas
 
 UTC = datetime.timezone.utc
 D = decimal.Decimal
@@ -246,8 +247,8 @@ def test_random_schemas_and_messages(data):
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, 'w.duckdb')
     errors = schemas.error_records('t_error_records')
-    for table in (schema, errors):  # as a run does before it starts
-      duckdb_sink.prepare_duckdb_table(path, table)
+    # As a run does before it starts.
+    launcher.prepare_local_tables('--warehouse', path, (schema, errors))
     assert insert(path, schema, rows) == []
     assert insert(path, errors, dead) == []
     DuckDBFiles.close_all()

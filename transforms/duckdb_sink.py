@@ -18,12 +18,12 @@ _LOG = logging.getLogger(__name__)
 Row = Mapping[str, Any]
 
 
-def prepare_duckdb_table(path, schema, table=None, truncate=False):
-  """Creates the table if needed (and empties it for truncate), before a run."""
-  with DuckDBFiles.use(path, hold_seconds=0) as con:
-    con.execute(schema.duckdb_ddl(table))
-    if truncate:
-      con.execute('DELETE FROM "%s"' % (table or schema.name))
+def prepare_duckdb_table(con, schema, table=None, truncate=False):
+  """Creates the table if needed (and empties it for truncate), before a
+  run, on the DuckDB connection ``con``."""
+  con.execute(schema.duckdb_ddl(table))
+  if truncate:
+    con.execute('DELETE FROM "%s"' % (table or schema.name))
 
 
 class _InsertIntoDuckDB(beam.DoFn):

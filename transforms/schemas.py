@@ -97,6 +97,15 @@ class Field:
       return {f.name: f.to_bigquery_json(value.get(f.name)) for f in self.fields}
     return value
 
+  @property
+  def needs_arrow_conversion(self):
+    """Whether a value must change before Arrow takes it: BIGNUMERIC (kept
+    as its decimal text), at any depth. Arrow reads records (dicts, missing
+    keys as nulls) and repeated values (lists) itself."""
+    if self.type == 'BIGNUMERIC':
+      return True
+    return any(f.needs_arrow_conversion for f in self.fields)
+
   def to_arrow_value(self, value):
     """What the Arrow type takes: BIGNUMERIC as its exact text."""
     if value is None:
@@ -226,7 +235,7 @@ class TableSchema:
         values = [constants[f.name]] * len(rows)
       else:
         values = [row.get(f.name) for row in rows]
-      if f.type in ('RECORD', 'BIGNUMERIC'):
+      if f.needs_arrow_conversion:  # else Arrow takes the values as they are
         values = [f.to_arrow_value(v) for v in values]
       columns.append(pa.array(values, type=f.arrow_type()))
     return pa.Table.from_arrays(columns, schema=self.arrow_schema())
