@@ -1,2 +1,3 @@
-"""Runnable pipelines: each module builds its graph on a given Pipeline from
-typed options, and has a ``run(argv)`` for the command line."""
+"""Runnable pipelines and commands (``registry``): each pipeline module is
+its options, its checks, its tables and a ``run(argv)`` that builds its graph
+from composite transforms inside one ``launcher.Job``."""

@@ -67,6 +67,28 @@ class TableLayoutOptions(PipelineOptions):
         '4); "" for none. Default: the pipeline\'s (user_signin: userid).')
 
 
+class WindowOptions(PipelineOptions):
+  """The event-time window of the pipelines that have one (one class: two
+  pipelines imported together cannot both register the flag)."""
+  TITLE = 'event-time windows'
+  DEFAULTS = {'user_signin': 60, 'pubsub_to_gcs': 300}
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument(
+        '--window_seconds', type=int, default=None,
+        help='Length of the fixed event-time windows: user_signin counts '
+        'sign-ins per user in them (default 60), pubsub_to_gcs writes a '
+        'file per window (default 300).')
+
+
+def window_seconds(opts, pipeline):
+  """--window_seconds, or ``pipeline``'s default when not given."""
+  if opts.window_seconds is None:
+    opts.window_seconds = WindowOptions.DEFAULTS[pipeline]
+  return opts.window_seconds
+
+
 class MessageSourceOptions(PipelineOptions):
   """Flags every message pipeline takes: sources, the local warehouse, dead
   letters and local runs (one class, so that pipelines imported together,

@@ -30,9 +30,6 @@ class ArchiveOptions(PipelineOptions):
         '--output_directory', default='output/archive',
         help='Where the archive goes: gs://BUCKET/PATH or a local folder.')
     parser.add_argument(
-        '--window_seconds', type=int, default=300,
-        help='Event-time window of a file: its folder and its name.')
-    parser.add_argument(
         '--format', default='avro', choices=archive.FORMATS,
         help='avro (BigQuery loads it; Google\'s template writes it), '
         'parquet (DuckDB and analysts read it best) or jsonl (gzipped JSON '
@@ -42,7 +39,8 @@ class ArchiveOptions(PipelineOptions):
         help='Put before every file name.')
 
 
-OPTIONS = [ArchiveOptions, pipeline_options.MessageSourceOptions]
+OPTIONS = [ArchiveOptions, pipeline_options.WindowOptions,
+           pipeline_options.MessageSourceOptions]
 
 
 def run(argv=None):
@@ -50,6 +48,7 @@ def run(argv=None):
   argv = list(argv or [])
   options = pipeline_options.parse_options(argv, OPTIONS, PROG, __doc__)
   opts = pipeline_options.flag_values(options)
+  pipeline_options.window_seconds(opts, 'pubsub_to_gcs')
   job = launcher.Job('pubsub_to_gcs', options, argv, streaming=True,
                      reports_messages=True)
   check(options, opts)

@@ -53,9 +53,6 @@ class SigninOptions(PipelineOptions):
         help='BigQuery table for windowed counts (default: --output_table '
         'with suffix _counts).')
     parser.add_argument(
-        '--window_seconds', type=int, default=60,
-        help='Length of the fixed event-time windows counted per user.')
-    parser.add_argument(
         '--allowed_lateness_seconds', type=int, default=300,
         help='How long after a window closes late sign-ins still update its '
         'count (their rows are stored whatever their lateness).')
@@ -70,7 +67,8 @@ class SigninOptions(PipelineOptions):
         'Europe/Paris).')
 
 
-OPTIONS = [SigninOptions, pipeline_options.MessageSourceOptions,
+OPTIONS = [SigninOptions, pipeline_options.WindowOptions,
+           pipeline_options.MessageSourceOptions,
            pipeline_options.BigQueryOutputOptions,
            pipeline_options.TableLayoutOptions]
 
@@ -80,6 +78,7 @@ def run(argv=None):
   argv = list(argv or [])
   options = pipeline_options.parse_options(argv, OPTIONS, PROG, __doc__)
   opts = pipeline_options.flag_values(options)
+  pipeline_options.window_seconds(opts, 'user_signin')
   job = launcher.Job('user_signin', options, argv,
                      streaming=not opts.input_file, reports_messages=True)
   check(options, opts)

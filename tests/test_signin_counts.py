@@ -117,7 +117,7 @@ def test_whole_graph_counts_equal_the_stored_rows_even_too_late_ones(tmp_path):
       default_timezone='UTC', max_message_bytes=4096, output_table=None,
       warehouse=db, dead_letter_table=None, counts_table=None,
       window_seconds=60, allowed_lateness_seconds=300, count_shards=16,
-      bigquery_method='default')
+      bigquery_method='default', dead_letter_topic=None)
   stream = (
       TestStream()
       .advance_watermark_to(0)

@@ -49,25 +49,34 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
       return
     try:
       payload, checked = dead_letters.decode_object(message, self._max_bytes)
-      row = self._convert(payload)
-      if not checked:
-        unencodable = json_rows.first_unencodable(row)
-        if unencodable is not None:
-          raise json_rows.surrogate_refusal(unencodable)
-    except dead_letters.Invalid as e:
-      yield self.dead(message, e.reason, e, field=None)
-      return
-    except json_rows.Refused as e:
-      yield self.dead(message, e.reason, e, field=e.path)
-      return
+      row = self._row(payload, checked)
     except Exception as e:  # pylint: disable=broad-except
-      yield self.dead(message, 'internal_error', e, traceback.format_exc(),
-                      field=None)
+      yield self._dead_for(message, e)
       return
     if self._with_id:
       row['message_id'] = message.message_id
     self._rows += 1
     yield self._stamped(row, message, timestamp)
+
+  def _row(self, obj, checked):
+    """A JSON object -> its row; Refused names the field (a lone surrogate
+    too, where the parse could not check the strings)."""
+    row = self._convert(obj)
+    if not checked:
+      unencodable = json_rows.first_unencodable(row)
+      if unencodable is not None:
+        raise json_rows.surrogate_refusal(unencodable)
+    return row
+
+  def _dead_for(self, message, error):
+    """The dead letter for what reading ``message`` raised (called in the
+    ``except`` block: an unexpected error keeps its stack trace)."""
+    if isinstance(error, dead_letters.Invalid):
+      return self.dead(message, error.reason, error, field=None)
+    if isinstance(error, json_rows.Refused):
+      return self.dead(message, error.reason, error, field=error.path)
+    return self.dead(message, 'internal_error', error, traceback.format_exc(),
+                     field=None)
 
   def _stamped(self, row, message, timestamp):
     when = row.get(self._event_time_field) if self._event_time_field else (
@@ -96,19 +105,9 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
       self._dropped += 1
       return
     try:
-      rows = []
-      for obj in objects:
-        row = self._convert(obj)
-        unencodable = None if checked else json_rows.first_unencodable(row)
-        if unencodable is not None:
-          raise json_rows.surrogate_refusal(unencodable)
-        rows.append(row)
-    except json_rows.Refused as e:
-      yield self.dead(message, e.reason, e, field=e.path)
-      return
+      rows = [self._row(obj, checked) for obj in objects]
     except Exception as e:  # pylint: disable=broad-except
-      yield self.dead(message, 'internal_error', e, traceback.format_exc(),
-                      field=None)
+      yield self._dead_for(message, e)
       return
     for i, row in enumerate(rows):
       if self._with_id:
