@@ -77,7 +77,7 @@ def record(message):
 def message(rec):
   """An archive record -> the PubsubMessage it was."""
   micros = rec['publish_time']
-  if isinstance(micros, datetime.datetime):  # fastavro reads timestamp-micros so
+  if isinstance(micros, datetime.datetime):  # as fastavro reads timestamp-micros
     published = micros.astimezone(UTC)
   else:
     published = None if micros is None else _EPOCH + datetime.timedelta(

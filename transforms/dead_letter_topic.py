@@ -13,7 +13,6 @@ topic, ``original_message_id`` to tell.
 """
 
 import logging
-import time
 
 import apache_beam as beam
 
@@ -67,7 +66,6 @@ class _PublishFn(beam.DoFn):
     except (exceptions.GoogleAPICallError, TimeoutError) as e:
       # Pub/Sub down or slow: an outage, waited out; the bundle is published
       # again whole (those already accepted twice: at least once).
-      time.sleep(0.1)
       raise OSError('publishing dead letters: %s' % str(e).splitlines()[0])
 
   def teardown(self):

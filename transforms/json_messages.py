@@ -92,8 +92,8 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
     message have ids ``ID#0``, ``ID#1``, ... (stable: replays add nothing)."""
     try:
       payload, checked = dead_letters.decode_object(message, self._max_bytes)
-    except dead_letters.Invalid as e:
-      yield self.dead(message, e.reason, e, field=None)
+    except Exception as e:  # pylint: disable=broad-except
+      yield self._dead_for(message, e)
       return
     try:
       objects = udf.objects(self._udf_function(payload))
