@@ -140,19 +140,22 @@ def check_message_flags(opts, bigquery_flags):
 
 def check_message_locations(options, opts):
   """After the other checks: Dataflow needs BigQuery; local inputs must
-  exist and the warehouse must be writable."""
+  exist and the warehouse must be writable. Returns the files a local
+  replay matched (for its progress), else None."""
   if is_dataflow(options):
     if not opts.output_table:
       raise UsageError('DataflowRunner needs --output_table (BigQuery); '
                            '--warehouse is a local file')
-    return
+    return None
   if is_dry_run(options):
-    return
+    return None
+  matched = None
   if opts.input_file:
-    match_input_files('--input_file', opts.input_file, options)
+    matched = match_input_files('--input_file', opts.input_file, options)
   if not opts.output_table or opts.input_subscription:
     # The local reader keeps delivery counts in the warehouse file too.
     check_local_warehouse('--warehouse', opts.warehouse)
+  return matched
 
 
 CLUSTER_TYPES = ('STRING', 'INTEGER', 'INT64', 'NUMERIC', 'BIGNUMERIC', 'BOOLEAN',

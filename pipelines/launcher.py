@@ -70,7 +70,7 @@ class Job(object):
     self._argv = argv
     self._reports = reports_messages
     self._parallel = self._truncate = False
-    self._output = None
+    self._output = self._input_files = None
     self._staged = []
     self._local_run = None
     options.view_as(StandardOptions).streaming = streaming
@@ -82,12 +82,14 @@ class Job(object):
       _use_emulator_clients(options)
 
   def start(self, destinations=None, parallel=False, truncate=False,
-            output=None):
+            output=None, input_files=None):
     """What the run writes (``tables.Destinations``, or None; ``output``
     names another kind of output for the summary) and how: ``parallel``, a
     large batch worth local worker processes; ``truncate``, tables emptied
-    first. Use as ``with job.start(...):``."""
+    first; ``input_files``, a replay's files as the checks matched them (its
+    progress). Use as ``with job.start(...):``."""
     self.destinations = destinations
+    self._input_files = input_files
     self._output = output
     self._parallel = parallel
     self._truncate = truncate
@@ -159,15 +161,9 @@ class Job(object):
         status_file=opts.get('status_file'),
         progress_seconds=opts.get('progress_seconds') or 5,
         drain_seconds=opts.get('drain_seconds', 10),
-        input_total=self._input_total(opts))
-
-  def _input_total(self, opts):
-    """A local replay's (files, bytes), for its progress."""
-    if self.streaming or not opts.get('input_file') or not self._reports:
-      return None
-    matched = checks.match_input_files('--input_file', opts['input_file'],
-                                       self.options)
-    return len(matched), sum(m.size_in_bytes for m in matched)
+        input_total=None if self.streaming or not self._input_files else (
+            len(self._input_files),
+            sum(m.size_in_bytes for m in self._input_files)))
 
   # -- what the graph takes from the job -------------------------------------
   def pipeline(self):
@@ -176,11 +172,6 @@ class Job(object):
   @property
   def count_read(self):
     """The parse step's counter of messages read (local runs), or None."""
-    return self._local_run.count_read if self._local_run else None
-
-  @property
-  def count_files(self):
-    """The replay reader's counter of files done (local runs), or None."""
     return self._local_run.count_read if self._local_run else None
 
   @property

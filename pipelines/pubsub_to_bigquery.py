@@ -92,11 +92,12 @@ def run(argv=None):
   opts = pipeline_options.flag_values(options)
   job = launcher.Job('pubsub_to_bigquery', options, argv,
                      streaming=not opts.input_file, reports_messages=True)
-  schema, function = check(options, opts)
-  with job.start(Destinations.of(tables_of(schema), opts)):
+  schema, function, replayed = check(options, opts)
+  with job.start(Destinations.of(tables_of(schema), opts),
+                 input_files=replayed):
     pipeline = job.pipeline()
     messages = pipeline | 'ReadMessages' >> ReadMessages.from_flags(
-        opts, job.local_reader(opts), job.count_files)
+        opts, job.local_reader(opts), job.count_read)
     build(messages, opts, schema, job.destinations,
           count_read=job.count_read, on_commit=job.acknowledge_stored,
           udf=function)
@@ -119,8 +120,8 @@ def build(messages, opts, schema, destinations, count_read=None,
 
 
 def check(options, opts):
-  """One-line errors, before any work; returns the table's schema and the
-  UDF (or None)."""
+  """One-line errors, before any work; returns the table's schema, the UDF
+  (or None) and the files a local replay matched."""
   checks.check_message_flags(opts, TABLE_FLAGS)
   schema = load_schema(opts, options)
   if opts.event_time_field:
@@ -130,8 +131,8 @@ def check(options, opts):
       raise UsageError('--event_time_field: %r is not a TIMESTAMP field '
                        'of the schema' % opts.event_time_field)
   checks.check_layout(flag_layout(opts), schema)
-  checks.check_message_locations(options, opts)
-  return schema, load_udf(opts, options)
+  replayed = checks.check_message_locations(options, opts)
+  return schema, load_udf(opts, options), replayed
 
 
 def load_udf(opts, options):

@@ -81,9 +81,9 @@ def run(argv=None):
   pipeline_options.window_seconds(opts, 'user_signin')
   job = launcher.Job('user_signin', options, argv,
                      streaming=not opts.input_file, reports_messages=True)
-  check(options, opts)
+  replayed = check(options, opts)
   destinations = Destinations.of(TABLES, opts)
-  with job.start(destinations):
+  with job.start(destinations, input_files=replayed):
     if job.runs_locally and job.destinations.is_local:
       reconcile_local_counts(opts)
     if job.prepares_bigquery:
@@ -91,7 +91,7 @@ def run(argv=None):
                              destinations)  # the final tables, not staging
     pipeline = job.pipeline()
     messages = pipeline | 'ReadMessages' >> ReadMessages.from_flags(
-        opts, job.local_reader(opts), job.count_files)
+        opts, job.local_reader(opts), job.count_read)
     build(messages, opts, job.destinations, count_read=job.count_read,
           on_commit=job.acknowledge_stored, on_dataflow=job.on_dataflow)
     return job.run(pipeline)
@@ -126,7 +126,8 @@ def build(messages, opts, destinations, count_read=None, on_commit=None,
 
 
 def check(options, opts):
-  """One-line errors, before any work, for flags that cannot work."""
+  """One-line errors, before any work, for flags that cannot work; returns
+  the files a local replay matched."""
   checks.check_message_flags(opts, bigquery_flags(TABLES))
   if opts.window_seconds <= 0:
     raise UsageError('--window_seconds must be positive, not %s'
@@ -140,7 +141,7 @@ def check(options, opts):
   except ValueError as e:
     raise UsageError('--default_timezone: %s' % e)
   checks.check_layout(flag_layout(opts, TABLES[0].layout), schemas.SIGNINS)
-  checks.check_message_locations(options, opts)
+  return checks.check_message_locations(options, opts)
 
 
 def reconcile_local_counts(opts):
