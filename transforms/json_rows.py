@@ -32,6 +32,20 @@ def _scalar_converter(field, unknown):
   return record
 
 
+def _fast_reader(field, unknown):
+  """field -> read(value, None) for a value that is not None: the type's
+  reader, or a RECORD's fast conversion (``_Slow`` for a non-object)."""
+  if field.type != 'RECORD':
+    return bigquery_values.value_reader(field.type)
+  fast = RowConverter(field.fields, unknown)._fast  # pylint: disable=protected-access
+
+  def record(v, _):
+    if type(v) is not dict:  # pylint: disable=unidiomatic-typecheck
+      raise _Slow
+    return fast(v)
+  return record
+
+
 def _field_converter(field, unknown):
   """field -> convert(value, prefix): mode handling around the type's reader."""
   scalar = _scalar_converter(field, unknown)
@@ -84,17 +98,66 @@ _INLINE = {
 }
 
 
+class _Slow(Exception):
+  """The fast conversion met what only the named one decides (a null where
+  one is refused, a type that is not the field's)."""
+
+
+def _slow():
+  raise _Slow  # a new one each time: a raised instance keeps its traceback
+
+
 class RowConverter(object):
   """Fields -> a callable converting one JSON object, built once per schema:
   a function generated for these fields (common values checked inline, the
   rest through each field's converter) instead of a call per field. Keys
   match columns case-insensitively; two keys naming one column are
-  duplicate_field."""
+  duplicate_field.
+
+  Two functions are generated: a fast one that calls the value readers
+  directly and names nothing, and the named one, which builds each field's
+  path for its refusal. The fast one runs first; on anything it does not
+  accept, the named one decides (the same readers: the same values)."""
   def __init__(self, fields, unknown='ignore'):
     self._names = frozenset(f.name for f in fields)
     self._by_lower = {f.name.lower(): f.name for f in fields}
     self._reject = unknown == 'reject'
     self._convert = self._generate(fields, unknown)
+    self._fast = self._generate_fast(fields, unknown)
+
+  def _generate_fast(self, fields, unknown):
+    scope = {'names': self._names, 'by_column': self._by_column,
+             'slow': _slow}
+    lines = ['def fast(payload):',
+             '  if not names.issuperset(payload):',
+             "    payload = by_column(payload, '')",
+             '  get = payload.get']
+    for i, field in enumerate(fields):
+      v, name = 'v%d' % i, repr(field.name)
+      scope['s%d' % i] = _fast_reader(field, unknown)
+      lines.append('  %s = get(%s)' % (v, name))
+      if field.mode == 'REPEATED':
+        lines += ['  if %s is None:' % v,
+                  '    %s = []' % v,
+                  '  elif type(%s) is list:' % v,
+                  '    %s = [s%d(x, None) if x is not None else slow() '
+                  'for x in %s]' % (v, i, v),
+                  '  else:',
+                  '    slow()']
+        continue
+      lines.append('  if %s is None:' % v)
+      lines.append('    slow()' if field.mode == 'REQUIRED' else '    pass')
+      inline = _INLINE.get(field.type)
+      if inline:
+        lines.append('  elif not (%s):' % inline.format(
+            v=v, min=INT64_MIN, max=INT64_MAX))
+      else:
+        lines.append('  else:')
+      lines.append('    %s = s%d(%s, None)' % (v, i, v))
+    lines.append('  return {%s}' % ', '.join(
+        '%r: v%d' % (f.name, i) for i, f in enumerate(fields)))
+    exec('\n'.join(lines), scope)  # pylint: disable=exec-used
+    return scope['fast']
 
   def _generate(self, fields, unknown):
     scope = {'names': self._names, 'by_column': self._by_column}
@@ -120,7 +183,10 @@ class RowConverter(object):
     return scope['convert']
 
   def __call__(self, payload, prefix=''):
-    return self._convert(payload, prefix)
+    try:
+      return self._fast(payload)
+    except (Refused, _Slow):
+      return self._convert(payload, prefix)  # names the field, or accepts
 
   def _by_column(self, payload, prefix):
     """The payload keyed by column names; refuses unknown keys (when asked)
