@@ -96,27 +96,29 @@ def run(argv=None):
   with job.start(Destinations.of(tables_of(schema), opts),
                  input_files=replayed):
     pipeline = job.pipeline()
-    messages = pipeline | 'ReadMessages' >> ReadMessages.from_flags(
-        opts, job.local_reader(opts), job.count_read)
+    # A replay reads in blocks: nothing here windows the rows.
+    read = ReadMessages.from_flags(opts, job.local_reader(opts),
+                                   job.count_read, blocks=True)
+    messages = pipeline | 'ReadMessages' >> read
     build(messages, opts, schema, job.destinations,
           count_read=job.count_read, on_commit=job.acknowledge_stored,
-          udf=function)
+          udf=function, blocks=read.blocks)
     return job.run(pipeline)
 
 
 def build(messages, opts, schema, destinations, count_read=None,
-          on_commit=None, udf=None):
+          on_commit=None, udf=None, blocks=False):
   """Messages -> rows of ``schema`` (through ``udf`` first, if given) and
   dead letters, stored. ``count_read`` and ``on_commit`` are a local run's
-  hooks."""
+  hooks; ``blocks``: ``messages`` are MessageBlocks (a replay's)."""
   parsed = messages | 'ParseMessages' >> json_messages.ParseJsonMessages(
       schema, opts.unknown_fields, opts.event_time_field,
-      opts.max_message_bytes, count_read=count_read, udf=udf)
+      opts.max_message_bytes, count_read=count_read, udf=udf, blocks=blocks)
   _ = ((parsed.rows, parsed.dead_letters)
        | 'StoreRowsAndDeadLetters' >> StoreRowsAndDeadLetters(
            destinations['rows'], destinations['dead_letters'],
            opts.bigquery_method, on_commit=on_commit,
-           dead_letter_topic=opts.dead_letter_topic))
+           dead_letter_topic=opts.dead_letter_topic, row_blocks=blocks))
 
 
 def check(options, opts):

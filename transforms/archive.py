@@ -78,7 +78,7 @@ def message(rec):
   """An archive record -> the PubsubMessage it was."""
   micros = rec['publish_time']
   if isinstance(micros, datetime.datetime):  # as fastavro reads timestamp-micros
-    published = micros.astimezone(UTC)
+    published = micros if micros.tzinfo is UTC else micros.astimezone(UTC)
   else:
     published = None if micros is None else _EPOCH + datetime.timedelta(
         microseconds=micros)

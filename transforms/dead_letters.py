@@ -152,7 +152,11 @@ class ParseMessageFn(beam.DoFn):
   (Beam metrics, per bundle) and, on a local run, the messages read
   (``count_read.add(n, dropped)``, per bundle: the local runner's metrics
   are wrong), and the messages a UDF dropped.
-  A subclass's ``process`` yields a row, or ``self.dead(...)``."""
+  A subclass's ``process`` yields a row, or ``self.dead(...)``; a row
+  stamped with its event time unless ``stamp_rows`` is False (blocks of
+  rows, which nothing windows)."""
+  stamp_rows = True
+
   def __init__(self, namespace, reasons_, count_read=None):
     self._count_read = count_read
     self.rows = Metrics.counter(namespace, 'rows')
@@ -181,14 +185,21 @@ class ParseMessageFn(beam.DoFn):
     return beam.pvalue.TaggedOutput(DEAD_LETTERS, letter)
 
 
-@beam.typehints.with_input_types(PubsubMessage)
 class ParseMessages(beam.PTransform):
   """PubsubMessages -> rows (``rows``) and dead letters (``dead_letters``)
-  through one ParseMessageFn."""
-  def __init__(self, fn: ParseMessageFn):
+  through one ParseMessageFn; with ``blocks``, MessageBlocks -> RowBlocks
+  (``transforms.blocks``: a bounded replay's)."""
+  def __init__(self, fn: ParseMessageFn, blocks=False):
     super().__init__()
     self._fn = fn
+    self._blocks = blocks
+    if not blocks:
+      self.with_input_types(PubsubMessage)
 
   def expand(self, messages):
-    return messages | 'ParseAndValidate' >> beam.ParDo(self._fn).with_outputs(
+    fn = self._fn
+    if self._blocks:
+      from transforms import blocks
+      fn = blocks.ParseBlocksFn(fn)
+    return messages | 'ParseAndValidate' >> beam.ParDo(fn).with_outputs(
         DEAD_LETTERS, main='rows')

@@ -13,6 +13,7 @@ import apache_beam as beam
 from storage import outages
 from storage.duckdb_files import DuckDBFiles
 from storage.duckdb_files import HOLD_SECONDS
+from transforms.blocks import RowBlock
 
 _LOG = logging.getLogger(__name__)
 Row = Mapping[str, Any]
@@ -51,44 +52,52 @@ class _InsertIntoDuckDB(beam.DoFn):
     self._constants = dict(insert_constants or {})
 
   def start_bundle(self):
-    self._buffer = []
+    self._rows, self._origins = [], []
 
   def process(self, row, element=beam.DoFn.WindowedValueParam):
     # The whole windowed value, so that a refused row leaves in its own
     # window and timestamp (one parameter: Beam's per-element cost of
-    # several is ~5% of a live stream).
-    self._buffer.append(element)
-    if len(self._buffer) >= self.MAX_BUFFER:
+    # several is ~5% of a live stream). A RowBlock's rows share its own.
+    if type(row) is RowBlock:  # pylint: disable=unidiomatic-typecheck
+      self._rows.extend(row)
+      self._origins.extend([element] * len(row))
+    else:
+      self._rows.append(row)
+      self._origins.append(element)
+    if len(self._rows) >= self.MAX_BUFFER:
       yield from self._flush()
 
   def finish_bundle(self):
     yield from self._flush()
 
   def _flush(self):
-    buffered, self._buffer = self._buffer, []
-    if not buffered:
+    rows, origins = self._rows, self._origins
+    self._rows, self._origins = [], []
+    if not rows:
       return
     # An outage (disk full, lock, I/O) is waited out here, holding the batch:
     # its messages stay unacknowledged, nothing becomes a dead letter.
     refused = outages.wait_out(
-        'warehouse %s' % self._path, lambda: self._store(buffered),
+        'warehouse %s' % self._path, lambda: self._store(rows),
         on_retry=self._after_outage)
-    for wv, error in refused:
-      yield beam.pvalue.TaggedOutput(self.REJECTED, wv.with_value((
-          wv.value, '%s: %s' % (type(error).__name__, error))))
+    yield from self._refused(rows, origins, refused)
+
+  def _refused(self, rows, origins, refused):
+    for i, error in refused:
+      yield beam.pvalue.TaggedOutput(self.REJECTED, origins[i].with_value((
+          rows[i], '%s: %s' % (type(error).__name__, error))))
 
   def _after_outage(self, error):
     if outages.needs_reconnect(error):
       DuckDBFiles.close(self._path)
 
-  def _store(self, buffered):
-    """Stores the batch; returns [(windowed row, error)] for rows the
+  def _store(self, rows):
+    """Stores the batch; returns [(index in rows, error)] for rows the
     warehouse refuses. Raises what is an outage, not a row's fault."""
     with DuckDBFiles.use(
         self._path, hold_seconds=HOLD_SECONDS if self._hold else 0) as con:
       DuckDBFiles.ensure_table(
           self._path, con, self._schema.duckdb_ddl(self._table))
-      rows = [wv.value for wv in buffered]
       try:
         self._insert(con, rows)
         self._committed(rows)
@@ -98,14 +107,14 @@ class _InsertIntoDuckDB(beam.DoFn):
           raise
         _LOG.warning('DuckDB batch insert failed (%s); retrying row by row', e)
       refused = []
-      for wv in buffered:
+      for i, row in enumerate(rows):
         try:
-          self._insert(con, [wv.value])
-          self._committed([wv.value])
+          self._insert(con, [row])
+          self._committed([row])
         except Exception as row_error:  # pylint: disable=broad-except
           if outages.is_outage(row_error):
             raise
-          refused.append((wv, row_error))
+          refused.append((i, row_error))
       return refused
 
   def _committed(self, rows):
@@ -130,10 +139,18 @@ def insert_rows(con, table, schema, rows, replace=False, update_only=(),
   key = schema.primary_key
   if key:  # one row per key: the first (keep) or the last (replace)
     unique = {}
-    for row in rows:
-      k = tuple(row.get(k) for k in key)
-      if replace or update_only or k not in unique:
-        unique[k] = row
+    last_wins = replace or update_only
+    if len(key) == 1:
+      name = key[0]
+      for row in rows:
+        k = row.get(name)
+        if last_wins or k not in unique:
+          unique[k] = row
+    else:
+      for row in rows:
+        k = tuple(row.get(k) for k in key)
+        if last_wins or k not in unique:
+          unique[k] = row
     rows = list(unique.values())
   names = schema.column_names
   data = schema.to_arrow_table(rows, constants=constants or None)
@@ -196,12 +213,16 @@ class WriteToDuckDB(beam.PTransform):
   the transaction that stored them (data derived from stored rows).
   ``on_commit(rows)``, if given, is called once rows are durably stored
   (e.g. to acknowledge their Pub/Sub messages only then).
-  ``write_time_column`` is set to the time of the insert.
+  ``write_time_column`` is set to the time of the insert. ``blocks``: the
+  input is RowBlocks (a bounded replay's), each stored with its rows.
   """
   def __init__(self, path, schema, table=None, hold_connection=False,
                replace=False, on_commit=None, write_time_column=None,
-               with_inserted=None, update_only=None, insert_constants=None):
+               with_inserted=None, update_only=None, insert_constants=None,
+               blocks=False):
     super().__init__()
+    if blocks:  # RowBlocks in (``transforms.blocks``), not rows
+      self.with_input_types(RowBlock)
     self._args = (path, schema, table, hold_connection, replace, on_commit,
                   write_time_column, with_inserted, update_only,
                   insert_constants)

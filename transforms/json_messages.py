@@ -79,6 +79,8 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
                      field=None)
 
   def _stamped(self, row, message, timestamp):
+    if not self.stamp_rows:
+      return row
     when = row.get(self._event_time_field) if self._event_time_field else (
         dead_letters.publish_time(message))
     if isinstance(when, datetime.datetime):
@@ -119,10 +121,11 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
 
 class ParseJsonMessages(dead_letters.ParseMessages):
   """PubsubMessages -> rows (main) and dead letters (``dead_letters``).
-  ``count_read`` (a local run's) hears how many messages were read."""
+  ``count_read`` (a local run's) hears how many messages were read;
+  ``blocks``: MessageBlocks in, RowBlocks out (a bounded replay)."""
   def __init__(self, schema, unknown_fields='ignore', event_time_field=None,
                max_message_bytes=dead_letters.MAX_MESSAGE_BYTES,
-               count_read=None, udf=None):
+               count_read=None, udf=None, blocks=False):
     super().__init__(ParseJsonMessageFn(
         schema, unknown_fields, event_time_field, max_message_bytes,
-        count_read=count_read, udf=udf))
+        count_read=count_read, udf=udf), blocks=blocks)

@@ -23,6 +23,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.gcp.pubsub import PubsubMessage
 
 from transforms import archive
+from transforms import blocks
 
 
 def canonical_location(path):
@@ -42,13 +43,16 @@ def file_message_id(path, line_number):
 class ReadFileLines(beam.DoFn):
   """A matched file -> one PubsubMessage per non-empty line (raw bytes
   kept); an archive file (``transforms.archive``) -> the messages it keeps,
-  with their own ids, publish times and attributes. ``count_files`` (a
+  with their own ids, publish times and attributes. With ``blocks``, the
+  messages come in MessageBlocks (``transforms.blocks``). ``count_files`` (a
   local run's) hears of each file done, with its size, for progress."""
-  def __init__(self, count_files=None):
+  def __init__(self, count_files=None, blocks=False):
     self._count_files = count_files
+    self._blocks = blocks
 
   def process(self, metadata) -> Iterable[PubsubMessage]:
-    yield from self._messages(metadata)
+    messages = self._messages(metadata)
+    yield from blocks.message_blocks(messages) if self._blocks else messages
     if self._count_files is not None:
       self._count_files.file_done(metadata.size_in_bytes)
 
@@ -73,11 +77,13 @@ class ReadFileLines(beam.DoFn):
 
 
 class ReadMessagesFromFiles(beam.PTransform):
-  """A file pattern (local or gs://, compressed or not) -> PubsubMessages."""
-  def __init__(self, file_pattern, count_files=None):
+  """A file pattern (local or gs://, compressed or not) -> PubsubMessages,
+  or with ``blocks`` MessageBlocks of them."""
+  def __init__(self, file_pattern, count_files=None, blocks=False):
     super().__init__()
     self._pattern = file_pattern
     self._count_files = count_files
+    self._blocks = blocks
 
   def expand(self, pbegin):
     return (
@@ -85,4 +91,6 @@ class ReadMessagesFromFiles(beam.PTransform):
         | 'FilePattern' >> beam.Create([self._pattern])
         | 'MatchFiles' >> fileio.MatchAll()
         | 'SpreadFiles' >> beam.Reshuffle()
-        | 'ReadLines' >> beam.ParDo(ReadFileLines(self._count_files)))
+        | 'ReadLines' >> beam.ParDo(
+            ReadFileLines(self._count_files, self._blocks)).with_output_types(
+                blocks.MessageBlock if self._blocks else PubsubMessage))

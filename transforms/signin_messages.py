@@ -221,7 +221,7 @@ class ParseSigninFn(dead_letters.ParseMessageFn):
       yield self.dead(message, 'internal_error', e, traceback.format_exc())
       return
     self._rows += 1
-    yield event_time.stamped(row, row['date'])
+    yield event_time.stamped(row, row['date']) if self.stamp_rows else row
 
 
 def resolve_timezone(name):

@@ -15,12 +15,14 @@ import apache_beam as beam
 
 from storage import table_specs
 from transforms import bigquery_sink
+from transforms import blocks
 from transforms import dead_letter_topic
 from transforms import dead_letters
 from transforms import duckdb_sink
 
 _LOG = logging.getLogger(__name__)
 Row = dead_letters.Row
+RowBlock = blocks.RowBlock
 
 
 @beam.typehints.with_input_types(Row)
@@ -28,11 +30,15 @@ class WriteTable(beam.PTransform):
   """Rows -> the table of ``destination`` (BigQuery or DuckDB); returns the
   refused rows as (row, error) pairs. ``duckdb_options`` go to WriteToDuckDB
   when the table is local; ``bigquery_method`` and ``truncate`` to
-  WriteRowsToBigQuery (a local table is emptied before the run instead)."""
+  WriteRowsToBigQuery (a local table is emptied before the run instead).
+  ``blocks``: the input is RowBlocks (``transforms.blocks``)."""
   def __init__(self, destination, bigquery_method='default', replace=False,
                on_commit=None, write_time_column=None, duckdb_options=None,
-               truncate=False):
+               truncate=False, blocks=False):
     super().__init__()
+    self._blocks = blocks
+    if blocks:
+      self.with_input_types(RowBlock)
     self._truncate = truncate
     self._destination = destination
     self._method = bigquery_method
@@ -48,7 +54,11 @@ class WriteTable(beam.PTransform):
                      **self._duckdb_options)
       return rows | 'WriteToDuckDB' >> duckdb_sink.WriteToDuckDB(
           spec, schema, on_commit=self._on_commit,
-          write_time_column=self._write_time_column, **options)
+          write_time_column=self._write_time_column, blocks=self._blocks,
+          **options)
+    if self._blocks:
+      rows = rows | 'UnblockRows' >> beam.FlatMap(
+          blocks.unblocked).with_output_types(Row)
     return rows | 'WriteToBigQuery' >> bigquery_sink.WriteRowsToBigQuery(
         spec, schema, self._method, truncate=self._truncate,
         write_time_column=self._write_time_column, on_commit=self._on_commit,
@@ -58,11 +68,14 @@ class WriteTable(beam.PTransform):
 class StoreRowsAndDeadLetters(beam.PTransform):
   """(rows, dead letters) -> their tables (and the dead letters to
   ``dead_letter_topic`` first, when given); returns every dead letter
-  stored or tried (the parse step's and the warehouse's refusals)."""
+  stored or tried (the parse step's and the warehouse's refusals).
+  ``row_blocks``: the rows come in RowBlocks (a bounded replay's)."""
   def __init__(self, rows_to, dead_letters_to, bigquery_method='default',
                on_commit=None, write_time_column=None,
-               rows_duckdb_options=None, dead_letter_topic=None):
+               rows_duckdb_options=None, dead_letter_topic=None,
+               row_blocks=False):
     super().__init__()
+    self._row_blocks = row_blocks
     self._topic = dead_letter_topic
     self._rows_to = rows_to
     self._dead_letters_to = dead_letters_to
@@ -76,7 +89,7 @@ class StoreRowsAndDeadLetters(beam.PTransform):
     refused_rows = rows | 'WriteRows' >> WriteTable(
         self._rows_to, self._method, on_commit=self._on_commit,
         write_time_column=self._write_time_column,
-        duckdb_options=self._rows_duckdb_options)
+        duckdb_options=self._rows_duckdb_options, blocks=self._row_blocks)
     refused_dead = (
         refused_rows
         | 'RefusedRowsToDeadLetters' >> beam.Map(
