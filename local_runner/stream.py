@@ -18,6 +18,7 @@ stopped, a batch to the end) with progress and a summary, and closes it
 all. It knows nothing of sign-ins; its state is its own (``runs``).
 """
 
+import gc
 import logging
 import os
 import signal
@@ -139,10 +140,16 @@ class LocalRun(object):
     reporter = threading.Thread(target=report_while_running, daemon=True,
                                 name='replay-progress')
     reporter.start()
+    # A replay allocates millions of short-lived objects, and each of
+    # CPython's full collections walks every object alive: the million made
+    # at start-up (Beam's modules, the pipeline) cost a replay 15% of its
+    # time. Frozen (gc.freeze), they are not walked; unfrozen at the end.
+    gc.freeze()
     try:
       result = pipeline.run()
       result.wait_until_finish()
     finally:
+      gc.unfreeze()
       done.set()
       reporter.join()
     print(self.summary(self._progress.report(final=True)))
