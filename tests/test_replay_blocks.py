@@ -251,3 +251,17 @@ def test_a_replay_leaves_the_collector_as_it_found_it(tmp_path):
   pubsub_to_bigquery.run(['--schema', SCHEMA, '--input_file', str(source),
                           '--warehouse', str(tmp_path / 'w.duckdb')])
   assert gc.get_freeze_count() == 0 and gc.isenabled()
+
+
+def test_sign_ins_in_blocks_give_what_they_give_one_by_one():
+  from transforms import signin_messages
+  payloads = [b'{"userid": "1", "date": "2017-10-17T20:57:17Z"}', b'{}',
+              b'\xff', b'{"userid": 7, "date": 1508273837}']
+  batch = [PubsubMessage(p, {}, message_id=str(i))
+           for i, p in enumerate(payloads)]
+  one_fn = signin_messages.ParseSigninFn()
+  one_fn.setup()
+  one_fn.start_bundle()
+  one = split([o for m in batch for o in one_fn.process(m)])
+  block = split(in_blocks(signin_messages.ParseSigninFn(), batch, 3))
+  assert block == one and len(one[0]) == 2 and len(one[1]) == 2

@@ -121,22 +121,24 @@ def encode(records, fmt):
 
 
 def read_records(f, path):
-  """An open archive file -> its records."""
+  """An open archive file -> an iterator of its records."""
   if path.endswith('.avro'):
     import fastavro
-    yield from fastavro.reader(f)
-  elif path.endswith('.parquet'):
+    return iter(fastavro.reader(f))
+  if path.endswith('.parquet'):
     import pyarrow.parquet as pq
-    for rec in pq.read_table(io.BytesIO(f.read())).to_pylist():
-      yield rec
-  else:
-    import gzip
-    with gzip.GzipFile(fileobj=f) as gz:
-      for line in gz:
-        if line.strip():
-          rec = json.loads(line)
-          rec['data'] = base64.b64decode(rec['data'])
-          yield rec
+    return iter(pq.read_table(io.BytesIO(f.read())).to_pylist())
+  return _jsonl_records(f)
+
+
+def _jsonl_records(f):
+  import gzip
+  with gzip.GzipFile(fileobj=f) as gz:
+    for line in gz:
+      if line.strip():
+        rec = json.loads(line)
+        rec['data'] = base64.b64decode(rec['data'])
+        yield rec
 
 
 def file_path(directory, prefix, window_start, window_seconds, bundle, fmt):

@@ -7,7 +7,6 @@ graph that windows rows by event time (user_signin's counts) reads one
 message per element. Dead letters leave a block one by one, as always.
 """
 
-import inspect
 import pickle
 import typing
 
@@ -82,8 +81,6 @@ class ParseBlocksFn(beam.DoFn):
   UDF, its rows or a counted drop)."""
   def __init__(self, fn: dead_letters.ParseMessageFn):
     self._fn = fn
-    self._with_timestamp = 'timestamp' in inspect.signature(
-        fn.process).parameters
 
   def setup(self):
     self._fn.stamp_rows = False  # a block has one timestamp: rows none
@@ -98,11 +95,9 @@ class ParseBlocksFn(beam.DoFn):
   def process(self, block: MessageBlock,
               timestamp=beam.DoFn.TimestampParam) -> typing.Iterable[RowBlock]:
     rows = RowBlock()
-    parse = self._fn.process
-    with_timestamp = self._with_timestamp
+    outputs = self._fn.outputs
     for message in block:
-      for out in (parse(message, timestamp) if with_timestamp
-                  else parse(message)):
+      for out in outputs(message, timestamp):
         kind = type(out)
         if kind is TimestampedValue:
           rows.append(out.value)

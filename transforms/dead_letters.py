@@ -177,6 +177,11 @@ class ParseMessageFn(beam.DoFn):
     if self._dropped:
       self.dropped.inc(self._dropped)
 
+  def outputs(self, message, timestamp):
+    """``process``'s outputs for one message, as a sequence (a block's
+    parse calls this); a subclass may give them without a generator."""
+    return list(self.process(message, timestamp))
+
   def dead(self, message, reason, error, stacktrace=None, **extra):
     """The dead letter of ``message``, on the DEAD_LETTERS output."""
     self.counters[reason].inc()

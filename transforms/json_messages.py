@@ -43,20 +43,32 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
 
   def process(self, message: PubsubMessage,
               timestamp=beam.DoFn.TimestampParam) -> Iterable[dead_letters.Row]:
-    self._seen += 1
     if self._udf_function is not None:
+      self._seen += 1
       yield from self._through_udf(message, timestamp)
       return
+    yield self._one(message, timestamp)
+
+  def outputs(self, message, timestamp):
+    """``process``'s outputs for one message, as a sequence (a block's
+    parse calls this: no generator per message)."""
+    if self._udf_function is not None:
+      self._seen += 1
+      return list(self._through_udf(message, timestamp))
+    return (self._one(message, timestamp),)
+
+  def _one(self, message, timestamp):
+    """The row or the dead letter of one message (no UDF: exactly one)."""
+    self._seen += 1
     try:
       payload, checked = dead_letters.decode_object(message, self._max_bytes)
       row = self._row(payload, checked)
     except Exception as e:  # pylint: disable=broad-except
-      yield self._dead_for(message, e)
-      return
+      return self._dead_for(message, e)
     if self._with_id:
       row['message_id'] = message.message_id
     self._rows += 1
-    yield self._stamped(row, message, timestamp)
+    return self._stamped(row, message, timestamp)
 
   def _row(self, obj, checked):
     """A JSON object -> its row; Refused names the field (a lone surrogate

@@ -60,8 +60,8 @@ class ReadFileLines(beam.DoFn):
     if archive.is_archive(metadata.path):
       with FileSystems.open(metadata.path,
                             compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        for rec in archive.read_records(f, metadata.path):
-          yield archive.message(rec)
+        yield from map(archive.message,
+                       archive.read_records(f, metadata.path))
       return
     location = canonical_location(metadata.path)
     prefix = 'file:%s:' % location
