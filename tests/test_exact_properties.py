@@ -263,3 +263,31 @@ def test_random_schemas_and_messages(data):
     for field in schema_fields:
       assert same(field, stored[str(i)][field.name], expected[field.name]), (
           field, stored[str(i)][field.name], expected[field.name])
+
+
+def test_negative_zero_inside_records_and_arrays_is_stored_as_it_is(tmp_path):
+  """DuckDB's ON CONFLICT path turns -0.0 inside a STRUCT or a list into
+  0.0; the sink's insert must not (the case the property test found)."""
+  import math
+  schema = schemas.table_from_bigquery_schema([
+      {'name': 'd', 'type': 'FLOAT', 'mode': 'REPEATED'},
+      {'name': 'r', 'type': 'RECORD', 'fields': [
+          {'name': 'x', 'type': 'FLOAT'},
+          {'name': 'l', 'type': 'FLOAT', 'mode': 'REPEATED'}]},
+      {'name': 'f', 'type': 'FLOAT'}], 't')
+  path = str(tmp_path / 'w.duckdb')
+  launcher.prepare_local_tables('--warehouse', path, (schema,))
+  rows = [{'d': [-0.0, 0.0], 'r': {'x': -0.0, 'l': [-0.0]}, 'f': -0.0,
+           'message_id': 'a'},
+          {'d': [0.0], 'r': {'x': 0.0, 'l': [0.0]}, 'f': 0.0, 'message_id': 'b'}]
+  assert insert(path, schema, rows) == []
+  assert insert(path, schema, rows) == []  # again: nothing added
+  DuckDBFiles.close_all()
+  stored = {r['message_id']: r for r in duckdb_dicts(path, 'SELECT * FROM t')}
+  assert len(stored) == 2
+  sign = lambda v: math.copysign(1, v)  # noqa: E731
+  a, b = stored['a'], stored['b']
+  assert [sign(v) for v in a['d'] + [a['r']['x']] + a['r']['l'] + [a['f']]] == [
+      -1, 1, -1, -1, -1]
+  assert [sign(v) for v in b['d'] + [b['r']['x']] + b['r']['l'] + [b['f']]] == [
+      1, 1, 1, 1]
