@@ -15,9 +15,11 @@ from pipelines import launcher
 from pipelines import options as pipeline_options
 from pipelines.errors import UsageError
 from transforms import archive
+from transforms import archive_compaction
 from transforms.read_messages import ReadMessages
 
 PROG = 'main.py pubsub_to_gcs'
+MAX_SHARDS = 10000  # five digits in a shard's name
 
 
 class ArchiveOptions(PipelineOptions):
@@ -37,6 +39,12 @@ class ArchiveOptions(PipelineOptions):
     parser.add_argument(
         '--output_filename_prefix', default='',
         help='Put before every file name.')
+    parser.add_argument(
+        '--num_shards', type=int, default=0,
+        help='Files per window once it has closed: its files (one per '
+        'bundle, written as messages arrive) are merged into N shard files '
+        '(<window>-SSSSS-of-NNNNN-<id>), a message to shard crc32(id) mod N. '
+        '0 (default) keeps the bundle files as written.')
 
 
 OPTIONS = [ArchiveOptions, pipeline_options.WindowOptions,
@@ -56,10 +64,15 @@ def run(argv=None):
     pipeline = job.pipeline()
     messages = pipeline | 'ReadMessages' >> ReadMessages.from_flags(
         opts, job.local_reader(opts))
-    _ = messages | 'ArchiveMessages' >> archive.ArchiveMessages(
+    files = messages | 'ArchiveMessages' >> archive.ArchiveMessages(
         opts.output_directory, opts.format, opts.window_seconds,
         opts.output_filename_prefix, on_commit=job.acknowledge_stored,
         count_read=job.count_read)
+    if opts.num_shards:
+      _ = files | 'CompactClosedWindows' >> (
+          archive_compaction.CompactClosedWindows(
+              opts.output_directory, opts.format, opts.window_seconds,
+              opts.output_filename_prefix, opts.num_shards))
     return job.run(pipeline)
 
 
@@ -72,6 +85,9 @@ def check(options, opts):
   if opts.window_seconds <= 0:
     raise UsageError('--window_seconds must be positive, not %s'
                      % opts.window_seconds)
+  if not 0 <= opts.num_shards <= MAX_SHARDS:
+    raise UsageError('--num_shards must be 0 (keep the bundle files) to %d, '
+                     'not %s' % (MAX_SHARDS, opts.num_shards))
   if '/' in opts.output_filename_prefix:
     raise UsageError('--output_filename_prefix: no "/" in a file name prefix')
   if opts.output_directory.startswith('gs://'):

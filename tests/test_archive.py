@@ -168,7 +168,11 @@ def test_flags_that_cannot_work_are_one_line(tmp_path):
       (['--input_subscription', 'projects/demo-proj/subscriptions/s',
         '--output_directory', 'gs://b/x'], '--output_directory'),
       (['--input_subscription', 'projects/demo-proj/subscriptions/s', '--format',
-        'csv'], '--format')):
+        'csv'], '--format'),
+      (['--input_subscription', 'projects/demo-proj/subscriptions/s',
+        '--num_shards', '-1'], '--num_shards'),
+      (['--input_subscription', 'projects/demo-proj/subscriptions/s',
+        '--num_shards', 'two'], '--num_shards')):
     result = run_main('pubsub_to_gcs', *flags)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, (flags, result.stderr)
@@ -181,8 +185,110 @@ def test_dataflow_dry_run_builds_the_archive_job():
       '--runner', 'DataflowRunner', '--dry_run=True', '--project', 'demo-proj',
       '--region', 'europe-west1', '--temp_location', 'gs://demo-bucket/tmp',
       '--input_subscription', 'projects/demo-proj/subscriptions/signins',
-      '--output_directory', 'gs://demo-bucket/archive'])
+      '--output_directory', 'gs://demo-bucket/archive', '--num_shards', '4'])
   names = {t.unique_name for t in
            result.job.proto_pipeline.components.transforms.values()}
   assert 'ArchiveMessages/WriteArchiveFiles' in names
   assert 'ReadMessages/ReadFromPubSub' in names
+  assert 'CompactClosedWindows/MergeIntoShards' in names
+
+
+# Compaction (--num_shards): a closed window's bundle files merged into N.
+
+WINDOW_START = 1764321300 * 10**6  # 2025-11-28T09:15:00Z, a 5-minute boundary
+
+
+def bundle_files(directory, fmt, messages_per_file, files, prefix=''):
+  """Bundle files of one window as the archiver writes them; their ids."""
+  import datetime
+  from apache_beam.io.gcp.pubsub import PubsubMessage
+  ids = []
+  published = datetime.datetime.fromtimestamp(WINDOW_START / 1e6 + 7,
+                                              tz=datetime.timezone.utc)
+  for b in range(files):
+    recs = []
+    for i in range(messages_per_file):
+      ids.append('m-%s%d-%d' % (prefix, b, i))
+      recs.append(archive.record(PubsubMessage(
+          b'\xff payload %d' % i, {'b': str(b)}, message_id=ids[-1],
+          publish_time=published, ordering_key='k%d' % (i % 2))))
+    archive._write(archive.file_path(directory, prefix, WINDOW_START, 300,  # pylint: disable=protected-access
+                                     'bundle%d' % b, fmt),
+                   archive.encode(recs, fmt))
+  return ids
+
+
+@pytest.mark.parametrize('fmt', archive.FORMATS)
+def test_a_window_compacts_into_n_shards_every_record_kept(tmp_path, fmt):
+  from transforms import archive_compaction
+  directory = str(tmp_path / 'archive')
+  ids = bundle_files(directory, fmt, 40, 5, prefix='p-')
+  bundle_files(directory, fmt, 3, 1, prefix='other-')  # another prefix: kept
+  before = archived(directory)
+  written, removed = archive_compaction.compact(
+      directory, 'p-', WINDOW_START, 300, 3, fmt)
+  assert len(removed) == 5 and len(written) == 3
+  after = archived(directory)
+  assert sorted(after) == sorted(before)
+  for message_id, (msg, path) in after.items():
+    was, _ = before[message_id]
+    assert (msg.data, msg.attributes, msg.publish_time, msg.ordering_key) == (
+        was.data, was.attributes, was.publish_time, was.ordering_key)
+    if message_id in ids:
+      shard = archive_compaction.shard_of(message_id, 3)
+      assert '-%05d-of-00003-' % shard in os.path.basename(path), path
+  names = sorted(f for _, _, fs in os.walk(directory) for f in fs)
+  assert len(names) == 4 and not [n for n in names if n.endswith('.tmp')]
+  # Again (a restart's compaction of the same window): merges the shards.
+  written2, removed2 = archive_compaction.compact(
+      directory, 'p-', WINDOW_START, 300, 2, fmt)
+  assert sorted(removed2) == sorted(written) and len(written2) == 2
+  assert sorted(archived(directory)) == sorted(before)
+
+
+def test_a_compaction_that_fails_keeps_every_file(tmp_path, monkeypatch):
+  from transforms import archive_compaction
+  directory = str(tmp_path / 'archive')
+  bundle_files(directory, 'avro', 10, 3)
+  before = sorted(f for _, _, fs in os.walk(directory) for f in fs)
+
+  def full_disk(self):
+    raise OSError(28, 'No space left on device')
+  monkeypatch.setattr(archive_compaction.ShardWriter, 'close', full_disk)
+  fn = archive_compaction.CompactWindowFiles(directory, 'avro', 300, '', 2)
+
+  class Window:
+    start = __import__('apache_beam').utils.timestamp.Timestamp(
+        micros=WINDOW_START)
+  assert list(fn.process(('window', []), window=Window)) == []
+  assert sorted(f for _, _, fs in os.walk(directory) for f in fs) == before
+
+
+def test_num_shards_compacts_closed_windows_of_a_live_stream(
+    pubsub_emulator, tmp_path):
+  """Two-second windows, three bursts: after the stop every window's files
+  are at most two shards, and every published id is in them."""
+  import time
+  topic, sub = subscription(pubsub_emulator)
+  directory = str(tmp_path / 'archive')
+  proc, status = archive_run(tmp_path, sub, directory, '--window_seconds', 2,
+                             '--num_shards', 2)
+  wait_for_status(status, lambda s: 'messages_in' in s, proc)
+  ids = []
+  for burst in range(3):
+    ids += publish(pubsub_emulator, topic, [b'burst %d n %d' % (burst, i)
+                                            for i in range(200)])
+    time.sleep(2.5)
+  wait_for_status(status, lambda s: s.get('stored_total', 0) >= len(ids), proc)
+  time.sleep(3)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=60)
+  assert proc.returncode == 0, err
+  assert sorted(archived(directory)) == sorted(ids)
+  names = [f for _, _, fs in os.walk(directory) for f in fs]
+  per_window = {}
+  for name in names:
+    per_window.setdefault(name.split('Z-')[0], []).append(name)
+  assert len(per_window) >= 2, names
+  assert all(len(files) <= 2 for files in per_window.values()), per_window
+  assert all('-of-00002-' in n for n in names), names

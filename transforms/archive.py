@@ -40,7 +40,7 @@ FORMATS = ('avro', 'parquet', 'jsonl')
 EXTENSIONS = {'avro': '.avro', 'parquet': '.parquet',
               'jsonl': '.messages.jsonl.gz'}
 UTC = datetime.timezone.utc
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
 AVRO_SCHEMA = {
     'type': 'record', 'name': 'PubsubMessage', 'namespace': 'beam_gcp_pipelines',
     'fields': [
@@ -62,7 +62,7 @@ def _micros(published):
     return None
   if published.tzinfo is None:
     published = published.replace(tzinfo=UTC)
-  return (published - _EPOCH) // datetime.timedelta(microseconds=1)
+  return (published - EPOCH) // datetime.timedelta(microseconds=1)
 
 
 def record(message):
@@ -80,7 +80,7 @@ def message(rec):
   if isinstance(micros, datetime.datetime):  # as fastavro reads timestamp-micros
     published = micros if micros.tzinfo is UTC else micros.astimezone(UTC)
   else:
-    published = None if micros is None else _EPOCH + datetime.timedelta(
+    published = None if micros is None else EPOCH + datetime.timedelta(
         microseconds=micros)
   attributes = rec['attributes']
   if isinstance(attributes, list):  # Parquet maps read as (key, value) pairs
@@ -91,6 +91,40 @@ def message(rec):
                        ordering_key=rec['ordering_key'] or '')
 
 
+def parquet_schema():
+  import pyarrow as pa
+  return pa.schema([
+      ('message_id', pa.string()),
+      ('publish_time', pa.timestamp('us', tz='UTC')),
+      ('attributes', pa.map_(pa.string(), pa.string())),
+      ('ordering_key', pa.string()),
+      ('data', pa.binary())])
+
+
+def parquet_table(records):
+  """Records -> an Arrow table of the Parquet archive's schema."""
+  import pyarrow as pa
+  columns = {
+      'message_id': [r['message_id'] for r in records],
+      'publish_time': [r['publish_time'] for r in records],
+      'attributes': [_pairs(r['attributes']) for r in records],
+      'ordering_key': [r['ordering_key'] for r in records],
+      'data': [r['data'] for r in records]}
+  return pa.table(columns, schema=parquet_schema())
+
+
+def _pairs(attributes):
+  """A record's attributes as (key, value) pairs (Parquet reads them so)."""
+  return list(attributes.items()) if isinstance(attributes, dict) else list(
+      attributes or ())
+
+
+def jsonl_line(rec):
+  """A record -> its line of a ``.messages.jsonl.gz`` file (payload in base64)."""
+  return json.dumps(dict(rec, data=base64.b64encode(rec['data']).decode(
+      'ascii')), sort_keys=True).encode('utf-8') + b'\n'
+
+
 def encode(records, fmt):
   """Records -> the bytes of one archive file."""
   out = io.BytesIO()
@@ -99,24 +133,13 @@ def encode(records, fmt):
     fastavro.writer(out, fastavro.parse_schema(AVRO_SCHEMA), records,
                     codec='deflate')
   elif fmt == 'parquet':
-    import pyarrow as pa
     import pyarrow.parquet as pq
-    table = pa.table({
-        'message_id': pa.array([r['message_id'] for r in records], pa.string()),
-        'publish_time': pa.array([r['publish_time'] for r in records],
-                                 pa.timestamp('us', tz='UTC')),
-        'attributes': pa.array([list(r['attributes'].items())
-                                for r in records], pa.map_(pa.string(), pa.string())),
-        'ordering_key': pa.array([r['ordering_key'] for r in records], pa.string()),
-        'data': pa.array([r['data'] for r in records], pa.binary()),
-    })
-    pq.write_table(table, out, compression='zstd')
+    pq.write_table(parquet_table(records), out, compression='zstd')
   else:
     import gzip
     with gzip.GzipFile(fileobj=out, mode='wb') as gz:
       for r in records:
-        gz.write(json.dumps(dict(r, data=base64.b64encode(r['data']).decode(
-            'ascii')), sort_keys=True).encode('utf-8') + b'\n')
+        gz.write(jsonl_line(r))
   return out.getvalue()
 
 
@@ -142,7 +165,7 @@ def _jsonl_records(f):
 
 
 def file_path(directory, prefix, window_start, window_seconds, bundle, fmt):
-  start = _EPOCH + datetime.timedelta(microseconds=window_start)
+  start = EPOCH + datetime.timedelta(microseconds=window_start)
   end = start + datetime.timedelta(seconds=window_seconds)
   return '/'.join([directory.rstrip('/'), start.strftime('%Y/%m/%d/%H'),
                    '%s%s--%s-%s%s' % (prefix, start.strftime('%Y%m%dT%H%M%SZ'),
@@ -173,6 +196,7 @@ class WriteArchiveFiles(beam.DoFn):
 
   def finish_bundle(self):
     from apache_beam.transforms.window import GlobalWindow
+    from apache_beam.utils.timestamp import Timestamp
     from apache_beam.utils.windowed_value import WindowedValue
     by_window, self._by_window = self._by_window, collections.defaultdict(list)
     if self._count_read is not None:
@@ -186,7 +210,7 @@ class WriteArchiveFiles(beam.DoFn):
                        lambda: _write(path, data))
       if self._on_commit is not None:
         self._on_commit([{'message_id': m.message_id} for m in messages])
-      yield WindowedValue(path, start // 1000000, [GlobalWindow()])
+      yield WindowedValue(path, Timestamp(micros=start), [GlobalWindow()])
 
 
 def _write(path, data):
