@@ -82,6 +82,23 @@ class WindowOptions(PipelineOptions):
         'file per window (default 300).')
 
 
+class ShardOptions(PipelineOptions):
+  """--num_shards of the pipelines that write files (one class: two
+  pipelines imported together cannot both register the flag)."""
+  TITLE = 'file shards'
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument(
+        '--num_shards', type=int, default=0,
+        help='wordcount: output text shards (1 writes a single file; 0, the '
+        'default, lets the runner decide). pubsub_to_gcs: files per window '
+        'once it has closed: its files (one per bundle, written as messages '
+        'arrive) are merged into N shard files (<window>-SSSSS-of-NNNNN-<id>, '
+        'a message to shard crc32(id) mod N); 0, the default, keeps the '
+        'bundle files as written.')
+
+
 def window_seconds(opts, pipeline):
   """--window_seconds, or ``pipeline``'s default when not given."""
   if opts.window_seconds is None:

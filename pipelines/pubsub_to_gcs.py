@@ -39,16 +39,10 @@ class ArchiveOptions(PipelineOptions):
     parser.add_argument(
         '--output_filename_prefix', default='',
         help='Put before every file name.')
-    parser.add_argument(
-        '--num_shards', type=int, default=0,
-        help='Files per window once it has closed: its files (one per '
-        'bundle, written as messages arrive) are merged into N shard files '
-        '(<window>-SSSSS-of-NNNNN-<id>), a message to shard crc32(id) mod N. '
-        '0 (default) keeps the bundle files as written.')
 
 
 OPTIONS = [ArchiveOptions, pipeline_options.WindowOptions,
-           pipeline_options.MessageSourceOptions]
+           pipeline_options.ShardOptions, pipeline_options.MessageSourceOptions]
 
 
 def run(argv=None):

@@ -53,10 +53,6 @@ class WordcountOptions(PipelineOptions):
         '--output', default='output/wordcount/counts',
         help='Prefix of the text shards to write, local or gs://.')
     parser.add_argument(
-        '--num_shards', type=int, default=0,
-        help='Number of output shards; 1 writes a single file, 0 lets the '
-        'runner decide.')
-    parser.add_argument(
         '--pattern', default=text.DEFAULT_WORD_PATTERN,
         help='Regex that finds words in a line (default %(default)r, as in '
         "Beam's wordcount example).")
@@ -84,7 +80,8 @@ class FormatCounts(beam.DoFn):
     yield format_count(word_count)
 
 
-OPTIONS = [WordcountOptions, pipeline_options.BigQueryOutputOptions]
+OPTIONS = [WordcountOptions, pipeline_options.ShardOptions,
+           pipeline_options.BigQueryOutputOptions]
 
 
 def count_rows(word_count: Tuple[str, int]) -> Dict[str, Any]:
