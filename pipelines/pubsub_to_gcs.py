@@ -67,7 +67,12 @@ def run(argv=None):
           archive_compaction.CompactClosedWindows(
               opts.output_directory, opts.format, opts.window_seconds,
               opts.output_filename_prefix, opts.num_shards))
-    return job.run(pipeline)
+    result = job.run(pipeline)
+  if opts.num_shards and job.runs_locally:  # the windows a stop left open
+    archive_compaction.compact_recent(
+        opts.output_directory, opts.format, opts.window_seconds,
+        opts.output_filename_prefix, opts.num_shards)
+  return result
 
 
 def check(options, opts):

@@ -96,7 +96,8 @@ def test_every_message_is_kept_byte_exact_in_window_folders(
 def test_archive_on_gcs_then_replay_equals_the_live_table(
     pubsub_emulator, gcs_emulator, tmp_path):
   """Live: the stream into a warehouse, and the same subscription's twin
-  into the archive on the GCS emulator; then the archive replayed into a
+  into the archive on the GCS emulator (compacted into one shard per
+  window at the stop, --num_shards 1); then the archive replayed into a
   fresh warehouse has the same rows and dead letters, with the same ids, and
   a second replay adds nothing."""
   project = pubsub_emulator.project
@@ -112,7 +113,8 @@ def test_archive_on_gcs_then_replay_equals_the_live_table(
   directory = 'gs://%s/archive-%s' % (GCS_BUCKET, uuid.uuid4().hex[:6])
   (tmp_path / 'a').mkdir()
   (tmp_path / 'l').mkdir()
-  arch, arch_status = archive_run(tmp_path / 'a', path(archive_sub), directory)
+  arch, arch_status = archive_run(tmp_path / 'a', path(archive_sub), directory,
+                                  '--num_shards', 1)
   live_db = tmp_path / 'live.duckdb'
   live_status = tmp_path / 'live.json'
   live = start_pipeline(tmp_path / 'l', '--input_subscription', path(live_sub),
@@ -126,6 +128,11 @@ def test_archive_on_gcs_then_replay_equals_the_live_table(
     wait_for_status(status, lambda s: s.get('stored_total', 0) >= n, proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.communicate(timeout=60) and proc.returncode == 0
+  # The stop closed the window: its files on GCS merged into one shard.
+  from apache_beam.io.filesystems import FileSystems
+  objects = [m.path for m in FileSystems.match(
+      [directory + '/**'])[0].metadata_list]
+  assert objects and all('-00000-of-00001-' in o for o in objects), objects
   replay_db = tmp_path / 'replay.duckdb'
   for _ in range(2):
     result = run_main('user_signin', '--input_file', directory + '/**',
@@ -239,7 +246,10 @@ def test_a_window_compacts_into_n_shards_every_record_kept(tmp_path, fmt):
       assert '-%05d-of-00003-' % shard in os.path.basename(path), path
   names = sorted(f for _, _, fs in os.walk(directory) for f in fs)
   assert len(names) == 4 and not [n for n in names if n.endswith('.tmp')]
-  # Again (a restart's compaction of the same window): merges the shards.
+  # Compacted already into 3: nothing to do.
+  assert archive_compaction.compact(
+      directory, 'p-', WINDOW_START, 300, 3, fmt) == ([], [])
+  # Into 2 (a restart with another --num_shards): merges the shards.
   written2, removed2 = archive_compaction.compact(
       directory, 'p-', WINDOW_START, 300, 2, fmt)
   assert sorted(removed2) == sorted(written) and len(written2) == 2

@@ -107,7 +107,8 @@ def start_archive(project, topic, directory, status_path):
        '--input_subscription', sub, '--output_directory', directory,
        '--warehouse', os.path.join(ROOT, 'output', 'demo',
                                    'archive-deliveries.duckdb'),
-       '--status_file', status_path, '--progress_seconds', '1'], cwd=ROOT,
+       '--status_file', status_path, '--progress_seconds', '1',
+       '--num_shards', '1'], cwd=ROOT,  # closed windows: one file each
       stdout=subprocess.DEVNULL)
   status_file.wait_for(status_path, lambda s: 'messages_in' in s,
                        lambda: proc.poll() is None, 60)

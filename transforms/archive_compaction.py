@@ -152,8 +152,10 @@ def compact(directory, prefix, window_start, window_seconds, num_shards, fmt):
   (files of another format, from a run with another --format, are left as
   they are); returns (the files written, the files removed)."""
   sources = window_files(directory, prefix, window_start, window_seconds, fmt)
-  if not sources:
-    return [], []
+  shard = '-of-%05d-' % num_shards
+  if not sources or (len(sources) <= num_shards and all(
+      shard in os.path.basename(s) for s in sources)):
+    return [], []  # nothing there, or compacted already
   compaction = uuid.uuid4().hex[:8]
   writers = [ShardWriter(shard_path(directory, prefix, window_start,
                                     window_seconds, i, num_shards, compaction,
@@ -176,6 +178,30 @@ def compact(directory, prefix, window_start, window_seconds, num_shards, fmt):
     raise
   FileSystems.delete(sources)  # every record is in a whole file by now
   return written, sources
+
+
+def compact_recent(directory, fmt, window_seconds, prefix, num_shards,
+                   now=None):
+  """After a local stream stopped: the windows still open (the last two by
+  the clock; a stop does not close them) compacted too. Errors are logged;
+  the files stay as they are."""
+  import time
+  micros = int((now or time.time()) * 1e6)
+  size = int(window_seconds * 1e6)
+  last = micros - micros % size
+  for start in (last - size, last):
+    try:
+      written, removed = compact(directory, prefix, start, window_seconds,
+                                 num_shards, fmt)
+    except Exception as e:  # pylint: disable=broad-except
+      _LOG.error('archive window %s not compacted at the stop, its files '
+                 'kept: %s: %s', window_prefix(prefix, start, window_seconds),
+                 type(e).__name__, e)
+      continue
+    if removed:
+      _LOG.info('archive window %s at the stop: %d files -> %d', window_prefix(
+          prefix, start, window_seconds).rstrip('-'), len(removed),
+                len(written))
 
 
 class CompactWindowFiles(beam.DoFn):
