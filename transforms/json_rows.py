@@ -125,62 +125,57 @@ class RowConverter(object):
     self._convert = self._generate(fields, unknown)
     self._fast = self._generate_fast(fields, unknown)
 
-  def _generate_fast(self, fields, unknown):
-    scope = {'names': self._names, 'by_column': self._by_column,
-             'slow': _slow}
-    lines = ['def fast(payload):',
+  def _compile(self, header, prefix, fields, body_of, scope):
+    """A generated converter: ``header``, the payload keyed by column (with
+    ``prefix`` naming a refusal), each field's value ``v<i>`` through the
+    lines ``body_of(i, field)`` gives, and the row of them all."""
+    scope.update(names=self._names, by_column=self._by_column)
+    lines = ['def %s:' % header,
              '  if not names.issuperset(payload):',
-             "    payload = by_column(payload, '')",
+             '    payload = by_column(payload, %s)' % prefix,
              '  get = payload.get']
     for i, field in enumerate(fields):
-      v, name = 'v%d' % i, repr(field.name)
-      scope['s%d' % i] = _fast_reader(field, unknown)
-      lines.append('  %s = get(%s)' % (v, name))
-      if field.mode == 'REPEATED':
-        lines += ['  if %s is None:' % v,
-                  '    %s = []' % v,
-                  '  elif type(%s) is list:' % v,
-                  '    %s = [s%d(x, None) if x is not None else slow() '
-                  'for x in %s]' % (v, i, v),
-                  '  else:',
-                  '    slow()']
-        continue
-      lines.append('  if %s is None:' % v)
-      lines.append('    slow()' if field.mode == 'REQUIRED' else '    pass')
-      inline = _INLINE.get(field.type)
-      if inline:
-        lines.append('  elif not (%s):' % inline.format(
-            v=v, min=INT64_MIN, max=INT64_MAX))
-      else:
-        lines.append('  else:')
-      lines.append('    %s = s%d(%s, None)' % (v, i, v))
+      lines.append('  v%d = get(%r)' % (i, field.name))
+      lines += body_of(i, field)
     lines.append('  return {%s}' % ', '.join(
         '%r: v%d' % (f.name, i) for i, f in enumerate(fields)))
     exec('\n'.join(lines), scope)  # pylint: disable=exec-used
-    return scope['fast']
+    return scope[header.split('(')[0]]
+
+  def _generate_fast(self, fields, unknown):
+    scope = {'slow': _slow}
+
+    def body(i, field):
+      v = 'v%d' % i
+      scope['s%d' % i] = _fast_reader(field, unknown)
+      if field.mode == 'REPEATED':
+        return ['  if %s is None:' % v, '    %s = []' % v,
+                '  elif type(%s) is list:' % v,
+                '    %s = [s%d(x, None) if x is not None else slow() '
+                'for x in %s]' % (v, i, v),
+                '  else:', '    slow()']
+      inline = _INLINE.get(field.type)
+      return ['  if %s is None:' % v,
+              '    slow()' if field.mode == 'REQUIRED' else '    pass',
+              ('  elif not (%s):' % inline.format(
+                  v=v, min=INT64_MIN, max=INT64_MAX)) if inline else '  else:',
+              '    %s = s%d(%s, None)' % (v, i, v)]
+    return self._compile('fast(payload)', "''", fields, body, scope)
 
   def _generate(self, fields, unknown):
-    scope = {'names': self._names, 'by_column': self._by_column}
-    lines = ['def convert(payload, prefix):',
-             '  if not names.issuperset(payload):',
-             '    payload = by_column(payload, prefix)',
-             '  get = payload.get']
-    for i, field in enumerate(fields):
-      v, name = 'v%d' % i, repr(field.name)
+    scope = {}
+
+    def body(i, field):
+      v = 'v%d' % i
       scope['c%d' % i] = _field_converter(field, unknown)
-      lines.append('  %s = get(%s)' % (v, name))
       inline = _INLINE.get(field.type) if field.mode != 'REPEATED' else None
       call = '%s = c%d(%s, prefix)' % (v, i, v)
       if inline:
-        lines.append('  if not (%s):' % inline.format(
-            v=v, min=INT64_MIN, max=INT64_MAX))
-        lines.append('    ' + call)
-      else:
-        lines.append('  ' + call)
-    lines.append('  return {%s}' % ', '.join(
-        '%r: v%d' % (f.name, i) for i, f in enumerate(fields)))
-    exec('\n'.join(lines), scope)  # pylint: disable=exec-used
-    return scope['convert']
+        return ['  if not (%s):' % inline.format(
+            v=v, min=INT64_MIN, max=INT64_MAX), '    ' + call]
+      return ['  ' + call]
+    return self._compile('convert(payload, prefix)', 'prefix', fields, body,
+                         scope)
 
   def __call__(self, payload, prefix=''):
     try:
