@@ -302,3 +302,26 @@ def test_num_shards_compacts_closed_windows_of_a_live_stream(
   assert len(per_window) >= 2, names
   assert all(len(files) <= 2 for files in per_window.values()), per_window
   assert all('-of-00002-' in n for n in names), names
+
+
+def test_two_compactions_at_once_lose_nothing(tmp_path):
+  """Two writers compacting one window at the same moment (threads, many
+  rounds): a record may be in two files afterwards, never in none."""
+  import threading
+  from transforms import archive_compaction
+  for round_ in range(5):
+    directory = str(tmp_path / ('archive-%d' % round_))
+    ids = bundle_files(directory, 'avro', 30, 6)
+    errors = []
+
+    def compact(n):
+      try:
+        archive_compaction.compact(directory, '', WINDOW_START, 300, n, 'avro')
+      except Exception as e:  # pylint: disable=broad-except
+        errors.append(e)  # a source the other one deleted first: no loss
+    threads = [threading.Thread(target=compact, args=(n,)) for n in (1, 2)]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join()
+    assert set(archived(directory)) == set(ids), (round_, errors)
