@@ -23,11 +23,13 @@ changed at import.
   heap grew ~9 MiB a minute at 2,000 msgs/s): a key's state for a window
   past its allowed lateness, with no timer pending (windows that merge are
   left alone), is dropped after each of the key's work items.
-- ``report_bigquery_inserts`` (local runs whose ack-after-commit reader
-  writes BigQuery): Beam's WriteToBigQuery reports refused rows but not
-  accepted ones; the one call its streaming inserts go through
-  (``BigQueryWrapper.insert_rows``) is wrapped so that the rows it sent
-  without an error reach the listening runs, which acknowledge them.
+- ``settle_after_processing`` (local streams read by the project's own
+  reader): the DirectRunner's ``EvaluationContext.handle_result``, where
+  each evaluated bundle's outputs are committed to their consumers, is
+  wrapped so that ``local_runner.delivery`` follows each served batch to
+  the end of every step and the reader acknowledges it then. Beam's
+  ``BigQueryWrapper.insert_rows`` is wrapped to say, in the progress line,
+  when BigQuery does not answer.
 
 Dataflow never loads any of it.
 """
@@ -59,7 +61,7 @@ def enabled():
       _LOG.warning(
           'Beam %s is not the version this project\'s changes to Beam\'s '
           'internals were tested on (%s): left off (emulator credentials, '
-          'local stream speed-ups, BigQuery acknowledgements)',
+          'local stream speed-ups, the local reader\'s acknowledgements)',
           apache_beam.__version__, ', '.join(TESTED_BEAM))
   return False
 
@@ -219,46 +221,51 @@ def _collect_window_state():
       evaluator.process_element)
 
 
-# -- BigQuery acknowledgements ------------------------------------------------
-_listeners = {}  # (dataset, table) -> {listener: None}, the runs that listen
+# -- delivery: settling what the reader served ------------------------------
+def settle_after_processing():
+  """Follows the local reader's batches through the runner's bundles
+  (``local_runner.delivery``); False if the switch is off (then nothing
+  would be settled: the reader refuses to start)."""
+  return _once('settle_after_processing', _follow_bundles)
 
 
-def report_bigquery_inserts(table, listener):
-  """``listener(rows)`` hears of the rows Beam's streaming inserts stored in
-  ``table`` without an error, in this process, until ``forget``; False if
-  the switch is off (nothing will be heard)."""
-  if not _once('bigquery_inserts', _wrap_insert_rows):
-    return False
-  from apache_beam.io.gcp import bigquery_tools
-  ref = bigquery_tools.parse_table_reference(table)
-  with _lock:
-    _listeners.setdefault((ref.datasetId, ref.tableId), {})[listener] = None
-  return True
+def _follow_bundles():
+  from apache_beam.runners.direct import evaluation_context
+  from apache_beam.runners.direct.test_stream_impl import _TestStream
+  from local_runner import delivery
+  context = evaluation_context.EvaluationContext
+  handle_result = context.handle_result
 
+  def is_reader(applied_ptransform):
+    return isinstance(applied_ptransform.transform, _TestStream)
 
-def forget(listener):
-  with _lock:
-    for listening in _listeners.values():
-      listening.pop(listener, None)
+  def following_handle_result(self, completed_bundle, completed_timers,
+                              result):
+    committed = handle_result(self, completed_bundle, completed_timers, result)
+    consumers = self._value_to_consumers  # pylint: disable=protected-access
+    delivery.handled(completed_bundle, result, committed,
+                     lambda pcollection: len(consumers.get(pcollection, ())),
+                     is_reader)
+    return committed
+  following_handle_result.original = handle_result
+  context.handle_result = following_handle_result
+  _wrap_insert_rows()
 
 
 def _wrap_insert_rows():
+  """Beam's streaming inserts retry a BigQuery that does not answer inside
+  ``insert_rows``: the local run's progress says it is waiting."""
   from apache_beam.io.gcp import bigquery_tools
   from storage import outages
   wrapper = bigquery_tools.BigQueryWrapper
   insert_rows = wrapper.insert_rows
+  if hasattr(insert_rows, 'original'):
+    return
 
-  def reporting_insert_rows(self, project_id, dataset_id, table_id, rows,
-                            *args, **kwargs):
+  def insert_rows_said(self, project_id, dataset_id, table_id, rows, *args,
+                       **kwargs):
     with outages.pending('BigQuery %s.%s' % (dataset_id, table_id)):
-      passed, errors = insert_rows(
-          self, project_id, dataset_id, table_id, rows, *args, **kwargs)
-    with _lock:
-      listening = list(_listeners.get((dataset_id, table_id), ()))
-    if listening:
-      refused = {error['index'] for error in errors}
-      accepted = [row for i, row in enumerate(rows) if i not in refused]
-      for listener in listening:
-        listener(accepted)
-    return passed, errors
-  wrapper.insert_rows = reporting_insert_rows
+      return insert_rows(self, project_id, dataset_id, table_id, rows, *args,
+                         **kwargs)
+  insert_rows_said.original = insert_rows
+  wrapper.insert_rows = insert_rows_said

@@ -1,14 +1,16 @@
 """The channel from the local reader to Beam's runner: pulled messages as
 TestStream events over Beam's TestStreamService, privately.
 
-Each message travels as Pub/Sub's own message proto (an encoding that cannot
-run code, unlike pickles), on a unix socket in a folder only this user can
-enter, served to one client: the runner.
+What crosses the channel is a token per message (``HandOffCoder``): the
+runner, in this process, takes the message itself. The service listens on a
+unix socket in a folder only this user can enter, and serves one client: the
+runner.
 """
 
 import datetime
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -20,129 +22,158 @@ from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.test_stream_service import TestStreamServiceController
-from apache_beam.utils.timestamp import Timestamp
-
-from transforms import dead_letters
 
 _LOG = logging.getLogger(__name__)
 
-MAX_EVENT_BYTES = 3 << 20  # Beam's TestStream client keeps gRPC's 4 MiB cap
-MAX_PAYLOAD_BYTES = 2 << 20  # longer payloads travel cut to this + 1 byte
-ORIGINAL_SIZE_ATTRIBUTE = 'x-original-size'
 UTC = datetime.timezone.utc
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
+# A unix socket's path has room for 107 bytes (sun_path) on Linux.
+MAX_SOCKET_PATH = 100
 
 
-class PubsubMessageProtoCoder(coders.Coder):
-  """PubsubMessage <-> Pub/Sub's own message proto: how pulled messages
-  travel from the pump to the runner (an encoding that cannot run code,
-  unlike pickles)."""
-  _PROTO = None
+class DeliveredMessage(PubsubMessage):
+  """A pulled message as the reader delivers it: Pub/Sub's fields exactly as
+  published, and beside them what the reader knows of this delivery:
+  ``given_up`` ((reason, error) when the reader gives up on it: delivered
+  too many times, or a timestamp attribute that is not a timestamp; the
+  parse step makes it a dead letter) and ``batch`` (what the runner settles
+  it with, ``local_runner.delivery``). Never pickled: it stays in process."""
+  def __init__(self, data, attributes, message_id=None, publish_time=None,
+               ordering_key='', given_up=None, batch=None):
+    super().__init__(data, attributes, message_id, publish_time, ordering_key)
+    self.given_up = given_up
+    self.batch = batch
+
+
+class HandOffCoder(coders.Coder):
+  """Hands messages from the reader to the runner in this process: what
+  crosses the channel is a token, and the runner's decode takes the message
+  itself. So nothing of a message is copied, cut or re-encoded on the way,
+  whatever its size (Pub/Sub's 10 MB and 100 attributes; Beam's TestStream
+  client caps a channel message at 4 MiB), its attributes or its id (a lone
+  surrogate cannot be encoded to a proto); and a token reaching another
+  process is worth nothing."""
+  _lock = threading.Lock()
+  _waiting = {}  # token -> message
+  _next = [0]
 
   @classmethod
-  def _proto_class(cls):
-    if cls._PROTO is None:
-      from google.pubsub_v1.types import PubsubMessage as ProtoPlusMessage
-      cls._PROTO = ProtoPlusMessage.pb()
-    return cls._PROTO
+  def hand_off(cls, message):
+    with cls._lock:
+      cls._next[0] += 1
+      token = b'%d' % cls._next[0]
+      cls._waiting[token] = message
+    return token
+
+  @classmethod
+  def drop(cls, tokens):
+    """Forgets messages the runner will never take (a stop)."""
+    with cls._lock:
+      for token in tokens:
+        cls._waiting.pop(token, None)
 
   def encode(self, message):
-    proto = self._proto_class()(
-        data=message.data or b'', attributes=message.attributes or {},
-        message_id=message.message_id or '',
-        ordering_key=getattr(message, 'ordering_key', None) or '')
-    if message.publish_time is not None:
-      proto.publish_time.FromDatetime(message.publish_time)
-    return proto.SerializeToString()
+    return self.hand_off(message)
 
-  def decode(self, encoded):
-    proto = self._proto_class().FromString(encoded)
-    publish_time = None
-    if proto.HasField('publish_time'):
-      # What ToDatetime(tzinfo=UTC) gives, exactly, at a third of its cost.
-      published = proto.publish_time
-      publish_time = _EPOCH + datetime.timedelta(
-          seconds=published.seconds, microseconds=published.nanos // 1000)
-    return PubsubMessage(proto.data, dict(proto.attributes),
-                         message_id=proto.message_id or None,
-                         publish_time=publish_time,
-                         ordering_key=proto.ordering_key)
+  def decode(self, token):
+    with self._lock:
+      return self._waiting.pop(token)
 
   def is_deterministic(self):
-    return True
+    return False
 
 
-def message_proto(received, attempts=1, max_attempts=None,
-                  timestamp_attribute=None):
-  """A pulled ReceivedMessage (raw protobuf) -> (Pub/Sub message proto cut to
-  travel, its timestamp in microseconds): what the runner decodes with
-  PubsubMessageProtoCoder.
-
-  The timestamp is the publish time, or ``timestamp_attribute``'s value
-  (milliseconds since the epoch or RFC 3339, as Beam's read takes it). A
-  message over ``max_attempts`` deliveries, or whose timestamp attribute is
-  not a timestamp, is marked for the parse step to dead-letter. Raw protos,
-  not the client's proto-plus wrappers: those cost 12% of a live stream's
-  time (benchmarks/README.md).
-  """
+def delivered_message(received, attempts=1, max_attempts=None,
+                      timestamp_attribute=None):
+  """A pulled ReceivedMessage (raw protobuf) -> (DeliveredMessage, its
+  timestamp in microseconds). The timestamp is the publish time, or
+  ``timestamp_attribute``'s value (``parse_timestamp_attribute``). Raw
+  protos, not the client's proto-plus wrappers: those cost 12% of a live
+  stream's time (benchmarks/README.md)."""
   msg = received.message
   published = msg.publish_time
   micros = published.seconds * 1000000 + published.nanos // 1000
-  attributes = msg.attributes
-  changes = {}
-  if len(msg.data) > MAX_PAYLOAD_BYTES:
-    changes[ORIGINAL_SIZE_ATTRIBUTE] = str(len(msg.data))
+  attributes = dict(msg.attributes)
+  given_up = None
   if max_attempts and attempts > max_attempts:
-    changes[dead_letters.TOO_MANY_ATTEMPTS_ATTRIBUTE] = str(attempts)
+    given_up = ('too_many_attempts', 'delivered %d times without being '
+                'stored; not processed again' % attempts)
   if timestamp_attribute and timestamp_attribute in attributes:
+    value = attributes[timestamp_attribute]
     try:
-      micros = parse_timestamp_attribute(
-          attributes[timestamp_attribute]).micros
+      micros = parse_timestamp_attribute(value)
     except ValueError as e:
-      changes[dead_letters.BAD_TIMESTAMP_ATTRIBUTE] = (
-          'attribute %s=%r is not a timestamp: %s' % (
-              timestamp_attribute, attributes[timestamp_attribute][:100], e))
-  if changes:
-    copy = type(msg)()
-    copy.CopyFrom(msg)
-    if ORIGINAL_SIZE_ATTRIBUTE in changes:
-      copy.data = msg.data[:MAX_PAYLOAD_BYTES + 1]
-    copy.attributes.update(changes)
-    msg = copy
-  return msg, micros
+      if given_up is None:
+        given_up = ('bad_timestamp_attribute', 'attribute %s=%r is not a '
+                    'timestamp: %s' % (timestamp_attribute, value[:100], e))
+  publish_time = _EPOCH + datetime.timedelta(
+      seconds=published.seconds, microseconds=published.nanos // 1000)
+  return DeliveredMessage(
+      msg.data, attributes, message_id=msg.message_id or None,
+      publish_time=publish_time, ordering_key=msg.ordering_key,
+      given_up=given_up), micros
 
 
-def to_message(received, attempts=1, max_attempts=None,
-               timestamp_attribute=None):
-  """A pulled ReceivedMessage -> (PubsubMessage as the runner sees it, its
-  timestamp)."""
-  proto, micros = message_proto(received, attempts, max_attempts,
-                                timestamp_attribute)
-  return (PubsubMessageProtoCoder().decode(proto.SerializeToString()),
-          Timestamp(micros=micros))
+_MIN_MICROS = -62135596800 * 10**6  # 0001-01-01T00:00:00Z
+_MAX_MICROS = 253402300800 * 10**6 - 1  # 9999-12-31T23:59:59.999999Z
+_RFC3339 = re.compile(
+    r'(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?'
+    r'(?:([Zz])|([+-])(\d{2}):(\d{2}))\Z')
+_MILLIS = re.compile(r'[+-]?\d+\Z')
 
 
 def parse_timestamp_attribute(value):
-  """Milliseconds since the epoch, or RFC 3339: what Beam's read accepts."""
-  try:
-    return Timestamp(micros=int(value) * 1000)
-  except ValueError:
-    return Timestamp.from_rfc3339(value)
+  """A timestamp attribute -> microseconds since the epoch, as Dataflow's
+  Pub/Sub read takes it: milliseconds since the epoch, or RFC 3339 with any
+  number of fractional digits (those past microseconds are dropped: Beam's
+  timestamps hold microseconds; a leap second ``:60`` is the next minute's
+  ``:00``, as BigQuery reads it). ValueError for anything else, and for a
+  time outside 0001-01-01 .. 9999-12-31 (BigQuery's TIMESTAMP range; a date
+  cannot name a window past it)."""
+  if _MILLIS.match(value):
+    micros = int(value) * 1000
+  else:
+    m = _RFC3339.match(value)
+    if m is None:
+      raise ValueError('not milliseconds since the epoch or RFC 3339')
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    if second > 60:
+      raise ValueError('second %d' % second)
+    try:
+      day_start = datetime.datetime(year, month, day, tzinfo=UTC)
+    except ValueError as e:
+      raise ValueError(str(e))
+    if hour > 23 or minute > 59:
+      raise ValueError('time %02d:%02d' % (hour, minute))
+    fraction = (m.group(7) or '')[:6].ljust(6, '0')
+    offset = 0
+    if m.group(9):
+      offset_hours, offset_minutes = int(m.group(10)), int(m.group(11))
+      if offset_hours > 23 or offset_minutes > 59:
+        raise ValueError('offset %s' % value[-6:])
+      offset = (offset_hours * 60 + offset_minutes) * 60
+      if m.group(9) == '-':
+        offset = -offset
+    seconds = (day_start - _EPOCH) // datetime.timedelta(seconds=1) + (
+        hour * 3600 + minute * 60 + second - offset)
+    micros = seconds * 10**6 + int(fraction)
+  if not _MIN_MICROS <= micros <= _MAX_MICROS:
+    raise ValueError('outside 0001-01-01 .. 9999-12-31')
+  return micros
 
 
 # Beam 2.77's TestStream events write times to the proto in milliseconds, but
 # the local runner reads TestStreamService events as microseconds (a 1000x
 # error that leaves the watermark in January 1970, so no window ever fires).
 # We build the protos with microseconds, which is what the reader expects.
-def element_event(protos_and_micros):
-  """[(message proto, timestamp in microseconds)] -> a TestStreamPayload
-  element event proto; each message travels serialized as it came
-  (PubsubMessageProtoCoder reads it on the runner's side)."""
+def element_event(tokens_and_micros):
+  """[(hand-off token, timestamp in microseconds)] -> a TestStreamPayload
+  element event proto (``HandOffCoder`` gives the runner the messages)."""
   payload = beam_runner_api_pb2.TestStreamPayload
   return payload.Event(element_event=payload.Event.AddElements(
-      elements=[payload.TimestampedElement(
-          encoded_element=proto.SerializeToString(), timestamp=micros)
-                for proto, micros in protos_and_micros],
+      elements=[payload.TimestampedElement(encoded_element=token,
+                                           timestamp=micros)
+                for token, micros in tokens_and_micros],
       tag='None'))
 
 
@@ -160,7 +191,7 @@ class PrivateEventService(TestStreamServiceController):
   serves one event stream, the runner's (Beam's runner asks once): a later
   client is refused, so none can take messages from the pump."""
   def __init__(self, reader):
-    self._folder = tempfile.mkdtemp(prefix='beam-pubsub-reader-')
+    self._folder = private_folder()
     super().__init__(reader, endpoint='unix:%s' % os.path.join(
         self._folder, 'events'))
     self._claimed = threading.Lock()
@@ -178,13 +209,32 @@ class PrivateEventService(TestStreamServiceController):
     shutil.rmtree(self._folder, ignore_errors=True)
 
 
+def private_folder():
+  """A new folder only this user can enter, for the socket: under TMPDIR,
+  or under /tmp when TMPDIR's path leaves a socket's name no room; OSError
+  (one line) when neither can hold one."""
+  tried = []
+  for parent in (None, '/tmp'):
+    try:
+      folder = tempfile.mkdtemp(prefix='beam-reader-', dir=parent)
+    except OSError as e:  # a TMPDIR too long or not writable
+      tried.append('%s (%s)' % (parent or tempfile.gettempdir(), e.strerror))
+      continue
+    if len(os.path.join(folder, 'events')) <= MAX_SOCKET_PATH:
+      return folder
+    os.rmdir(folder)
+    tried.append(os.path.dirname(folder))
+  raise OSError('no folder short enough for the reader\'s socket (tried %s)'
+                % ', '.join(tried))
+
+
 class ReadFromPubSubAckOnCommit(beam.PTransform):
-  """PubsubMessages from a pump's TestStreamService endpoint (see ``serve``)."""
+  """DeliveredMessages from a pump's TestStreamService endpoint."""
   def __init__(self, endpoint):
     super().__init__()
     self._endpoint = endpoint
 
   def expand(self, pbegin):
     return pbegin | 'PulledMessages' >> TestStream(
-        coder=PubsubMessageProtoCoder(), output_tags=[None],
+        coder=HandOffCoder(), output_tags=[None],
         endpoint=self._endpoint)

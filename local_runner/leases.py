@@ -1,5 +1,6 @@
-"""What the local reader owes Pub/Sub: messages pulled and not yet
-acknowledged (``Leases``, one per run), and how often each was delivered
+"""What the local reader owes Pub/Sub: deliveries pulled and not yet
+acknowledged (``Leases``, one per run, keyed by each delivery's ack id), and
+how often each message was delivered to a subscription
 (``DeliveryAttempts``, in the warehouse file so that it survives crashes)."""
 
 import collections
@@ -10,41 +11,40 @@ from storage.duckdb_files import DuckDBFiles
 
 
 class Leases(object):
-  """Messages pulled but not yet acknowledged, process-wide.
+  """Deliveries pulled but not yet acknowledged, process-wide.
 
-  ``add`` when pulled, ``committed`` when a sink has stored the row or dead
-  letter, ``take_acks`` for the lease thread (``requeue_acks`` what Pub/Sub
-  did not take). Counts and bytes bound the read-ahead. Thread-safe.
+  ``add`` when pulled, ``settled`` once the runner is done with what they
+  became (``local_runner.delivery``), ``take_acks`` for the lease thread
+  (``requeue_acks`` what Pub/Sub did not take). Counts and bytes bound the
+  read-ahead. Thread-safe.
   """
   def __init__(self):
     self._lock = threading.Condition()
-    # message id -> (subscription, ack id, bytes, publish time in epoch s)
+    # ack id -> (subscription, message id, bytes, publish time in epoch s)
     self._in_flight = {}
     self._to_ack = collections.defaultdict(list)  # subscription -> ack ids
     self._to_ack_count = 0
-    self._committed_ids = []
+    self._settled_ids = collections.defaultdict(list)  # subscription -> ids
     self._bytes = 0
-    self.committed_total = 0  # messages stored (and so acknowledgeable)
+    self.settled_total = 0  # deliveries settled (and so acknowledgeable)
 
-  def add(self, subscription, message_id, ack_id, size=0, published=None):
+  def add(self, subscription, ack_id, message_id, size=0, published=None):
     with self._lock:
-      if message_id not in self._in_flight:
+      if ack_id not in self._in_flight:
         self._bytes += size
-      else:
-        self._bytes += size - self._in_flight[message_id][2]
-      self._in_flight[message_id] = (
-          subscription, ack_id, size, published or time.time())
+        self._in_flight[ack_id] = (
+            subscription, message_id, size, published or time.time())
 
-  def committed(self, message_ids):
+  def settled(self, ack_ids):
     with self._lock:
-      for message_id in message_ids:
-        lease = self._in_flight.pop(message_id, None)
+      for ack_id in ack_ids:
+        lease = self._in_flight.pop(ack_id, None)
         if lease is not None:
           self._bytes -= lease[2]
-          self._to_ack[lease[0]].append(lease[1])
+          self._to_ack[lease[0]].append(ack_id)
           self._to_ack_count += 1
-          self._committed_ids.append(message_id)
-          self.committed_total += 1
+          self._settled_ids[lease[0]].append(lease[1])
+          self.settled_total += 1
       self._lock.notify_all()
 
   def take_acks(self):
@@ -59,18 +59,21 @@ class Leases(object):
       self._to_ack[subscription].extend(ack_ids)
       self._to_ack_count += len(ack_ids)
 
-  def take_committed_ids(self):
+  def take_settled_ids(self):
+    """{subscription: message ids settled since the last call}."""
     with self._lock:
-      ids, self._committed_ids = self._committed_ids, []
+      ids, self._settled_ids = (dict(self._settled_ids),
+                                collections.defaultdict(list))
       return ids
 
   def in_flight(self, subscription=None):
+    """Ack ids pulled and not settled (of ``subscription``, or all)."""
     with self._lock:
-      return [(mid, lease[1]) for mid, lease in self._in_flight.items()
+      return [ack_id for ack_id, lease in self._in_flight.items()
               if subscription in (None, lease[0])]
 
   def count(self):
-    """Pulled and not yet acknowledged (stored or not)."""
+    """Pulled and not yet acknowledged (settled or not)."""
     with self._lock:
       return len(self._in_flight) + self._to_ack_count
 
@@ -83,7 +86,7 @@ class Leases(object):
       return self._bytes
 
   def lag_seconds(self):
-    """Age (since publishing) of the oldest message pulled but not stored."""
+    """Age (since publishing) of the oldest message pulled but not settled."""
     with self._lock:
       if not self._in_flight:
         return 0.0
@@ -102,28 +105,38 @@ class Leases(object):
 
 
 class DeliveryAttempts(object):
-  """How often each unacknowledged message was pulled, kept in the warehouse
-  file so that it survives crashes: a message that kills the pipeline every
-  time is delivered at most max_delivery_attempts times, then dead-lettered.
-  Rows are forgotten once their message is acknowledged."""
-  TABLE = 'pubsub_deliveries'
+  """How often each unacknowledged message was pulled from a subscription,
+  kept in the warehouse file so that it survives crashes: a message that
+  kills the pipeline every time is delivered at most max_delivery_attempts
+  times, then dead-lettered. Keyed by (subscription, message id): two
+  pipelines on one warehouse, each on its own subscription of one topic,
+  never count each other's deliveries. Rows are forgotten once their
+  message is acknowledged."""
+  TABLE = 'pubsub_delivery_attempts'
+  OLD_TABLE = 'pubsub_deliveries'  # keyed by message id alone (before)
 
-  def __init__(self, path):
+  def __init__(self, path, subscription):
     self._path = path
+    self._subscription = subscription
     self._created = False
 
   @property
   def path(self):
     return self._path
 
-  def _execute(self, sql, table):
+  def _execute(self, sql, message_ids):
+    import pyarrow as pa
     with DuckDBFiles.use(self._path) as cursor:
       if not self._created:
+        cursor.execute('DROP TABLE IF EXISTS %s' % self.OLD_TABLE)
         cursor.execute(
-            'CREATE TABLE IF NOT EXISTS %s (message_id VARCHAR PRIMARY KEY, '
-            'attempts INTEGER NOT NULL)' % self.TABLE)
+            'CREATE TABLE IF NOT EXISTS %s (subscription VARCHAR NOT NULL, '
+            'message_id VARCHAR NOT NULL, attempts INTEGER NOT NULL, '
+            'PRIMARY KEY (subscription, message_id))' % self.TABLE)
         self._created = True
-      cursor.register('message_ids', table)
+      cursor.register('message_ids', pa.table({
+          'subscription': [self._subscription] * len(message_ids),
+          'message_id': list(message_ids)}))
       try:
         return cursor.execute(sql.format(t=self.TABLE)).fetchall()
       finally:
@@ -133,17 +146,16 @@ class DeliveryAttempts(object):
     """Counts one more delivery of each; returns {message id: deliveries}."""
     if not message_ids:
       return {}
-    import pyarrow as pa
     return dict(self._execute(
-        'INSERT INTO {t} SELECT DISTINCT message_id, 1 FROM message_ids '
-        'ON CONFLICT (message_id) DO UPDATE SET attempts = {t}.attempts + 1 '
-        'RETURNING message_id, attempts',
-        pa.table({'message_id': list(message_ids)})))
+        'INSERT INTO {t} SELECT DISTINCT subscription, message_id, 1 FROM '
+        'message_ids ON CONFLICT (subscription, message_id) DO UPDATE SET '
+        'attempts = {t}.attempts + 1 RETURNING message_id, attempts',
+        message_ids))
 
   def forget(self, message_ids):
     if not message_ids:
       return
-    import pyarrow as pa
     self._execute(
-        'DELETE FROM {t} WHERE message_id IN (SELECT message_id FROM '
-        'message_ids)', pa.table({'message_id': list(message_ids)}))
+        'DELETE FROM {t} WHERE subscription = (SELECT any_value(subscription) '
+        'FROM message_ids) AND message_id IN (SELECT message_id FROM '
+        'message_ids)', message_ids)

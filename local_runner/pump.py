@@ -1,10 +1,11 @@
 """The local reader's puller: one subscriber client for the life of the run
 (gRPC receive cap raised, so messages the emulator's default 4 MiB cap
 refuses still arrive), pulling up to 2,000 messages at a time within a
-read-ahead bound, leasing each until a sink reports it stored, and
-acknowledging stored ones in batches while extending the deadlines of the
-rest. Anything not stored is never acknowledged, so Pub/Sub redelivers it
-after a crash, and the warehouse's message-id key absorbs the duplicate.
+read-ahead bound, leasing each delivery until the runner has settled what
+it became (``local_runner.delivery``), and acknowledging settled ones in
+batches while extending the deadlines of the rest. Anything not settled is
+never acknowledged, so Pub/Sub redelivers it after a crash, and the
+warehouse's message-id key absorbs the duplicate.
 
 Its ``read_multiple`` is the TestStreamService reader (``channel``).
 """
@@ -17,6 +18,7 @@ import time
 from apache_beam.utils.timestamp import Timestamp
 
 from local_runner import channel
+from local_runner import delivery
 from storage import outages
 
 _LOG = logging.getLogger(__name__)
@@ -109,6 +111,7 @@ class PubSubPump(object):
     self._pulling.set()
     self._closed = threading.Event()
     self._lease_thread = None
+    self._served = 0
 
   # -- control -------------------------------------------------------------
   @property
@@ -139,6 +142,11 @@ class PubSubPump(object):
     if self._flush_acks(timeout, final=True):
       self._modify_deadlines(0, timeout)
     return self.leases.count()
+
+  @property
+  def served(self):
+    """Messages served to the runner so far (this run's messages read)."""
+    return self._served
 
   # -- the TestStreamService reader ------------------------------------------
   def read_multiple(self, unused_keys):
@@ -237,29 +245,34 @@ class PubSubPump(object):
     received = list(type(response).pb(response).received_messages)
     for r in received:
       msg = r.message
-      self.leases.add(self.subscription, msg.message_id, r.ack_id,
-                      len(msg.data),
+      # Everything the message carries (data and attributes), as Pub/Sub
+      # counts a message's size.
+      self.leases.add(self.subscription, r.ack_id, msg.message_id,
+                      msg.ByteSize(),
                       msg.publish_time.seconds + msg.publish_time.nanos * 1e-9)
     return received
 
   def _element_events(self, received):
-    """[(ReceivedMessage, deliveries)] -> (element event protos, the newest
-    message timestamp among them or None)."""
-    events, batch, size, newest = [], [], 0, None
+    """[(ReceivedMessage, deliveries)] -> (the element event proto serving
+    them as one batch, the newest message timestamp among them); ([], None)
+    for none. A message's ``given_up`` says why the reader gave up on it
+    (``channel.delivered_message``); it is served all the same, for the
+    parse step to dead-letter, and settled as any other."""
+    if not received:
+      return [], None
+    ack_ids = [r.ack_id for r, _ in received]
+    leases = self.leases
+    batch = delivery.Batch(lambda: leases.settled(ack_ids))
+    served, newest = [], None
     for r, attempts in received:
-      message, micros = channel.message_proto(
+      message, micros = channel.delivered_message(
           r, attempts, self.max_attempts, self.timestamp_attribute)
+      message.batch = batch
       if newest is None or micros > newest:
         newest = micros
-      cost = len(message.data) + 200
-      if batch and size + cost > channel.MAX_EVENT_BYTES:
-        events.append(channel.element_event(batch))
-        batch, size = [], 0
-      batch.append((message, micros))
-      size += cost
-    if batch:
-      events.append(channel.element_event(batch))
-    return events, None if newest is None else Timestamp(micros=newest)
+      served.append((channel.HandOffCoder.hand_off(message), micros))
+    self._served += len(served)
+    return [channel.element_event(served)], Timestamp(micros=newest)
 
   # -- acknowledgements and deadlines ----------------------------------------
   def _keep_leases(self):
@@ -280,12 +293,13 @@ class PubSubPump(object):
     DuckDB commit) and at the end."""
     acks = self.leases.take_acks()
     if self.attempts is None:
-      self.leases.take_committed_ids()  # nothing to forget: not kept
+      self.leases.take_settled_ids()  # nothing to forget: not kept
     elif (
         final or time.monotonic() - self._last_forget >= FORGET_EVERY_SECONDS):
       self._last_forget = time.monotonic()
       try:
-        self.attempts.forget(self.leases.take_committed_ids())
+        self.attempts.forget(
+            self.leases.take_settled_ids().get(self.subscription, []))
       except Exception as e:  # pylint: disable=broad-except
         _LOG.warning('could not forget delivery counts: %s', e)
     answered = True
@@ -309,7 +323,7 @@ class PubSubPump(object):
     self._modify_deadlines(ACK_DEADLINE_SECONDS)
 
   def _modify_deadlines(self, seconds, timeout=ACK_CALL_SECONDS):
-    ack_ids = [ack for _, ack in self.leases.in_flight(self.subscription)]
+    ack_ids = self.leases.in_flight(self.subscription)
     for start in range(0, len(ack_ids), 1000):
       try:
         self._client.modify_ack_deadline(

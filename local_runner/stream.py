@@ -11,11 +11,15 @@ Pub/Sub does; a batch to its end, with its summary.
 - A watchdog ends the process if a stop takes more than ``drain_seconds`` +
   5 s in all (say a runner that does not cancel).
 
-One ``LocalRun`` per run is the local runner's one entry: it starts the
-ack-after-commit reader (pump and channel) when asked, hands out the hooks a
-run's parse steps and sinks report to, runs the pipeline (a stream until
-stopped, a batch to the end) with progress and a summary, and closes it
-all. It knows nothing of sign-ins; its state is its own (``runs``).
+One ``LocalRun`` per run is the local runner's one entry: it runs the
+pipeline (a stream until stopped, a batch to the end) with progress and a
+summary, and closes it all. Asked to read a subscription itself
+(``read_subscription``), it puts its ack-after-commit reader (pump and
+channel) in place of the graph's ``ReadFromPubSub`` of that subscription (a
+``PTransformOverride``, as Beam's DirectRunner replaces that read), and
+settles each message by what the runner did with it (``delivery``): the
+graph knows nothing of it. What the graph counted (messages, drops, files)
+comes from Beam's metrics. It knows nothing of sign-ins.
 """
 
 import gc
@@ -26,12 +30,14 @@ import sys
 import threading
 import time
 
+from apache_beam.pipeline import PTransformOverride
+
 from local_runner import beam_patches
 from local_runner import channel
 from local_runner import progress
 from local_runner import pump as pump_lib
-from local_runner import runs
 from local_runner.leases import DeliveryAttempts
+from local_runner.leases import Leases
 from storage.duckdb_files import DuckDBFiles
 
 _LOG = logging.getLogger(__name__)
@@ -62,34 +68,19 @@ class LocalRun(object):
     self._status_file = status_file
     self._progress_seconds = progress_seconds
     self._drain_seconds = drain_seconds
-    self._run = runs.Run()
-    self._pump = self._service = None
+    self.leases = Leases()
+    self._pump = self._service = self._override = None
     self._progress = None
 
   def __enter__(self):
-    self._run.__enter__()
     return self
 
   def __exit__(self, *unused):
-    try:
-      if self._service is not None:
-        self._pump.close(timeout=0.5)  # a no-op after a stop; bounded after a failure
-        self._service.stop()
-      if self._warehouse:
-        DuckDBFiles.close(self._warehouse)
-    finally:
-      self._run.__exit__()
-
-  # -- the hooks of this run's steps -----------------------------------------
-  @property
-  def count_read(self):
-    """For the parse step: counts the messages read."""
-    return self._run.count_read()
-
-  @property
-  def acknowledge_stored(self):
-    """For the sinks' ``on_commit``, when the run reads with its own reader."""
-    return self._run.acknowledge_stored() if self._pump is not None else None
+    if self._service is not None:
+      self._pump.close(timeout=0.5)  # a no-op after a stop; bounded after a failure
+      self._service.stop()
+    if self._warehouse:
+      DuckDBFiles.close(self._warehouse)
 
   # -- the ack-after-commit reader -------------------------------------------
   def read_subscription(self, subscription, attempts_db=None, max_attempts=5,
@@ -97,14 +88,20 @@ class LocalRun(object):
                         max_in_flight=pump_lib.MAX_IN_FLIGHT,
                         max_in_flight_bytes=pump_lib.MAX_IN_FLIGHT_BYTES,
                         max_messages=2000):
-    """Starts the reader of ``subscription`` and its private channel;
-    returns the PTransform that reads it. ``attempts_db`` (the DuckDB
-    warehouse) keeps delivery counts across crashes. Raises
-    PubSubUnavailable if Pub/Sub does not show the subscription within
-    START_SECONDS."""
+    """Starts the reader of ``subscription`` and its private channel; the
+    graph's ``ReadFromPubSub`` of it reads from them when the stream runs.
+    ``attempts_db`` (the DuckDB warehouse) keeps delivery counts across
+    crashes. Raises PubSubUnavailable if Pub/Sub does not show the
+    subscription within START_SECONDS, OSError (one line) if the channel
+    cannot listen, RuntimeError if this Beam cannot settle deliveries."""
+    if not beam_patches.settle_after_processing():
+      raise RuntimeError(
+          'the local reader settles messages through a change to Beam\'s '
+          'internals, off on this Beam (%s)' % beam_patches.apache_beam.__version__)
     pump = pump_lib.PubSubPump(
-        subscription, self._run.leases, max_messages=max_messages,
-        attempts=DeliveryAttempts(attempts_db) if attempts_db else None,
+        subscription, self.leases, max_messages=max_messages,
+        attempts=DeliveryAttempts(attempts_db, subscription) if attempts_db
+        else None,
         max_attempts=max_attempts, timestamp_attribute=timestamp_attribute,
         max_in_flight=max_in_flight, max_in_flight_bytes=max_in_flight_bytes)
     pump.start()
@@ -113,10 +110,15 @@ class LocalRun(object):
     except PubSubUnavailable:
       pump.close(timeout=0.5)
       raise
+    try:
+      self._service = channel.PrivateEventService(pump)
+    except OSError:
+      pump.close(timeout=0.5)
+      raise
     self._pump = pump
-    self._service = channel.PrivateEventService(pump)
     self._service.start()
-    return channel.ReadFromPubSubAckOnCommit(self._service.endpoint)
+    self._override = ReadSubscriptionWith(
+        subscription, channel.ReadFromPubSubAckOnCommit(self._service.endpoint))
 
   # -- running ---------------------------------------------------------------
   def summary(self, status):
@@ -125,7 +127,7 @@ class LocalRun(object):
 
   def _start_progress(self):
     self._progress = progress.Progress(
-        self._run, self._warehouse if self._tables else None, self._tables,
+        self.leases, self._warehouse if self._tables else None, self._tables,
         self._status_file, self._pump, self._input_total)
 
   def run_batch(self, pipeline):
@@ -152,6 +154,7 @@ class LocalRun(object):
       gc.unfreeze()
       done.set()
       reporter.join()
+    self._progress.counted = progress.graph_counts(result)
     print(self.summary(self._progress.report(final=True)))
     return result
 
@@ -174,6 +177,11 @@ class LocalRun(object):
     previous = {sig: signal.signal(sig, on_signal)
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+      if self._override is not None:
+        pipeline.replace_all([self._override])
+        if not self._override.replaced:
+          raise StreamFailed('the pipeline does not read %s with Beam\'s '
+                             'ReadFromPubSub' % self._override.subscription)
       result = pipeline.run()
 
       def wait():
@@ -241,3 +249,22 @@ def _exit_now(message, code):
     sys.stderr.flush()
   finally:
     os._exit(code)  # pylint: disable=protected-access
+
+
+class ReadSubscriptionWith(PTransformOverride):
+  """Beam's ``ReadFromPubSub`` of ``subscription`` -> ``read`` (the local
+  reader's channel)."""
+  def __init__(self, subscription, read):
+    self.subscription = subscription
+    self._read = read
+    self.replaced = False
+
+  def matches(self, applied_ptransform):
+    from apache_beam.io.gcp.pubsub import ReadFromPubSub
+    transform = applied_ptransform.transform
+    return (isinstance(transform, ReadFromPubSub) and
+            transform._source.full_subscription == self.subscription)  # pylint: disable=protected-access
+
+  def get_replacement_transform_for_applied_ptransform(self, applied_ptransform):
+    self.replaced = True
+    return self._read

@@ -9,9 +9,7 @@ then starts the job with its tables and builds its graph on
     check(options, opts)
     with job.start(Destinations.of(TABLES, opts)):
       pipeline = job.pipeline()
-      messages = pipeline | 'ReadMessages' >> ReadMessages.from_flags(
-          opts, job.local_reader(opts))
-      ...
+      build(pipeline, options, job.destinations)
       return job.run(pipeline)
 
 The job does the set-up around it, in order. Before the checks, locally:
@@ -21,8 +19,9 @@ the start: Dataflow packaging and its required flags, or the local runner;
 ``--render_output``; the BigQuery datasets checked and tables made (a local
 run writing BigQuery); a replay into BigQuery staged (``bigquery_replay``);
 the DuckDB tables made; the local run (``local_runner.stream.LocalRun``:
-reader, progress, stop). After the run: the summary, the replay's merge and
-the clean-up.
+progress, stop). At the run, a local stream's own reader in place of the
+graph's Pub/Sub read. After the run: the summary, the replay's merge and
+the clean-up. The graph never learns where it runs.
 """
 
 import logging
@@ -169,45 +168,36 @@ class Job(object):
   def pipeline(self):
     return beam.Pipeline(options=self.options)
 
-  @property
-  def count_read(self):
-    """The parse step's counter of messages read (local runs), or None."""
-    return self._local_run.count_read if self._local_run else None
-
-  @property
-  def acknowledge_stored(self):
-    """The sinks' ``on_commit`` when the local reader reads, or None."""
-    return self._local_run.acknowledge_stored if self._local_run else None
-
-  def local_reader(self, opts):
-    """The local ack-after-commit reader of --input_subscription (started
-    now) when this local stream uses it; None otherwise (Beam's read)."""
-    if not (self.streaming and self._local_run and opts.input_subscription
-            and opts.local_pubsub_reader == 'ack_after_commit'):
-      return None
-    output_table = getattr(opts, 'output_table', None)
-    if output_table and opts.bigquery_method not in (
+  def _read_with_local_reader(self):
+    """A local stream of --input_subscription reads it with the local
+    runner's ack-after-commit reader (started now) unless
+    --local_pubsub_reader beam."""
+    opts = self.options.get_all_options()
+    if not (self.streaming and opts.get('input_subscription') and
+            opts.get('local_pubsub_reader') == 'ack_after_commit'):
+      return
+    if opts.get('output_table') and opts.get('bigquery_method') not in (
         'default', 'streaming_inserts'):
       raise UsageError(
           '--local_pubsub_reader ack_after_commit acknowledges what BigQuery '
-          'accepted through streaming inserts; with --bigquery_method %s use '
-          '--local_pubsub_reader beam' % opts.bigquery_method)
-    if output_table and not beam_patches.enabled():
-      raise UsageError(
-          '--local_pubsub_reader ack_after_commit hears what BigQuery '
-          'accepted through a change to Beam\'s internals, off on this Beam; '
-          'use --local_pubsub_reader beam')
+          'stored through streaming inserts; with --bigquery_method %s use '
+          '--local_pubsub_reader beam' % opts.get('bigquery_method'))
     try:
-      return self._local_run.read_subscription(
-          opts.input_subscription, attempts_db=opts.warehouse,
-          max_attempts=opts.max_delivery_attempts,
-          timestamp_attribute=opts.timestamp_attribute,
-          max_in_flight=opts.max_in_flight,
-          max_in_flight_bytes=opts.max_in_flight_mb << 20)
+      self._local_run.read_subscription(
+          opts['input_subscription'], attempts_db=opts.get('warehouse'),
+          max_attempts=opts['max_delivery_attempts'],
+          timestamp_attribute=opts.get('timestamp_attribute'),
+          max_in_flight=opts['max_in_flight'],
+          max_in_flight_bytes=opts['max_in_flight_mb'] << 20)
     except local_stream.PubSubUnavailable as e:
       if e.missing:
         raise UsageError('--input_subscription: %s' % e)
       raise PipelineFailed(str(e))
+    except RuntimeError as e:
+      raise UsageError('--local_pubsub_reader ack_after_commit: %s; use '
+                       '--local_pubsub_reader beam' % e)
+    except OSError as e:
+      raise PipelineFailed('the local reader cannot listen: %s' % e)
 
   # -- running ---------------------------------------------------------------
   def run(self, pipeline):
@@ -222,6 +212,7 @@ class Job(object):
       return result
     try:
       if self.streaming:
+        self._read_with_local_reader()
         return self._local_run.run_stream(pipeline)
       if self._reports:
         result = self._local_run.run_batch(pipeline)

@@ -99,11 +99,13 @@ class ShardOptions(PipelineOptions):
         'bundle files as written.')
 
 
-def window_seconds(opts, pipeline):
-  """--window_seconds, or ``pipeline``'s default when not given."""
-  if opts.window_seconds is None:
-    opts.window_seconds = WindowOptions.DEFAULTS[pipeline]
-  return opts.window_seconds
+def window_seconds(options, pipeline):
+  """--window_seconds, or ``pipeline``'s default (set in ``options``) when
+  not given."""
+  view = options.view_as(WindowOptions)
+  if view.window_seconds is None:
+    view.window_seconds = WindowOptions.DEFAULTS[pipeline]
+  return view.window_seconds
 
 
 class MessageSourceOptions(PipelineOptions):
@@ -156,16 +158,18 @@ def add_source_flags(parser):
       '--local_pubsub_reader', default='ack_after_commit',
       choices=['ack_after_commit', 'beam'],
       help='Local runs reading --input_subscription: ack_after_commit '
-      'acknowledges a message only once its row or dead letter is stored '
-      '(committed to DuckDB, or accepted by BigQuery\'s streaming inserts) '
-      'and pulls up to 2,000 at a time; beam is Beam\'s own local read (acks '
-      'on pull, 10 per bundle). Dataflow always uses Beam\'s read.')
+      'acknowledges a message once the runner is done with whatever it '
+      'became (rows and dead letters stored, or dropped by a UDF) and pulls '
+      'up to 2,000 at a time; beam is Beam\'s own local read (acks on pull, '
+      '10 per bundle). Dataflow always uses Beam\'s read.')
   parser.add_argument(
       '--timestamp_attribute', default=None,
       help='Pub/Sub attribute holding each message\'s event time '
-      '(milliseconds since the epoch or RFC 3339) for the reader\'s '
-      'watermark; a message whose attribute is not a timestamp becomes a '
-      'bad_timestamp_attribute dead letter with the local reader.')
+      '(milliseconds since the epoch, or RFC 3339 with any number of '
+      'fractional digits, those past microseconds dropped). With the local '
+      'reader a value that is not a timestamp of years 1-9999 makes that '
+      'message a bad_timestamp_attribute dead letter (pubsub_to_gcs archives '
+      'it by its publish time).')
   parser.add_argument(
       '--max_delivery_attempts', type=int, default=5,
       help='Local ack-after-commit reader: a message pulled this many times '
@@ -178,7 +182,8 @@ def add_source_flags(parser):
   parser.add_argument(
       '--max_in_flight_mb', type=int,
       default=pump.MAX_IN_FLIGHT_BYTES >> 20,
-      help='The same bound in megabytes of payload.')
+      help='The same bound in megabytes of messages (payload and '
+      'attributes).')
   parser.add_argument(
       '--drain_seconds', type=float, default=10,
       help='Local streaming stop (SIGTERM, Ctrl-C): how long messages in '

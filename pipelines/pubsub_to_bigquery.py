@@ -96,29 +96,32 @@ def run(argv=None):
   with job.start(Destinations.of(tables_of(schema), opts),
                  input_files=replayed):
     pipeline = job.pipeline()
-    # A replay reads in blocks: nothing here windows the rows.
-    read = ReadMessages.from_flags(opts, job.local_reader(opts),
-                                   job.count_read, blocks=True)
-    messages = pipeline | 'ReadMessages' >> read
-    build(messages, opts, schema, job.destinations,
-          count_read=job.count_read, on_commit=job.acknowledge_stored,
-          udf=function, blocks=read.blocks)
+    build(pipeline, options, job.destinations, function)
     return job.run(pipeline)
 
 
-def build(messages, opts, schema, destinations, count_read=None,
-          on_commit=None, udf=None, blocks=False):
-  """Messages -> rows of ``schema`` (through ``udf`` first, if given) and
-  dead letters, stored. ``count_read`` and ``on_commit`` are a local run's
-  hooks; ``blocks``: ``messages`` are MessageBlocks (a replay's)."""
+def build(pipeline, options, destinations=None, function=None):
+  """The graph on ``pipeline`` from ``options``: messages -> rows of the
+  schema (through the UDF first, if given) and dead letters, stored.
+  ``destinations`` (with the schema) and ``function`` (the UDF) as ``run``
+  loaded them; by default read from the flags."""
+  opts = pipeline_options.flag_values(options)
+  if destinations is None:
+    destinations = Destinations.of(tables_of(load_schema(opts, options)), opts)
+  if function is None:
+    function = load_udf(opts, options)
+  # A replay reads in blocks: nothing here windows the rows.
+  read = ReadMessages.from_flags(opts, blocks=True)
+  messages = pipeline | 'ReadMessages' >> read
   parsed = messages | 'ParseMessages' >> json_messages.ParseJsonMessages(
-      schema, opts.unknown_fields, opts.event_time_field,
-      opts.max_message_bytes, count_read=count_read, udf=udf, blocks=blocks)
+      destinations['rows'].schema, opts.unknown_fields,
+      opts.event_time_field, opts.max_message_bytes, udf=function,
+      blocks=read.blocks)
   _ = ((parsed.rows, parsed.dead_letters)
        | 'StoreRowsAndDeadLetters' >> StoreRowsAndDeadLetters(
            destinations['rows'], destinations['dead_letters'],
-           opts.bigquery_method, on_commit=on_commit,
-           dead_letter_topic=opts.dead_letter_topic, row_blocks=blocks))
+           opts.bigquery_method, dead_letter_topic=opts.dead_letter_topic,
+           row_blocks=read.blocks))
 
 
 def check(options, opts):
@@ -126,6 +129,13 @@ def check(options, opts):
   (or None) and the files a local replay matched."""
   checks.check_message_flags(opts, TABLE_FLAGS)
   schema = load_schema(opts, options)
+  if (not opts.message_id_column and not opts.input_file and
+      not checks.is_dataflow(options)):
+    raise UsageError(
+        '--message_id_column false: a local stream needs the message_id '
+        'column to store a redelivered message once (Pub/Sub delivers at '
+        'least once); keep it, or run on Dataflow, which drops redeliveries '
+        'by message id')
   if opts.event_time_field:
     by_name = {f.name: f for f in schema.fields}
     field = by_name.get(opts.event_time_field)

@@ -49,30 +49,35 @@ def run(argv=None):
   """Parses flags and runs; a local stream runs until SIGINT or SIGTERM."""
   argv = list(argv or [])
   options = pipeline_options.parse_options(argv, OPTIONS, PROG, __doc__)
+  pipeline_options.window_seconds(options, 'pubsub_to_gcs')
   opts = pipeline_options.flag_values(options)
-  pipeline_options.window_seconds(opts, 'pubsub_to_gcs')
   job = launcher.Job('pubsub_to_gcs', options, argv, streaming=True,
                      reports_messages=True)
   check(options, opts)
   with job.start(output=opts.output_directory):
     pipeline = job.pipeline()
-    messages = pipeline | 'ReadMessages' >> ReadMessages.from_flags(
-        opts, job.local_reader(opts))
-    files = messages | 'ArchiveMessages' >> archive.ArchiveMessages(
-        opts.output_directory, opts.format, opts.window_seconds,
-        opts.output_filename_prefix, on_commit=job.acknowledge_stored,
-        count_read=job.count_read)
-    if opts.num_shards:
-      _ = files | 'CompactClosedWindows' >> (
-          archive_compaction.CompactClosedWindows(
-              opts.output_directory, opts.format, opts.window_seconds,
-              opts.output_filename_prefix, opts.num_shards))
+    build(pipeline, options)
     result = job.run(pipeline)
   if opts.num_shards and job.runs_locally:  # the windows a stop left open
     archive_compaction.compact_recent(
         opts.output_directory, opts.format, opts.window_seconds,
         opts.output_filename_prefix, opts.num_shards)
   return result
+
+
+def build(pipeline, options):
+  """The graph on ``pipeline`` from ``options``: messages -> archive files,
+  each window's compacted into shards once it closes (--num_shards)."""
+  opts = pipeline_options.flag_values(options)
+  messages = pipeline | 'ReadMessages' >> ReadMessages.from_flags(opts)
+  files = messages | 'ArchiveMessages' >> archive.ArchiveMessages(
+      opts.output_directory, opts.format, opts.window_seconds,
+      opts.output_filename_prefix)
+  if opts.num_shards:
+    _ = files | 'CompactClosedWindows' >> (
+        archive_compaction.CompactClosedWindows(
+            opts.output_directory, opts.format, opts.window_seconds,
+            opts.output_filename_prefix, opts.num_shards))
 
 
 def check(options, opts):

@@ -77,8 +77,8 @@ def run(argv=None):
   """Parses flags and runs; a local stream runs until SIGINT or SIGTERM."""
   argv = list(argv or [])
   options = pipeline_options.parse_options(argv, OPTIONS, PROG, __doc__)
+  pipeline_options.window_seconds(options, 'user_signin')
   opts = pipeline_options.flag_values(options)
-  pipeline_options.window_seconds(opts, 'user_signin')
   job = launcher.Job('user_signin', options, argv,
                      streaming=not opts.input_file, reports_messages=True)
   replayed = check(options, opts)
@@ -90,27 +90,26 @@ def run(argv=None):
       make_exact_counts_view(job.bigquery_client(), opts.window_seconds,
                              destinations)  # the final tables, not staging
     pipeline = job.pipeline()
-    messages = pipeline | 'ReadMessages' >> ReadMessages.from_flags(
-        opts, job.local_reader(opts), job.count_read)
-    build(messages, opts, job.destinations, count_read=job.count_read,
-          on_commit=job.acknowledge_stored, on_dataflow=job.on_dataflow)
+    build(pipeline, options, job.destinations)
     return job.run(pipeline)
 
 
-def build(messages, opts, destinations, count_read=None, on_commit=None,
-          on_dataflow=False):
-  """Messages -> rows and dead letters stored, and per-user window counts.
-  ``count_read`` and ``on_commit`` are a local run's hooks (messages read;
-  rows stored, for its reader to acknowledge)."""
+def build(pipeline, options, destinations=None):
+  """The graph on ``pipeline`` from ``options``: messages -> rows and dead
+  letters stored, and per-user window counts. ``destinations``: where the
+  tables are (default: as the flags name them)."""
+  opts = pipeline_options.flag_values(options)
+  if destinations is None:
+    destinations = Destinations.of(TABLES, opts)
+  messages = pipeline | 'ReadMessages' >> ReadMessages.from_flags(opts)
   parsed = messages | 'ParseSignins' >> signin_messages.ParseSignins(
-      opts.default_timezone, opts.max_message_bytes, count_read)
+      opts.default_timezone, opts.max_message_bytes)
   # Locally the counts are kept with the rows, in the same transaction, so
   # they equal counting the stored rows whatever happens.
   _ = ((parsed.rows, parsed.dead_letters)
        | 'StoreRowsAndDeadLetters' >> StoreRowsAndDeadLetters(
            destinations['rows'], destinations['dead_letters'],
-           opts.bigquery_method, on_commit=on_commit,
-           write_time_column='ingested_at',
+           opts.bigquery_method, write_time_column='ingested_at',
            dead_letter_topic=opts.dead_letter_topic,
            rows_duckdb_options={
                'with_inserted': signin_counts.CountsWithTheRows(
@@ -118,7 +117,7 @@ def build(messages, opts, destinations, count_read=None, on_commit=None,
   counts = parsed.rows | 'CountPerWindow' >> (
       signin_counts.CountSigninsPerWindow(
           opts.window_seconds, opts.allowed_lateness_seconds,
-          opts.count_shards, skip_unchanged=not on_dataflow))
+          opts.count_shards, skip_unchanged=not checks.is_dataflow(options)))
   _ = counts | 'WriteCounts' >> WriteTable(
       destinations['counts'], opts.bigquery_method, replace=True,
       duckdb_options={'replace': False, 'update_only': PANE_COLUMNS,

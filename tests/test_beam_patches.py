@@ -35,7 +35,7 @@ def test_the_switch_is_off_with_a_warning_on_another_beam(monkeypatch, caplog):
   monkeypatch.setenv('STORAGE_EMULATOR_HOST', 'http://127.0.0.1:9')
   assert not beam_patches.use_emulator_clients()
   assert not beam_patches.speed_up_local_streams()
-  assert not beam_patches.report_bigquery_inserts('p:d.t', print)
+  assert not beam_patches.settle_after_processing()
 
 
 def test_turned_off_by_hand(monkeypatch):

@@ -4,7 +4,6 @@ end as dead letters without stalling the stream. On the official emulator."""
 
 import datetime
 import os
-import pickle
 import random
 import signal
 import time
@@ -20,10 +19,8 @@ from tools import publish_signins
 from storage import duckdb_files
 from local_runner import channel
 from local_runner import pump as pump_lib
-from local_runner import runs
 from local_runner.leases import DeliveryAttempts
 from local_runner.leases import Leases
-from transforms import dead_letters
 from transforms import signin_messages as pm
 
 MAX_BYTES = 2048
@@ -122,36 +119,20 @@ def test_poison_messages_become_dead_letters_and_the_stream_flows(
   assert rows == 100
 
 
-def test_leases_ack_only_what_was_committed():
+def test_leases_ack_only_what_was_settled():
   leases = Leases()
-  leases.add('sub', 'm1', 'a1')
-  leases.add('sub', 'm2', 'a2')
-  leases.committed(['m1', 'unknown'])
+  leases.add('sub', 'a1', 'm1')
+  leases.add('sub', 'a2', 'm2')
+  leases.add('sub', 'a3', 'm1')  # a second delivery of m1: its own lease
+  leases.settled(['a1', 'unknown'])
   assert leases.take_acks() == {'sub': ['a1']}
-  assert leases.in_flight() == [('m2', 'a2')]
+  assert leases.in_flight() == ['a2', 'a3']
   assert not leases.wait_until_empty(0.05)
-  leases.committed(['m2'])
+  leases.settled(['a2', 'a3'])
   assert leases.wait_until_empty(0.05)
-  assert leases.take_acks() == {'sub': ['a2']}
+  assert leases.take_acks() == {'sub': ['a2', 'a3']}
+  assert leases.take_settled_ids() == {'sub': ['m1', 'm2', 'm1']}
   assert leases.count() == 0
-
-
-def test_ack_on_commit_hook_marks_rows_and_dead_letters_of_its_run_only():
-  with runs.Run() as run, runs.Run() as other:
-    for r in (run, other):
-      r.leases.add('s', 'id-1', 'ack-1')
-      r.leases.add('s', 'id-2', 'ack-2')
-    hook = pickle.loads(pickle.dumps(run.acknowledge_stored()))  # as in a DoFn
-    hook([{'message_id': 'id-1'}, {'message_id': None}])
-    assert ('id-2', 'ack-2') in run.leases.in_flight('s')
-    assert ('id-1', 'ack-1') not in run.leases.in_flight('s')
-    assert run.leases.take_acks() == {'s': ['ack-1']}
-    assert other.leases.unstored() == 2  # another run's leases: untouched
-    counter = pickle.loads(pickle.dumps(run.count_read()))
-    counter.add(3)
-    assert (run.messages_read, other.messages_read) == (3, 0)
-  hook([{'message_id': 'id-2'}])  # the run has ended: a no-op
-  counter.add(1)
 
 
 def received_proto(data, attributes, message_id,
@@ -167,15 +148,23 @@ def received_proto(data, attributes, message_id,
   return received
 
 
-def test_oversized_payloads_travel_cut_but_still_too_large():
-  Received = received_proto(b'y' * (channel.MAX_PAYLOAD_BYTES + 500),
-                            {'k': 'v'}, '42')
-  message, ts = channel.to_message(Received)
+def test_a_message_travels_whole_and_unchanged_whatever_its_size():
+  """10 MB of data and 100 attributes of 1,000 bytes (within Pub/Sub's
+  limits), a lone surrogate in the id: handed to the runner as they are."""
+  attributes = {'k%03d' % i: 'v' * 1000 for i in range(100)}
+  received = received_proto(b'y' * 10_000_000, attributes, '42')
+  message, micros = channel.delivered_message(received)
   assert isinstance(message, PubsubMessage)
-  assert len(message.data) == channel.MAX_PAYLOAD_BYTES + 1
-  assert message.attributes[channel.ORIGINAL_SIZE_ATTRIBUTE] == str(
-      channel.MAX_PAYLOAD_BYTES + 500)
-  assert ts.micros == 1577836800 * 10**6
+  assert message.data == b'y' * 10_000_000 and message.attributes == attributes
+  assert message.given_up is None
+  assert micros == 1577836800 * 10**6
+  odd = PubsubMessage(b'x', {'\ud800k': '\udfff'}, message_id='id-\ud800')
+  coder = channel.HandOffCoder()
+  token = coder.encode(odd)
+  assert len(token) < 32
+  assert coder.decode(token) is odd
+  with pytest.raises(KeyError):  # a token is taken once
+    coder.decode(token)
 
 
 @pytest.mark.emulator
@@ -194,7 +183,7 @@ def test_a_message_that_never_gets_stored_is_dead_lettered_after_max_attempts(
   seen = []
   for _ in range(4):
     pump = pump_lib.PubSubPump(
-        subscription, Leases(), attempts=DeliveryAttempts(db),
+        subscription, Leases(), attempts=DeliveryAttempts(db, subscription),
         max_attempts=3).start()
     pulled = []
     for _ in range(20):
@@ -204,14 +193,15 @@ def test_a_message_that_never_gets_stored_is_dead_lettered_after_max_attempts(
     pump.close()  # not stored: handed back at once, counted
     assert len(pulled) == 1
     received, attempts = pulled[0]
-    message, _ = channel.to_message(received, attempts, 3)
-    seen.append((attempts, dict(message.attributes)))
+    message, _ = channel.delivered_message(received, attempts, 3)
+    seen.append((attempts, message))
   user_signin_warehouse_close(db)
   assert [a for a, _ in seen] == [1, 2, 3, 4]
-  assert all(dead_letters.TOO_MANY_ATTEMPTS_ATTRIBUTE not in attrs for _, attrs in seen[:3])
-  assert seen[3][1][dead_letters.TOO_MANY_ATTEMPTS_ATTRIBUTE] == '4'
+  assert [m.given_up is None for _, m in seen] == [True, True, True, False]
+  given_up = seen[3][1]
+  assert given_up.attributes == {}  # the mark is beside the message, not in it
   with pytest.raises(pm.Invalid) as raised:
-    pm.parse_signin(PubsubMessage(b'{}', seen[3][1], message_id='x'))
+    pm.parse_signin(given_up)
   assert raised.value.reason == 'too_many_attempts'
 
 
@@ -220,21 +210,32 @@ def user_signin_warehouse_close(db):
   DuckDBFiles.close(db)
 
 
-def test_timestamp_attribute_sets_the_element_time_or_marks_the_message():
-
-  Received = received_proto(b'{}', {'ts': '1508273837250'}, '7')
-  _, ts = channel.to_message(Received, timestamp_attribute='ts')
-  assert ts.micros == 1508273837250 * 1000
-  Received.message.attributes['ts'] = '2017-10-17T20:57:17.25Z'
-  _, ts = channel.to_message(Received, timestamp_attribute='ts')
-  assert ts.micros == 1508273837250 * 1000
-  Received.message.attributes['ts'] = 'yesterday'
-  message, ts = channel.to_message(Received, timestamp_attribute='ts')
-  assert ts.micros == 1577836800 * 10**6  # publish time
-  with pytest.raises(pm.Invalid) as raised:
-    pm.parse_signin(message)
-  assert raised.value.reason == 'bad_timestamp_attribute'
-  assert "ts='yesterday'" in str(raised.value)
+def test_timestamp_attribute_sets_the_element_time_or_gives_the_message_up():
+  received = received_proto(b'{}', {'ts': '1508273837250'}, '7')
+  cases = {
+      '1508273837250': 1508273837250 * 1000,
+      '2017-10-17T20:57:17.25Z': 1508273837250 * 1000,
+      # RFC 3339 allows any number of fractional digits: past micros dropped.
+      '2024-05-01T12:00:00.1234567Z': 1714564800123456,
+      '2024-05-01T12:00:00.123456789+02:00': 1714557600123456,
+      '2016-12-31T23:59:60Z': 1483228800 * 10**6,  # a leap second: next :00
+      '0001-01-01T00:00:00Z': -62135596800 * 10**6,
+  }
+  for value, micros in cases.items():
+    received.message.attributes['ts'] = value
+    message, at = channel.delivered_message(received, timestamp_attribute='ts')
+    assert (at, message.given_up) == (micros, None), value
+  for value in ('yesterday', '10000000000000000', '253402300800000',
+                '2024-02-30T00:00:00Z', '2024-05-01T12:00:00', '',
+                '1e3', 'é', '9' * 80):
+    received.message.attributes['ts'] = value
+    message, at = channel.delivered_message(received, timestamp_attribute='ts')
+    assert at == 1577836800 * 10**6, value  # the publish time
+    assert message.attributes['ts'] == value  # the message as published
+    with pytest.raises(pm.Invalid) as raised:
+      pm.parse_signin(message)
+    assert raised.value.reason == 'bad_timestamp_attribute'
+    assert 'ts=' in str(raised.value)
 
 
 @pytest.mark.emulator
@@ -315,29 +316,3 @@ def test_a_backlog_read_in_small_pulls_is_counted_on_time(
   assert rows == count
   assert oldest > datetime.timedelta(seconds=3)  # all past the lateness
   assert counted == count
-
-
-def test_messages_travel_as_pubsub_protos_not_pickles():
-  import pickle
-
-  from apache_beam.io.gcp.pubsub import PubsubMessage
-  from google.pubsub_v1.types import PubsubMessage as Proto
-
-  from local_runner.channel import PubsubMessageProtoCoder
-  coder = PubsubMessageProtoCoder()
-  when = datetime.datetime(2017, 10, 17, 20, 57, 17, 338320,
-                           tzinfo=datetime.timezone.utc)
-  for message in (
-      PubsubMessage(b'{"userid": "1"}', {'k': 'v', 'x-too-many-attempts': '6'},
-                    message_id='42', publish_time=when),
-      PubsubMessage(b'\xff\x00', {}, message_id='7', publish_time=None)):
-    encoded = coder.encode(message)
-    proto = Proto.deserialize(encoded)  # Pub/Sub's own message proto
-    assert proto.data == message.data and proto.message_id == message.message_id
-    back = coder.decode(encoded)
-    assert (back.data, back.attributes, back.message_id, back.publish_time) == (
-        message.data, message.attributes, message.message_id,
-        message.publish_time)
-  # What arrives on the port is decoded as a proto, never unpickled.
-  with pytest.raises(Exception):
-    coder.decode(pickle.dumps(PubsubMessage(b'x', {})))

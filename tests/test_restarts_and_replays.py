@@ -381,7 +381,7 @@ def _reader_sockets():
   import stat
   found = []
   for folder in glob.glob(os.path.join(os.environ.get('TMPDIR', '/tmp'),
-                                       'beam-pubsub-reader-*')):
+                                       'beam-reader-*')):
     st = os.stat(folder)
     assert stat.S_IMODE(st.st_mode) == 0o700, oct(st.st_mode)
     found.extend(glob.glob(os.path.join(folder, 'events')))

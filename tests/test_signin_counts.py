@@ -1,6 +1,5 @@
 """Event-time counts with TestStream: on-time, late, and too-late sign-ins."""
 
-import argparse
 import collections
 import datetime
 
@@ -17,8 +16,9 @@ from apache_beam.testing.util import assert_that
 from apache_beam.testing.util import equal_to
 from apache_beam.transforms.window import TimestampedValue
 
+from local_runner.stream import ReadSubscriptionWith
+from pipelines import options as pipeline_options
 from pipelines import user_signin
-from pipelines.tables import Destinations
 from transforms import signin_counts
 from storage.duckdb_files import DuckDBFiles
 
@@ -113,11 +113,11 @@ def test_whole_graph_counts_equal_the_stored_rows_even_too_late_ones(tmp_path):
   """Locally the counts are kept with the rows: m5, past the allowed
   lateness, is stored and counted; the panes record Beam's firings."""
   db = str(tmp_path / 'wh.duckdb')
-  opts = argparse.Namespace(
-      default_timezone='UTC', max_message_bytes=4096, output_table=None,
-      warehouse=db, dead_letter_table=None, counts_table=None,
-      window_seconds=60, allowed_lateness_seconds=300, count_shards=16,
-      bigquery_method='default', dead_letter_topic=None)
+  subscription = 'projects/test-project/subscriptions/signins'
+  options = pipeline_options.parse_options(
+      ['--input_subscription', subscription, '--warehouse', db,
+       '--max_message_bytes', '4096', '--window_seconds', '60'],
+      user_signin.OPTIONS, 'test', '')
   stream = (
       TestStream()
       .advance_watermark_to(0)
@@ -130,7 +130,10 @@ def test_whole_graph_counts_equal_the_stored_rows_even_too_late_ones(tmp_path):
       .add_elements([message('a', 40, 'm5'), message('a', 40, 'm5')])  # + redelivery
       .advance_watermark_to_infinity())
   with streaming_pipeline() as p:
-    user_signin.build(p | stream, opts, Destinations.of(user_signin.TABLES, opts))
+    # The graph as run() builds it, its Pub/Sub read replaced as a local
+    # run replaces it.
+    user_signin.build(p, options)
+    p.replace_all([ReadSubscriptionWith(subscription, stream)])
   DuckDBFiles.close_all()
   con = duckdb.connect(db, read_only=True)
   assert sorted(r[0] for r in con.execute(

@@ -15,10 +15,12 @@ the largest before compression). Files are named ``*.avro``,
 into one new file in the window's ``YYYY/MM/DD/HH/`` folder (UTC), named by
 the window and the bundle: ``<prefix><start>--<end>-<bundle>.<ext>``.
 A local file is written under a temporary name, flushed to disk and renamed;
-a GCS object appears whole when its upload completes. Only then does
-``on_commit`` hear of the messages (the local reader acknowledges them), so
-a crash can write a message into two files (its bundle again, after
-redelivery) but never lose one; a replay absorbs the copy by message id.
+a GCS object appears whole when its upload completes, before its bundle
+ends: only then may a runner settle (acknowledge) its messages, so a crash
+can write a message into two files (its bundle again, after redelivery)
+but never lose one; a replay absorbs the copy by message id. A message is
+kept as published whatever a reader thought of it (a timestamp attribute
+that is not a timestamp: its window is its publish time's).
 """
 
 import base64
@@ -31,6 +33,7 @@ import os
 import uuid
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 from apache_beam.io.gcp.pubsub import PubsubMessage
 
 from storage import outages
@@ -174,18 +177,16 @@ def file_path(directory, prefix, window_start, window_seconds, bundle, fmt):
 
 
 class WriteArchiveFiles(beam.DoFn):
-  """Messages -> archive files, one per (bundle, window); outputs the paths
-  written, and tells ``on_commit`` of each message once its file is whole
-  (and ``count_read``, a local run's, how many it read)."""
-  def __init__(self, directory, fmt='avro', window_seconds=300, prefix='',
-               on_commit=None, count_read=None):
-    self._count_read = count_read
+  """Messages -> archive files, one per (bundle, window), each whole before
+  its bundle ends; outputs the paths written. Counts (Beam metrics) the
+  messages archived."""
+  def __init__(self, directory, fmt='avro', window_seconds=300, prefix=''):
+    self.messages = Metrics.counter('pubsub_to_gcs', 'messages')
     self._directory = directory
     self._fmt = fmt
     self._window_micros = int(window_seconds * 1e6)
     self._window_seconds = window_seconds
     self._prefix = prefix
-    self._on_commit = on_commit
 
   def start_bundle(self):
     self._by_window = collections.defaultdict(list)
@@ -199,8 +200,6 @@ class WriteArchiveFiles(beam.DoFn):
     from apache_beam.utils.timestamp import Timestamp
     from apache_beam.utils.windowed_value import WindowedValue
     by_window, self._by_window = self._by_window, collections.defaultdict(list)
-    if self._count_read is not None:
-      self._count_read.add(sum(len(m) for m in by_window.values()))
     bundle = uuid.uuid4().hex[:12]
     for start, messages in sorted(by_window.items()):
       path = file_path(self._directory, self._prefix, start,
@@ -208,8 +207,7 @@ class WriteArchiveFiles(beam.DoFn):
       data = encode([record(m) for m in messages], self._fmt)
       outages.wait_out('archive %s' % self._directory,
                        lambda: _write(path, data))
-      if self._on_commit is not None:
-        self._on_commit([{'message_id': m.message_id} for m in messages])
+      self.messages.inc(len(messages))
       yield WindowedValue(path, Timestamp(micros=start), [GlobalWindow()])
 
 
@@ -238,11 +236,9 @@ def _write(path, data):
 class ArchiveMessages(beam.PTransform):
   """PubsubMessages -> archive files in ``directory`` (local or gs://);
   returns the paths written."""
-  def __init__(self, directory, fmt='avro', window_seconds=300, prefix='',
-               on_commit=None, count_read=None):
+  def __init__(self, directory, fmt='avro', window_seconds=300, prefix=''):
     super().__init__()
-    self._fn = WriteArchiveFiles(directory, fmt, window_seconds, prefix,
-                                 on_commit, count_read)
+    self._fn = WriteArchiveFiles(directory, fmt, window_seconds, prefix)
 
   def expand(self, messages):
     return messages | 'WriteArchiveFiles' >> beam.ParDo(self._fn)

@@ -18,14 +18,11 @@ class WriteRowsToBigQuery(beam.PTransform):
 
   Returns the rows BigQuery refused as ``(row, error message)`` pairs where
   the method reports them (streaming inserts and the Storage Write API);
-  transient errors are retried, a refused row is not. ``on_commit`` (a local
-  run's, streaming inserts) hears of the rows BigQuery accepted, in the
-  process that inserted them: its ``watch_bigquery_table(table)`` is called
-  before the first insert. ``table_parameters`` (``timePartitioning``,
+  transient errors are retried, a refused row is not. ``table_parameters`` (``timePartitioning``,
   ``clustering``) shape the table when WriteToBigQuery creates it.
   """
   def __init__(self, table, schema, method='default', truncate=False,
-               write_time_column=None, on_commit=None, table_parameters=None):
+               write_time_column=None, table_parameters=None):
     super().__init__()
     self._table_parameters = table_parameters or None
     self._table = table
@@ -33,7 +30,6 @@ class WriteRowsToBigQuery(beam.PTransform):
     self._method = method
     self._truncate = truncate
     self._write_time_column = write_time_column
-    self._on_commit = on_commit
 
   def expand(self, rows):
     # Imported here: BigQuery's client libraries cost memory and start-up
@@ -45,7 +41,7 @@ class WriteRowsToBigQuery(beam.PTransform):
     result = (
         rows
         | 'ToBigQueryJson' >> beam.ParDo(_ToBigQueryJsonFn(
-            schema, self._write_time_column, self._table, self._on_commit))
+            schema, self._write_time_column))
         | 'WriteToBigQuery' >> WriteToBigQuery(
             table=self._table,
             schema=schema.bigquery_schema(),
@@ -66,18 +62,10 @@ class WriteRowsToBigQuery(beam.PTransform):
 
 
 class _ToBigQueryJsonFn(beam.DoFn):
-  """Row -> BigQuery's JSON form; registers ``on_commit`` where rows are inserted."""
-  def __init__(self, schema, write_time_column, table, on_commit):
+  """Row -> BigQuery's JSON form (the write time set, if asked)."""
+  def __init__(self, schema, write_time_column):
     self._schema = schema
     self._write_time_column = write_time_column
-    self._table = table
-    self._on_commit = on_commit
-
-  def setup(self):
-    if self._on_commit is not None:
-      # Beam's streaming inserts report refused rows only: the local runner
-      # hears what they accepted (local_runner.beam_patches).
-      self._on_commit.watch_bigquery_table(self._table)
 
   def process(self, row):
     if self._write_time_column:

@@ -28,12 +28,6 @@ MESSAGE_REASONS = ('too_large', 'not_utf8', 'not_json', 'not_object')
 PIPELINE_REASONS = ('sink_rejected', 'internal_error', 'too_many_attempts',
                     'bad_timestamp_attribute')
 
-# Set by a reader (local_runner) on messages it delivers as poison: delivered
-# more than --max_delivery_attempts times without being stored, or with a
-# --timestamp_attribute that is not a timestamp. The value says why.
-TOO_MANY_ATTEMPTS_ATTRIBUTE = 'x-too-many-attempts'
-BAD_TIMESTAMP_ATTRIBUTE = 'x-bad-timestamp-attribute'
-
 # A row or a dead letter: a dict by column name. Typed as a Mapping, which
 # Beam encodes as it does untyped elements (FastPrimitivesCoder), so typing
 # the graph changed no coder of a running job.
@@ -66,23 +60,23 @@ def json_kind(value):
           float: 'a number'}.get(type(value), type(value).__name__)
 
 
-def _check_reader_marks(message):
-  attributes = message.attributes or {}
-  if TOO_MANY_ATTEMPTS_ATTRIBUTE in attributes:
-    raise Invalid('too_many_attempts', 'delivered %s times without being '
-                  'stored; not processed again'
-                  % attributes[TOO_MANY_ATTEMPTS_ATTRIBUTE])
-  if BAD_TIMESTAMP_ATTRIBUTE in attributes:
-    raise Invalid('bad_timestamp_attribute',
-                  attributes[BAD_TIMESTAMP_ATTRIBUTE])
+def _check_given_up(message):
+  """A reader may deliver a message with ``given_up = (reason, error)``
+  beside it (not in it): it gave up on it (delivered more than
+  --max_delivery_attempts times without being stored, or a
+  --timestamp_attribute that is not a timestamp). Such a message is that
+  dead letter, its payload and attributes as published."""
+  given_up = getattr(message, 'given_up', None)
+  if given_up is not None:
+    raise Invalid(*given_up)
 
 
 def decode_object(message, max_bytes=MAX_MESSAGE_BYTES):
   """PubsubMessage -> (its JSON object, strings_checked); raises Invalid
-  (too_large, not_utf8, not_json, not_object, or a reader's poison mark).
+  (too_large, not_utf8, not_json, not_object, or why a reader gave it up).
   Numbers keep their text (``exact_json``); ``strings_checked`` is False
   when a string may hold a lone surrogate. Any message pipeline's first step."""
-  _check_reader_marks(message)
+  _check_given_up(message)
   data = message.data or b''
   if len(data) > max_bytes:
     raise Invalid('too_large', 'payload is %d bytes, over the limit of %d'
@@ -97,6 +91,13 @@ def decode_object(message, max_bytes=MAX_MESSAGE_BYTES):
     raise Invalid('not_object', 'payload is JSON %s, not an object'
                   % json_kind(payload).split(' ')[-1])
   return payload, checked
+
+
+def stored_id(message_id):
+  """A message id as every table stores it: any string an archive or a
+  file may hold, lone surrogates escaped (``\\ud800``), the same way every
+  time, so that a replay still finds it stored."""
+  return message_id and exact_json.printable(message_id)
 
 
 def publish_time(message):
@@ -132,8 +133,7 @@ def dead_letter(message, reason, error, stacktrace=None,
       'attributes': attribute_list(message.attributes),
       'errorMessage': exact_json.printable(str(error)),
       'stacktrace': stacktrace and exact_json.printable(stacktrace),
-      'message_id': message.message_id and exact_json.printable(
-          message.message_id),
+      'message_id': stored_id(message.message_id),
       'reason': reason,
   }
 
@@ -148,17 +148,16 @@ def refused_row_dead_letter(
 
 
 class ParseMessageFn(beam.DoFn):
-  """The frame of a parse step: counts rows and dead letters by reason
-  (Beam metrics, per bundle) and, on a local run, the messages read
-  (``count_read.add(n, dropped)``, per bundle: the local runner's metrics
-  are wrong), and the messages a UDF dropped.
+  """The frame of a parse step: counts (Beam metrics, per bundle) the
+  messages read, rows, dead letters by reason, and the messages a UDF
+  dropped.
   A subclass's ``process`` yields a row, or ``self.dead(...)``; a row
   stamped with its event time unless ``stamp_rows`` is False (blocks of
   rows, which nothing windows)."""
   stamp_rows = True
 
-  def __init__(self, namespace, reasons_, count_read=None):
-    self._count_read = count_read
+  def __init__(self, namespace, reasons_):
+    self.messages = Metrics.counter(namespace, 'messages')
     self.rows = Metrics.counter(namespace, 'rows')
     self.dropped = Metrics.counter(namespace, 'dropped')  # by a UDF
     self.counters = {r: Metrics.counter(namespace, 'dead_letter_' + r)
@@ -171,9 +170,8 @@ class ParseMessageFn(beam.DoFn):
     self._seen = self._rows = self._dropped = 0
 
   def finish_bundle(self):
-    if self._count_read is not None:
-      self._count_read.add(self._seen, self._dropped)  # a lock per bundle
-    self.rows.inc(self._rows)  # a counter update costs ~0.5 us
+    self.messages.inc(self._seen)  # a counter update costs ~0.5 us
+    self.rows.inc(self._rows)
     if self._dropped:
       self.dropped.inc(self._dropped)
 

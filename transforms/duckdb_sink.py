@@ -38,15 +38,14 @@ class _InsertIntoDuckDB(beam.DoFn):
   MAX_BUFFER = 20000
 
   def __init__(self, path, schema, table, hold_connection, replace,
-               on_commit=None, write_time_column=None, with_inserted=None,
-               update_only=None, insert_constants=None):
+               write_time_column=None, with_inserted=None, update_only=None,
+               insert_constants=None):
     self._write_time_column = write_time_column
     self._path = path
     self._schema = schema
     self._table = table or schema.name
     self._hold = hold_connection
     self._replace = replace
-    self._on_commit = on_commit
     self._with_inserted = with_inserted
     self._update_only = tuple(update_only or ())
     self._constants = dict(insert_constants or {})
@@ -100,7 +99,6 @@ class _InsertIntoDuckDB(beam.DoFn):
           self._path, con, self._schema.duckdb_ddl(self._table))
       try:
         self._insert(con, rows)
-        self._committed(rows)
         return []
       except Exception as e:  # pylint: disable=broad-except
         if outages.is_outage(e):
@@ -110,16 +108,11 @@ class _InsertIntoDuckDB(beam.DoFn):
       for i, row in enumerate(rows):
         try:
           self._insert(con, [row])
-          self._committed([row])
         except Exception as row_error:  # pylint: disable=broad-except
           if outages.is_outage(row_error):
             raise
           refused.append((i, row_error))
       return refused
-
-  def _committed(self, rows):
-    if self._on_commit is not None:
-      self._on_commit(rows)
 
   def _insert(self, con, rows):
     constants = dict(self._constants)
@@ -218,19 +211,16 @@ class WriteToDuckDB(beam.PTransform):
   for the columns it names).
   ``with_inserted(cursor, rows)`` is called with the rows that were new, in
   the transaction that stored them (data derived from stored rows).
-  ``on_commit(rows)``, if given, is called once rows are durably stored
-  (e.g. to acknowledge their Pub/Sub messages only then).
   ``write_time_column`` is set to the time of the insert. ``blocks``: the
   input is RowBlocks (a bounded replay's), each stored with its rows.
   """
   def __init__(self, path, schema, table=None, hold_connection=False,
-               replace=False, on_commit=None, write_time_column=None,
-               with_inserted=None, update_only=None, insert_constants=None,
-               blocks=False):
+               replace=False, write_time_column=None, with_inserted=None,
+               update_only=None, insert_constants=None, blocks=False):
     super().__init__()
     if blocks:  # RowBlocks in (``transforms.blocks``), not rows
       self.with_input_types(RowBlock)
-    self._args = (path, schema, table, hold_connection, replace, on_commit,
+    self._args = (path, schema, table, hold_connection, replace,
                   write_time_column, with_inserted, update_only,
                   insert_constants)
 

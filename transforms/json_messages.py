@@ -26,8 +26,8 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
   """One message in, one row (main output) or one dead letter out."""
   def __init__(self, schema, unknown_fields='ignore', event_time_field=None,
                max_message_bytes=dead_letters.MAX_MESSAGE_BYTES,
-               namespace='pubsub_to_bigquery', count_read=None, udf=None):
-    super().__init__(namespace, REASONS, count_read)
+               namespace='pubsub_to_bigquery', udf=None):
+    super().__init__(namespace, REASONS)
     self._udf = udf
     self._schema = schema
     self._unknown = unknown_fields
@@ -66,7 +66,7 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
     except Exception as e:  # pylint: disable=broad-except
       return self._dead_for(message, e)
     if self._with_id:
-      row['message_id'] = message.message_id
+      row['message_id'] = dead_letters.stored_id(message.message_id)
     self._rows += 1
     return self._stamped(row, message, timestamp)
 
@@ -125,19 +125,19 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
       return
     for i, row in enumerate(rows):
       if self._with_id:
-        row['message_id'] = message.message_id if len(rows) == 1 else (
-            '%s#%d' % (message.message_id, i))
+        message_id = dead_letters.stored_id(message.message_id)
+        row['message_id'] = message_id if len(rows) == 1 else (
+            '%s#%d' % (message_id, i))
       self._rows += 1
       yield self._stamped(row, message, timestamp)
 
 
 class ParseJsonMessages(dead_letters.ParseMessages):
   """PubsubMessages -> rows (main) and dead letters (``dead_letters``).
-  ``count_read`` (a local run's) hears how many messages were read;
   ``blocks``: MessageBlocks in, RowBlocks out (a bounded replay)."""
   def __init__(self, schema, unknown_fields='ignore', event_time_field=None,
-               max_message_bytes=dead_letters.MAX_MESSAGE_BYTES,
-               count_read=None, udf=None, blocks=False):
+               max_message_bytes=dead_letters.MAX_MESSAGE_BYTES, udf=None,
+               blocks=False):
     super().__init__(ParseJsonMessageFn(
         schema, unknown_fields, event_time_field, max_message_bytes,
-        count_read=count_read, udf=udf), blocks=blocks)
+        udf=udf), blocks=blocks)

@@ -17,6 +17,7 @@ import os
 from typing import Iterable
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -44,17 +45,18 @@ class ReadFileLines(beam.DoFn):
   """A matched file -> one PubsubMessage per non-empty line (raw bytes
   kept); an archive file (``transforms.archive``) -> the messages it keeps,
   with their own ids, publish times and attributes. With ``blocks``, the
-  messages come in MessageBlocks (``transforms.blocks``). ``count_files`` (a
-  local run's) hears of each file done, with its size, for progress."""
-  def __init__(self, count_files=None, blocks=False):
-    self._count_files = count_files
+  messages come in MessageBlocks (``transforms.blocks``). Counts (Beam
+  metrics) the files read to their end and their bytes, for progress."""
+  def __init__(self, blocks=False):
     self._blocks = blocks
+    self.files = Metrics.counter('replay', 'files')
+    self.file_bytes = Metrics.counter('replay', 'file_bytes')
 
   def process(self, metadata) -> Iterable[PubsubMessage]:
     messages = self._messages(metadata)
     yield from blocks.message_blocks(messages) if self._blocks else messages
-    if self._count_files is not None:
-      self._count_files.file_done(metadata.size_in_bytes)
+    self.files.inc()
+    self.file_bytes.inc(metadata.size_in_bytes)
 
   def _messages(self, metadata):
     if archive.is_archive(metadata.path):
@@ -79,10 +81,9 @@ class ReadFileLines(beam.DoFn):
 class ReadMessagesFromFiles(beam.PTransform):
   """A file pattern (local or gs://, compressed or not) -> PubsubMessages,
   or with ``blocks`` MessageBlocks of them."""
-  def __init__(self, file_pattern, count_files=None, blocks=False):
+  def __init__(self, file_pattern, blocks=False):
     super().__init__()
     self._pattern = file_pattern
-    self._count_files = count_files
     self._blocks = blocks
 
   def expand(self, pbegin):
@@ -92,5 +93,5 @@ class ReadMessagesFromFiles(beam.PTransform):
         | 'MatchFiles' >> fileio.MatchAll()
         | 'SpreadFiles' >> beam.Reshuffle()
         | 'ReadLines' >> beam.ParDo(
-            ReadFileLines(self._count_files, self._blocks)).with_output_types(
+            ReadFileLines(self._blocks)).with_output_types(
                 blocks.MessageBlock if self._blocks else PubsubMessage))

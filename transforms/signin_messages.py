@@ -188,7 +188,7 @@ def parse_signin(message, default_tz=UTC, max_bytes=MAX_MESSAGE_BYTES):
   row = {
       'userid': parse_userid(userid),
       'date': parse_date(date, default_tz),
-      'message_id': message.message_id,
+      'message_id': dead_letters.stored_id(message.message_id),
       'publish_time': dead_letters.publish_time(message),
   }
   if not checked and not exact_json.is_encodable(row['userid']):
@@ -200,9 +200,8 @@ def parse_signin(message, default_tz=UTC, max_bytes=MAX_MESSAGE_BYTES):
 class ParseSigninFn(dead_letters.ParseMessageFn):
   """One message in, one row (main output, event-time stamped) or one dead
   letter out."""
-  def __init__(self, default_timezone='UTC', max_message_bytes=MAX_MESSAGE_BYTES,
-               count_read=None):
-    super().__init__('user_signin', REASONS, count_read)
+  def __init__(self, default_timezone='UTC', max_message_bytes=MAX_MESSAGE_BYTES):
+    super().__init__('user_signin', REASONS)
     self._tz_name = default_timezone
     self._max_bytes = max_message_bytes
 
@@ -236,10 +235,7 @@ def resolve_timezone(name):
 
 
 class ParseSignins(dead_letters.ParseMessages):
-  """PubsubMessages -> rows (main) and dead letters (``dead_letters``).
-  ``count_read`` (a local run's) hears how many messages were read."""
-  def __init__(self, default_timezone='UTC', max_message_bytes=MAX_MESSAGE_BYTES,
-               count_read=None):
+  """PubsubMessages -> rows (main) and dead letters (``dead_letters``)."""
+  def __init__(self, default_timezone='UTC', max_message_bytes=MAX_MESSAGE_BYTES):
     resolve_timezone(default_timezone)  # fail at construction, not per element
-    super().__init__(ParseSigninFn(default_timezone, max_message_bytes,
-                                   count_read))
+    super().__init__(ParseSigninFn(default_timezone, max_message_bytes))

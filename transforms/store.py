@@ -4,8 +4,7 @@ dead letter (the parse step's, and each row the warehouse refused, as
 dead letter the dead-letter table itself refuses is logged as an error.
 
 A destination is a BigQuery table spec or a local DuckDB file (the same
-schema either way); ``on_commit`` (a local run's) hears of every row and
-dead letter once it is stored.
+schema either way).
 """
 
 import logging
@@ -33,8 +32,8 @@ class WriteTable(beam.PTransform):
   WriteRowsToBigQuery (a local table is emptied before the run instead).
   ``blocks``: the input is RowBlocks (``transforms.blocks``)."""
   def __init__(self, destination, bigquery_method='default', replace=False,
-               on_commit=None, write_time_column=None, duckdb_options=None,
-               truncate=False, blocks=False):
+               write_time_column=None, duckdb_options=None, truncate=False,
+               blocks=False):
     super().__init__()
     self._blocks = blocks
     if blocks:
@@ -43,7 +42,6 @@ class WriteTable(beam.PTransform):
     self._destination = destination
     self._method = bigquery_method
     self._replace = replace
-    self._on_commit = on_commit
     self._write_time_column = write_time_column
     self._duckdb_options = duckdb_options or {}
 
@@ -53,15 +51,15 @@ class WriteTable(beam.PTransform):
       options = dict({'replace': self._replace, 'hold_connection': True},
                      **self._duckdb_options)
       return rows | 'WriteToDuckDB' >> duckdb_sink.WriteToDuckDB(
-          spec, schema, on_commit=self._on_commit,
-          write_time_column=self._write_time_column, blocks=self._blocks,
+          spec, schema, write_time_column=self._write_time_column,
+          blocks=self._blocks,
           **options)
     if self._blocks:
       rows = rows | 'UnblockRows' >> beam.FlatMap(
           blocks.unblocked).with_output_types(Row)
     return rows | 'WriteToBigQuery' >> bigquery_sink.WriteRowsToBigQuery(
         spec, schema, self._method, truncate=self._truncate,
-        write_time_column=self._write_time_column, on_commit=self._on_commit,
+        write_time_column=self._write_time_column,
         table_parameters=self._destination.layout.bigquery_parameters())
 
 
@@ -71,24 +69,21 @@ class StoreRowsAndDeadLetters(beam.PTransform):
   stored or tried (the parse step's and the warehouse's refusals).
   ``row_blocks``: the rows come in RowBlocks (a bounded replay's)."""
   def __init__(self, rows_to, dead_letters_to, bigquery_method='default',
-               on_commit=None, write_time_column=None,
-               rows_duckdb_options=None, dead_letter_topic=None,
-               row_blocks=False):
+               write_time_column=None, rows_duckdb_options=None,
+               dead_letter_topic=None, row_blocks=False):
     super().__init__()
     self._row_blocks = row_blocks
     self._topic = dead_letter_topic
     self._rows_to = rows_to
     self._dead_letters_to = dead_letters_to
     self._method = bigquery_method
-    self._on_commit = on_commit
     self._write_time_column = write_time_column
     self._rows_duckdb_options = rows_duckdb_options
 
   def expand(self, rows_and_dead_letters):
     rows, dead = rows_and_dead_letters
     refused_rows = rows | 'WriteRows' >> WriteTable(
-        self._rows_to, self._method, on_commit=self._on_commit,
-        write_time_column=self._write_time_column,
+        self._rows_to, self._method, write_time_column=self._write_time_column,
         duckdb_options=self._rows_duckdb_options, blocks=self._row_blocks)
     refused_dead = (
         refused_rows
@@ -96,11 +91,11 @@ class StoreRowsAndDeadLetters(beam.PTransform):
             dead_letters.refused_row_dead_letter))
     all_dead = (dead, refused_dead) | 'AllDeadLetters' >> beam.Flatten()
     to_table = all_dead
-    if self._topic:  # the topic first: the table (and the ack) after it
+    if self._topic:  # the topic first: the table after it
       to_table = all_dead | 'PublishDeadLetters' >> (
           dead_letter_topic.PublishDeadLetters(self._topic))
     lost = to_table | 'WriteDeadLetters' >> WriteTable(
-        self._dead_letters_to, self._method, on_commit=self._on_commit)
+        self._dead_letters_to, self._method)
     _ = lost | 'LogRefusedDeadLetters' >> beam.Map(_log_refused_dead_letter)
     return all_dead
 
