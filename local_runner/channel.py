@@ -118,8 +118,8 @@ _MIN_MICROS = -62135596800 * 10**6  # 0001-01-01T00:00:00Z
 _MAX_MICROS = 253402300800 * 10**6 - 1  # 9999-12-31T23:59:59.999999Z
 _RFC3339 = re.compile(
     r'(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?'
-    r'(?:([Zz])|([+-])(\d{2}):(\d{2}))\Z')
-_MILLIS = re.compile(r'[+-]?\d+\Z')
+    r'(?:([Zz])|([+-])(\d{2}):(\d{2}))\Z', re.ASCII)
+_MILLIS = re.compile(r'[+-]?\d+\Z', re.ASCII)  # ASCII digits only
 
 
 def parse_timestamp_attribute(value):

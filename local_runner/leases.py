@@ -47,6 +47,16 @@ class Leases(object):
           self.settled_total += 1
       self._lock.notify_all()
 
+  def release(self, ack_ids):
+    """Forgets deliveries that will not be served (neither settled nor
+    acknowledged: Pub/Sub redelivers them at their deadline)."""
+    with self._lock:
+      for ack_id in ack_ids:
+        lease = self._in_flight.pop(ack_id, None)
+        if lease is not None:
+          self._bytes -= lease[2]
+      self._lock.notify_all()
+
   def take_acks(self):
     with self._lock:
       acks, self._to_ack = dict(self._to_ack), collections.defaultdict(list)

@@ -154,13 +154,17 @@ class PubSubPump(object):
     empty_since = None  # when the pulls began to come back empty
     last_event_at = time.monotonic()
     while not self._closed.is_set():
+      received = None
       try:
         pulled_at = time.monotonic()
         received = self._pull() if self._pulling.is_set() else None
         events, newest = self._element_events(received or [])
       except Exception:  # pylint: disable=broad-except
         # An exception here would end Beam's TestStream, and the stream with
-        # it. Pulled messages stay unacknowledged: Pub/Sub redelivers them.
+        # it. What was pulled is released, not acknowledged: Pub/Sub
+        # redelivers it at its deadline.
+        if received:
+          self._release([r for r, _ in received])
         _LOG.exception('pulling from %s failed; retrying', self.subscription)
         time.sleep(1)
         continue
@@ -211,22 +215,31 @@ class PubSubPump(object):
     received = self._pull_once(self.pull_timeout, room)
     if received is None:
       return None
-    started = time.monotonic()
-    while (received and len(received) < room and
-           time.monotonic() - started < self.GATHER_SECONDS):
-      more = self._pull_once(self.GATHER_SECONDS, room - len(received))
-      if not more:
-        break
-      received.extend(more)
-    counts = {}
-    if self.attempts is not None and received:
-      # Held until it can be recorded (a full disk): these messages are
-      # leased already and must be served, not left in flight.
-      ids = [r.message.message_id for r in received]
-      counts = outages.wait_out(
-          'delivery counts in %s' % self.attempts.path,
-          lambda: self.attempts.record(ids))
-    return [(r, counts.get(r.message.message_id, 1)) for r in received]
+    try:
+      started = time.monotonic()
+      while (received and len(received) < room and
+             time.monotonic() - started < self.GATHER_SECONDS):
+        more = self._pull_once(self.GATHER_SECONDS, room - len(received))
+        if not more:
+          break
+        received.extend(more)
+      counts = {}
+      if self.attempts is not None and received:
+        # Held until it can be recorded (a full disk): these messages are
+        # leased already and must be served, not left in flight.
+        ids = [r.message.message_id for r in received]
+        counts = outages.wait_out(
+            'delivery counts in %s' % self.attempts.path,
+            lambda: self.attempts.record(ids))
+      return [(r, counts.get(r.message.message_id, 1)) for r in received]
+    except BaseException:
+      self._release(received)
+      raise
+
+  def _release(self, received):
+    """Leases of messages that will not be served: dropped, not
+    acknowledged, so Pub/Sub redelivers them at their deadline."""
+    self.leases.release([r.ack_id for r in received])
 
   GATHER_SECONDS = 0.1
 

@@ -270,7 +270,7 @@ def test_timestamp_attributes_at_the_edges_hold_no_other_message(
   topic, (signins, archiver) = topic_and_subscriptions(pubsub_emulator, 2)
   values = ['1508273837000'] * 10 + [
       '10000000000000000', '253402300800000', '2024-05-01T12:00:00.1234567Z',
-      'soon']
+      'soon', '9999-12-31T23:59:59.999999Z']
   ids = publish(pubsub_emulator, topic, [GOOD] * len(values),
                 lambda i: {'ts': values[i]})
   db = tmp_path / 'wh.duckdb'
@@ -297,7 +297,7 @@ def test_timestamp_attributes_at_the_edges_hold_no_other_message(
   assert {d['reason'] for d in dead} == {'bad_timestamp_attribute'}
   assert all(len(d['attributes']) == 1 and d['attributes'][0]['key'] == 'ts'
              for d in dead)
-  assert duckdb_dicts(db, 'SELECT count(*) AS n FROM signins')[0]['n'] == 11
+  assert duckdb_dicts(db, 'SELECT count(*) AS n FROM signins')[0]['n'] == 12
   kept = archived(directory)
   assert set(kept) == set(ids)
   assert all(m.attributes == {'ts': values[ids.index(i)]}
@@ -403,3 +403,21 @@ def test_kill_9_amid_drops_and_fan_outs_then_a_restart_accounts_for_each_once(
     made.setdefault(message_id, []).append('dead')
   assert {i: by_id[i] for i in made} == {i: k for i, k in by_id.items()
                                          if k != 'drop'}
+
+
+def test_a_dead_letter_keeps_at_most_1_mib_of_payload_and_says_so():
+  """So that the dead-letter table (a BigQuery row: 10 MB) never refuses one
+  for its size, whatever --max_message_bytes lets through."""
+  from apache_beam.io.gcp.pubsub import PubsubMessage
+
+  from transforms import dead_letters
+  data = b'\x01' * (3 << 20)
+  letter = dead_letters.dead_letter(
+      PubsubMessage(data, {'k': 'v'}, message_id='1'), 'not_json', 'bad')
+  assert letter['payloadBytes'] == data[:1 << 20]
+  assert 'keeps the first 1048576 of the payload\'s 3145728 bytes' in (
+      letter['errorMessage'])
+  small = dead_letters.dead_letter(
+      PubsubMessage(b'x' * (1 << 20), {}, message_id='2'), 'not_json', 'bad')
+  assert small['payloadBytes'] == b'x' * (1 << 20)
+  assert small['errorMessage'] == 'bad'

@@ -227,7 +227,7 @@ def test_timestamp_attribute_sets_the_element_time_or_gives_the_message_up():
     assert (at, message.given_up) == (micros, None), value
   for value in ('yesterday', '10000000000000000', '253402300800000',
                 '2024-02-30T00:00:00Z', '2024-05-01T12:00:00', '',
-                '1e3', 'é', '9' * 80):
+                '1e3', 'é', '9' * 80, '\u0663', '２０２４-05-01T12:00:00Z'):
     received.message.attributes['ts'] = value
     message, at = channel.delivered_message(received, timestamp_attribute='ts')
     assert at == 1577836800 * 10**6, value  # the publish time

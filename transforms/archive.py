@@ -167,9 +167,22 @@ def _jsonl_records(f):
         yield rec
 
 
+def window_bounds(window_start, window_seconds):
+  """A window's (start, end) as UTC datetimes, held to the calendar's years
+  1-9999: a message stamped near either end (a timestamp attribute) still
+  has a file to go to, named by the part of its window a date can name."""
+  lowest = datetime.datetime.min.replace(tzinfo=UTC)
+  highest = datetime.datetime.max.replace(tzinfo=UTC)
+  micros = datetime.timedelta(microseconds=1)
+  low, high = (lowest - EPOCH) // micros, (highest - EPOCH) // micros
+  end = window_start + int(window_seconds * 1e6)
+  start = EPOCH + datetime.timedelta(
+      microseconds=min(max(window_start, low), high))
+  return start, EPOCH + datetime.timedelta(microseconds=min(max(end, low), high))
+
+
 def file_path(directory, prefix, window_start, window_seconds, bundle, fmt):
-  start = EPOCH + datetime.timedelta(microseconds=window_start)
-  end = start + datetime.timedelta(seconds=window_seconds)
+  start, end = window_bounds(window_start, window_seconds)
   return '/'.join([directory.rstrip('/'), start.strftime('%Y/%m/%d/%H'),
                    '%s%s--%s-%s%s' % (prefix, start.strftime('%Y%m%dT%H%M%SZ'),
                                       end.strftime('%Y%m%dT%H%M%SZ'), bundle,
@@ -227,10 +240,19 @@ def _write(path, data):
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
+    _sync_folder(os.path.dirname(path))  # the rename survives a power loss
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def _sync_folder(folder):
+  descriptor = os.open(folder, os.O_RDONLY)
+  try:
+    os.fsync(descriptor)
+  finally:
+    os.close(descriptor)
 
 
 class ArchiveMessages(beam.PTransform):

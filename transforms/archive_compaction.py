@@ -12,7 +12,6 @@ files (replays absorb it by id), never in none. A compaction that fails
 (a full disk, a dead network) is logged and leaves the files as they were.
 """
 
-import datetime
 import gzip
 import logging
 import os
@@ -36,8 +35,7 @@ def shard_of(message_id, num_shards):
 
 def window_prefix(prefix, window_start, window_seconds):
   """The start of every file name of one window (bundle files and shards)."""
-  start = archive.EPOCH + datetime.timedelta(microseconds=window_start)
-  end = start + datetime.timedelta(seconds=window_seconds)
+  start, end = archive.window_bounds(window_start, window_seconds)
   return '%s%s--%s-' % (prefix, start.strftime('%Y%m%dT%H%M%SZ'),
                         end.strftime('%Y%m%dT%H%M%SZ'))
 

@@ -21,6 +21,11 @@ from transforms import exact_json
 DEAD_LETTERS = 'dead_letters'  # the parse steps' tagged output
 MAX_MESSAGE_BYTES = 1 << 20
 PAYLOAD_PREFIX_BYTES = 1024  # what a too_large dead letter keeps
+# The most payload any dead letter keeps: with its text form (JSON-escaped,
+# up to 6 bytes a byte) and base64 copy it stays under BigQuery's 10 MB row
+# (Beam's streaming inserts refuse rows of 9 MiB), so the dead-letter table
+# never refuses a dead letter for its size.
+MAX_DEAD_LETTER_PAYLOAD_BYTES = 1 << 20
 UTC = datetime.timezone.utc
 
 # Why any message may fail, before and after its shape is known.
@@ -122,10 +127,16 @@ def attribute_list(attributes):
 
 def dead_letter(message, reason, error, stacktrace=None,
                 now=None) -> typing.Dict[str, typing.Any]:
-  """The dead-letter row for a message (the raw payload kept, a prefix if too large)."""
+  """The dead-letter row for a message: the raw payload kept (a prefix if
+  too_large; the first MAX_DEAD_LETTER_PAYLOAD_BYTES of a larger one, said
+  in the error)."""
   data = message.data or b''
   if reason == 'too_large':
     data = data[:PAYLOAD_PREFIX_BYTES]
+  elif len(data) > MAX_DEAD_LETTER_PAYLOAD_BYTES:
+    error = '%s (this dead letter keeps the first %d of the payload\'s %d ' \
+        'bytes)' % (error, MAX_DEAD_LETTER_PAYLOAD_BYTES, len(data))
+    data = data[:MAX_DEAD_LETTER_PAYLOAD_BYTES]
   return {
       'timestamp': now or datetime.datetime.now(UTC),
       'payloadString': data.decode('utf-8', errors='replace'),
