@@ -18,8 +18,9 @@ summary, and closes it all. Asked to read a subscription itself
 channel) in place of the graph's ``ReadFromPubSub`` of that subscription (a
 ``PTransformOverride``, as Beam's DirectRunner replaces that read), and
 settles each message by what the runner did with it (``delivery``): the
-graph knows nothing of it. What the graph counted (messages, drops, files)
-comes from Beam's metrics. It knows nothing of sign-ins.
+graph knows nothing of it. A stream's messages read are what its reader
+served; a replay's (and its drops and files) what the graph counted in
+Beam's metrics, read at its end. It knows nothing of sign-ins.
 """
 
 import gc
