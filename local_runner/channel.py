@@ -65,13 +65,6 @@ class HandOffCoder(coders.Coder):
       cls._waiting[token] = message
     return token
 
-  @classmethod
-  def drop(cls, tokens):
-    """Forgets messages the runner will never take (a stop)."""
-    with cls._lock:
-      for token in tokens:
-        cls._waiting.pop(token, None)
-
   def encode(self, message):
     return self.hand_off(message)
 

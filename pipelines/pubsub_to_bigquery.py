@@ -65,6 +65,9 @@ class PubsubToBigQueryOptions(PipelineOptions):
         type=lambda v: str(v).lower() not in ('false', '0', 'no'),
         help='Add a message_id column (the Pub/Sub id, or file:PATH:LINE): '
         'what makes redeliveries and replays idempotent. true or false.')
+    parser.add_argument(
+        '--nomessage_id_column', dest='message_id_column',
+        action='store_false', help='The same as --message_id_column false.')
 
 
 OPTIONS = [PubsubToBigQueryOptions, pipeline_options.MessageSourceOptions,

@@ -152,15 +152,17 @@ def test_drops_and_fan_outs_are_settled_and_never_stall_a_small_read_ahead(
   assert sorted({r['reason'] for r in letters}) == ['missing_field', 'udf_error']
 
 
+@pytest.mark.parametrize('flag', [['--message_id_column', 'false'],
+                                  ['--nomessage_id_column']])
 def test_a_local_stream_refuses_to_run_without_the_message_id_column(
-    pubsub_emulator, tmp_path):
+    pubsub_emulator, tmp_path, flag):
   """Without message ids a redelivery would be stored twice: said in one
   line before anything is read."""
   _, (subscription,) = topic_and_subscriptions(pubsub_emulator)
   (tmp_path / 'orders.json').write_text(json.dumps(SCHEMA))
   result = run_main('pubsub_to_bigquery', '--schema', tmp_path / 'orders.json',
                     '--input_subscription', subscription, '--warehouse',
-                    tmp_path / 'wh.duckdb', '--message_id_column', 'false')
+                    tmp_path / 'wh.duckdb', *flag)
   assert result.returncode == 2
   assert result.stderr.strip().count('\n') == 0, result.stderr
   assert '--message_id_column' in result.stderr
