@@ -423,3 +423,44 @@ def test_a_dead_letter_keeps_at_most_1_mib_of_payload_and_says_so():
       PubsubMessage(b'x' * (1 << 20), {}, message_id='2'), 'not_json', 'bad')
   assert small['payloadBytes'] == b'x' * (1 << 20)
   assert small['errorMessage'] == 'bad'
+
+
+def test_a_message_given_up_keeps_its_attributes_and_can_be_redriven(
+    pubsub_emulator, tmp_path):
+  """A message the reader gives up on (delivered past
+  --max_delivery_attempts: here its count is seeded as if it had crashed
+  the pipeline five times) is a too_many_attempts dead letter with the
+  attributes as published, no mark of the reader's among them; a redrive
+  makes it the row it always was."""
+  topic, (subscription,) = topic_and_subscriptions(pubsub_emulator)
+  poison, fine = publish(pubsub_emulator, topic, [GOOD, GOOD],
+                         lambda i: {'origin': 'app', 'n': str(i)})
+  db, status = tmp_path / 'wh.duckdb', tmp_path / 'status.json'
+  con = duckdb.connect(str(db))
+  con.execute('CREATE TABLE pubsub_delivery_attempts (subscription VARCHAR '
+              'NOT NULL, message_id VARCHAR NOT NULL, attempts INTEGER NOT '
+              'NULL, PRIMARY KEY (subscription, message_id))')
+  con.execute('INSERT INTO pubsub_delivery_attempts VALUES (?, ?, 5)',
+              [subscription, poison])
+  con.close()
+  proc = start_pipeline(tmp_path, '--input_subscription', subscription,
+                        '--warehouse', db, '--progress_seconds', 0.2,
+                        '--status_file', status)
+  wait_for_status(status, lambda s: s.get('stored_total', 0) >= 2 and
+                  s.get('in_flight') == 0, proc)
+  stop(proc)
+  dead = duckdb_dicts(db, 'SELECT message_id, reason, attributes FROM '
+                      'signin_errors')
+  assert [(d['message_id'], d['reason']) for d in dead] == [
+      (poison, 'too_many_attempts')]
+  assert {a['key']: a['value'] for a in dead[0]['attributes']} == {
+      'origin': 'app', 'n': '0'}
+  assert duckdb_dicts(db, 'SELECT message_id FROM signins') == [
+      {'message_id': fine}]
+  assert duckdb_dicts(db, 'SELECT count(*) AS n FROM pubsub_delivery_attempts'
+                      )[0]['n'] == 0  # forgotten once acknowledged
+  result = run_main('redrive', '--pipeline', 'user_signin', '--warehouse', db)
+  assert result.returncode == 0 and '1 moved' in result.stdout, (
+      result.stdout, result.stderr)
+  assert sorted(r['message_id'] for r in duckdb_dicts(
+      db, 'SELECT message_id FROM signins')) == sorted([poison, fine])
