@@ -168,20 +168,20 @@ def test_a_local_stream_refuses_to_run_without_the_message_id_column(
   assert '--message_id_column' in result.stderr
 
 
-def test_big_attributes_and_a_3_mb_payload_are_stored_whole(
+def test_big_attributes_and_a_10_mb_payload_are_stored_whole(
     pubsub_emulator, tmp_path):
   """100 sign-ins with 100 attributes of 1,000 bytes each (100 KB, within
-  Pub/Sub's limits) and one 3,000,000-byte sign-in: rows, with a larger
+  Pub/Sub's limits) and one 9,500,000-byte sign-in: rows, with a larger
   --max_message_bytes; a bad one keeps its 100 attributes exactly."""
   topic, (subscription,) = topic_and_subscriptions(pubsub_emulator)
   big = json.dumps({'userid': 'big', 'date': '2017-10-17T20:57:17Z',
-                    'pad': 'p' * 3_000_000}).encode()
+                    'pad': 'p' * 9_500_000}).encode()
   payloads = [GOOD] * 100 + [big, b'not json']
   attributes = {'a%02d' % i: chr(0x4e00 + i) * 333 for i in range(100)}
   ids = publish(pubsub_emulator, topic, payloads, lambda i: attributes)
   db, status = tmp_path / 'wh.duckdb', tmp_path / 'status.json'
   proc = start_pipeline(tmp_path, '--input_subscription', subscription,
-                        '--warehouse', db, '--max_message_bytes', 5_000_000,
+                        '--warehouse', db, '--max_message_bytes', 10_000_000,
                         '--progress_seconds', 0.2, '--status_file', status)
   wait_for_status(status, lambda s: s.get('stored_total', 0) >= len(ids),
                   proc, timeout=90)
@@ -194,9 +194,10 @@ def test_big_attributes_and_a_3_mb_payload_are_stored_whole(
   assert {a['key']: a['value'] for a in dead[0]['attributes']} == attributes
 
 
-def test_a_3_mb_message_is_archived_byte_for_byte(pubsub_emulator, tmp_path):
+def test_a_10_mb_message_is_archived_byte_for_byte(pubsub_emulator, tmp_path):
+  """9.8 MB of data and 100 attributes of 1,000 bytes: Pub/Sub's limit."""
   topic, (subscription,) = topic_and_subscriptions(pubsub_emulator)
-  payload = os.urandom(3_000_000)
+  payload = os.urandom(9_800_000)
   attributes = {'k%02d' % i: 'v' * 1000 for i in range(100)}
   ids = publish(pubsub_emulator, topic, [payload, GOOD],
                 lambda i: attributes if i == 0 else {'n': '1'})
