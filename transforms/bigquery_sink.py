@@ -18,8 +18,9 @@ class WriteRowsToBigQuery(beam.PTransform):
 
   Returns the rows BigQuery refused as ``(row, error message)`` pairs where
   the method reports them (streaming inserts and the Storage Write API);
-  transient errors are retried, a refused row is not. ``table_parameters`` (``timePartitioning``,
-  ``clustering``) shape the table when WriteToBigQuery creates it.
+  transient errors are retried, a refused row is not. ``table_parameters``
+  (``timePartitioning``, ``clustering``) shape the table when
+  WriteToBigQuery creates it.
   """
   def __init__(self, table, schema, method='default', truncate=False,
                write_time_column=None, table_parameters=None):
