@@ -58,15 +58,17 @@ class HandOffCoder(coders.Coder):
   _next = [0]
 
   @classmethod
-  def hand_off(cls, message):
+  def hand_off(cls, messages):
+    """Tokens for ``messages`` (one lock for the whole batch)."""
     with cls._lock:
-      cls._next[0] += 1
-      token = b'%d' % cls._next[0]
-      cls._waiting[token] = message
-    return token
+      first = cls._next[0] + 1
+      cls._next[0] += len(messages)
+      tokens = [b'%d' % n for n in range(first, first + len(messages))]
+      cls._waiting.update(zip(tokens, messages))
+    return tokens
 
   def encode(self, message):
-    return self.hand_off(message)
+    return self.hand_off([message])[0]
 
   def decode(self, token):
     with self._lock:

@@ -276,16 +276,17 @@ class PubSubPump(object):
     ack_ids = [r.ack_id for r, _ in received]
     leases = self.leases
     batch = delivery.Batch(lambda: leases.settled(ack_ids))
-    served, newest = [], None
+    messages, times = [], []
     for r, attempts in received:
       message, micros = channel.delivered_message(
           r, attempts, self.max_attempts, self.timestamp_attribute)
       message.batch = batch
-      if newest is None or micros > newest:
-        newest = micros
-      served.append((channel.HandOffCoder.hand_off(message), micros))
-    self._served += len(served)
-    return [channel.element_event(served)], Timestamp(micros=newest)
+      messages.append(message)
+      times.append(micros)
+    tokens = channel.HandOffCoder.hand_off(messages)
+    self._served += len(messages)
+    return ([channel.element_event(zip(tokens, times))],
+            Timestamp(micros=max(times)))
 
   # -- acknowledgements and deadlines ----------------------------------------
   def _keep_leases(self):

@@ -19,6 +19,7 @@ from tests.test_archive import archived
 from tests.test_user_signin_stream import start_pipeline
 from tests.test_user_signin_stream import wait_for_status
 from tools import publish_signins
+from transforms import archive
 
 pytestmark = pytest.mark.emulator
 GOOD = b'{"userid": "u1", "date": "2017-10-17T20:57:17Z"}'
@@ -320,8 +321,7 @@ def test_lone_surrogates_in_ids_and_attributes_of_an_archive_replay(tmp_path):
       for i in range(3)]
   with gzip.open(folder / 'x.messages.jsonl.gz', 'wb') as f:
     for r in records:
-      f.write(json.dumps(dict(r, data=__import__('base64').b64encode(
-          r['data']).decode())).encode() + b'\n')
+      f.write(archive.jsonl_line(r))
   (tmp_path / 'orders.json').write_text(json.dumps(
       [{'name': 'userid', 'type': 'STRING', 'mode': 'REQUIRED'}]))
   for args, rows_table, errors_table in (

@@ -47,15 +47,14 @@ class CheckingReader(object):
   def read_multiple(self, unused_keys):
     for index, kinds in enumerate(self.batches):
       batch = delivery.Batch(lambda index=index: self._settle(index))
-      served = []
-      for i, kind in enumerate(kinds):
-        message = channel.DeliveredMessage(
-            json.dumps({'order_id': 'o', 'qty': i, 'kind': kind}).encode(),
-            {'n': str(i)}, message_id=message_id(index, i),
-            publish_time=PUBLISHED, batch=batch)
-        served.append((channel.HandOffCoder.hand_off(message),
-                       int(PUBLISHED.timestamp()) * 10**6))
-      yield channel.element_event(served)
+      messages = [channel.DeliveredMessage(
+          json.dumps({'order_id': 'o', 'qty': i, 'kind': kind}).encode(),
+          {'n': str(i)}, message_id=message_id(index, i),
+          publish_time=PUBLISHED, batch=batch)
+                  for i, kind in enumerate(kinds)]
+      micros = int(PUBLISHED.timestamp()) * 10**6
+      yield channel.element_event(
+          (token, micros) for token in channel.HandOffCoder.hand_off(messages))
 
   def _settle(self, index):
     ids = [message_id(index, i) for i in range(len(self.batches[index]))]
