@@ -7,6 +7,7 @@ reader's read-ahead, lag and outages."""
 import json
 import logging
 import os
+import threading
 import time
 
 from storage import outages
@@ -131,7 +132,7 @@ class Progress(object):
       status['outages'] = waiting
     _LOG.info('%s', progress_line(status))
     if self._status_file:
-      tmp = self._status_file + '.tmp'
+      tmp = '%s.%d.tmp' % (self._status_file, threading.get_ident())
       with open(tmp, 'w') as f:
         json.dump(status, f, sort_keys=True)
       os.replace(tmp, self._status_file)

@@ -194,8 +194,17 @@ class LocalRun(object):
           failure.append(e)
         stop.set()
       threading.Thread(target=wait, daemon=True, name='wait-pipeline').start()
-      while not stop.wait(self._progress_seconds):
-        self._progress.report(False)
+
+      def report_until_stopped():
+        while not stop.wait(self._progress_seconds):
+          self._progress.report(False)
+      # Progress reads the warehouse, which another process may hold: on a
+      # thread of its own, so that the main thread only waits for a stop and
+      # a signal always begins one (bounded by the watchdog below).
+      threading.Thread(target=report_until_stopped, daemon=True,
+                       name='stream-progress').start()
+      while not stop.wait(0.5):
+        pass
       bound = self._drain_seconds + STOP_MARGIN_SECONDS
       watchdog = threading.Timer(bound, _exit_now, (
           'stopping took more than %d s: exiting; messages not acknowledged are '
