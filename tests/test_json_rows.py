@@ -78,7 +78,7 @@ def refusal(kind, value, mode='NULLABLE', fields=None):
      datetime.datetime(2017, 10, 17, 20, 57, 17, 500000, tzinfo=UTC)),
     ('DATE', '2017-10-17', datetime.date(2017, 10, 17)),
     ('TIME', '20:57:17.5', datetime.time(20, 57, 17, 500000)),
-    ('TIME', '20:57:17.1234567', datetime.time(20, 57, 17, 123456)),
+    ('TIME', '20:57:17.123456', datetime.time(20, 57, 17, 123456)),
     ('DATETIME', '2017-10-17T20:57:17', datetime.datetime(2017, 10, 17, 20, 57, 17)),
     ('DATETIME', '2017-10-17 20:57:17.25',
      datetime.datetime(2017, 10, 17, 20, 57, 17, 250000)),
@@ -99,6 +99,7 @@ def test_nan_is_a_float():
     ('STRING', [1], 'bad_value'),
     ('BYTES', 'not base64!', 'bad_value'),
     ('BYTES', 12, 'bad_value'),
+    ('TIME', '20:57:17.1234567', 'bad_value'),  # at most 6 digits
     ('INTEGER', True, 'bad_value'),
     ('INTEGER', 1.5, 'bad_value'),
     ('INTEGER', '1.0', 'bad_value'),

@@ -22,9 +22,13 @@ from transforms import duckdb_sink
 README = os.path.join(os.path.dirname(__file__), '..', 'README.md')
 
 
-def value_forms():
+def readme():
   with open(README, encoding='utf-8') as f:
-    text = f.read()
+    return f.read()
+
+
+def value_forms():
+  text = readme()
   table = text.split('<!-- value-forms -->')[1].split('<!-- /value-forms -->')[0]
   rows = []
   for line in table.strip().splitlines()[2:]:
@@ -59,6 +63,18 @@ def test_the_table_covers_every_type_and_reason():
   assert kinds == set(json_rows.TYPES) - {'RECORD'}
   reasons = {e for _, _, _, e in FORMS if e in json_rows.REASONS}
   assert reasons == {'bad_value', 'out_of_range', 'missing_field'}
+
+
+def test_the_table_cites_bigquerys_documentation_of_each_type():
+  """Under the table, each of its types (and REPEATED) links to its section
+  of BigQuery's documentation."""
+  text = readme().split('<!-- /value-forms -->')[1].split('\n### ')[0]
+  cited = dict(re.findall(r'\[([A-Z0-9]+)\]\[(bq-[a-z0-9-]+)\]', text))
+  links = dict(re.findall(r'^\[(bq-[a-z0-9-]+)\]: (\S+)$', text, re.MULTILINE))
+  for kind in {k for _, k, _, _ in FORMS} | {'REPEATED'}:
+    assert kind in cited, kind
+    assert links[cited[kind]].startswith(
+        'https://cloud.google.com/bigquery/docs/'), kind
 
 
 @pytest.mark.parametrize('mode, kind, given, expected', FORMS)
@@ -125,6 +141,37 @@ def test_keys_match_columns_in_any_case_at_every_depth():
     json_rows.convert_object({'Id': 'x', 'other': 1}, fields, unknown='reject')
   assert (e.value.reason, e.value.path) == ('unknown_field', 'other')
   assert json_rows.convert_object({'ID': 'x', 'other': 1}, fields)['id'] == 'x'
+
+
+KELVIN = '\u212a'  # KELVIN SIGN: str.lower() makes it 'k', BigQuery does not
+
+
+@pytest.mark.parametrize('unknown', ['ignore', 'reject'])
+def test_keys_fold_only_ascii_case_at_every_depth(unknown):
+  """A key naming a column only under Unicode case rules is not that
+  column: not a duplicate of it, not its value; an unknown key instead."""
+  fields = [schemas.field_from_bigquery(f) for f in (
+      {'name': 'k', 'type': 'INT64'}, {'name': '\u00e9', 'type': 'INT64'},
+      {'name': 'r', 'type': 'RECORD', 'fields': [
+          {'name': 'Kind', 'type': 'STRING'}]})]
+
+  def convert_(payload):
+    return json_rows.convert_object(payload, fields, unknown=unknown)
+  assert convert_({'K': 1, 'R': {'KIND': 'x'}}) == {
+      'k': 1, '\u00e9': None, 'r': {'Kind': 'x'}}  # ASCII case folds
+  for payload, path in (({'k': 1, KELVIN: 2}, KELVIN),
+                        ({KELVIN: 2}, KELVIN),
+                        ({'\u00c9': 3}, '\u00c9'),  # a column \u00e9
+                        ({'r': {'kind': 'x', KELVIN + 'ind': 'y'}},
+                         'r.' + KELVIN + 'ind')):
+    if unknown == 'reject':
+      with pytest.raises(json_rows.Refused) as e:
+        convert_(payload)
+      assert (e.value.reason, e.value.path) == ('unknown_field', path)
+    else:
+      row = convert_(payload)
+      assert row['k'] == payload.get('k') and row['\u00e9'] is None
+      assert row['r'] == ({'Kind': 'x'} if 'r' in payload else None)
 
 
 def test_a_surrogate_in_a_key_is_escaped_in_the_dead_letter():

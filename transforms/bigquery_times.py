@@ -1,7 +1,15 @@
 """TIMESTAMP, DATE, TIME and DATETIME values as BigQuery reads them from
 JSON: text in its canonical and common forms, or (TIMESTAMP) a number of
 seconds since the epoch read exactly from its text; a ``Refused`` naming the
-field otherwise. Part of ``bigquery_values``."""
+field otherwise. Part of ``bigquery_values``.
+
+As BigQuery documents them (GoogleSQL data types,
+https://cloud.google.com/bigquery/docs/reference/standard-sql/data-types):
+a time of day has at most six fractional digits (microseconds), so seven or
+more are refused rather than cut; a TIMESTAMP's ``:60`` (a leap second) is
+read as ``:00`` of the next minute, which is documented for TIMESTAMP only:
+DATETIME and TIME take seconds 00-59.
+"""
 
 import datetime
 import math
@@ -16,23 +24,27 @@ from transforms.bigquery_values import _out_of_range
 from transforms.bigquery_values import _shown
 from transforms.event_time import datetime_from_epoch
 
+# Any number of fractional digits is matched, so that more than six is
+# refused as such (not as an unreadable text).
 _DATE = r'([0-9]{4,})-([0-9]{1,2})-([0-9]{1,2})'
-_CLOCK = r'([0-9]{1,2}):([0-9]{2})(?::([0-9]{2})(?:\.([0-9]{1,9}))?)?'
+_CLOCK = r'([0-9]{1,2}):([0-9]{2})(?::([0-9]{2})(?:\.([0-9]+))?)?'
 _ZONE = r'(Z|UTC|[+-][0-9]{2}(?::?[0-9]{2})?)'
 _DATE_TEXT = re.compile(_DATE)
-_TIME_TEXT = re.compile(r'([0-9]{1,2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?')
+_TIME_TEXT = re.compile(r'([0-9]{1,2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?')
 _TIMESTAMP_TEXT = re.compile(
     _DATE + r'(?:[T ]' + _CLOCK + r'\s*' + _ZONE + r'?)?', re.IGNORECASE)
 _DATETIME_TEXT = re.compile(
-    _DATE + r'[T ]([0-9]{1,2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?')
+    _DATE + r'[T ]([0-9]{1,2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?')
 _COMMON_TIMESTAMP = re.compile(
     r'[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}'
     r'(?::[0-9]{2}(?:\.[0-9]{1,6})?)?(?:Z|[+-][0-9]{2}:[0-9]{2})?')
 _COMMON_DATE = re.compile(r'[0-9]{4}-[0-9]{2}-[0-9]{2}')
+_MAX_FRACTION = 6  # BigQuery keeps microseconds
+_LEAP = datetime.timedelta(seconds=1)
 
 
 def _micros(fraction):
-  """'1234567' (digits after the point) -> microseconds: BigQuery keeps six."""
+  """'1234' (digits after the point, at most six) -> microseconds."""
   return int((fraction + '000000')[:6]) if fraction else 0
 
 
@@ -47,13 +59,19 @@ def _date_parts(year, month, day, path, value, what):
 
 
 def _clock(hour, minute, second, fraction, path, value, what):
+  if fraction and len(fraction) > _MAX_FRACTION:
+    raise Refused('bad_value', path, '%s is not a %s: at most %d fractional '
+                  'digits (BigQuery keeps microseconds)' % (
+                      _shown(value), what, _MAX_FRACTION))
+  if second == '60':  # a TIMESTAMP's leap second is read before this
+    raise Refused('bad_value', path, '%s is not a %s: second 60 (a leap '
+                  'second) is read only in a TIMESTAMP' % (_shown(value), what))
   try:
     return datetime.time(int(hour), int(minute), int(second or 0),
                          _micros(fraction))
   except ValueError as e:
     raise Refused('bad_value', path, '%s is not a %s: %s' % (
         _shown(value), what, e))
-
 
 
 def _epoch_timestamp(value, path):
@@ -74,8 +92,10 @@ def _timestamp(value, path):
     raise _bad(path, value, 'a TIMESTAMP')
   year, month, day, hour, minute, second, fraction, zone = match.groups()
   day_ = _date_parts(year, month, day, path, value, 'TIMESTAMP')
-  clock = _clock(hour or 0, minute or 0, second, fraction, path, value,
-                 'TIMESTAMP')
+  # A leap second: ':60' is ':00' of the next minute, as BigQuery reads it.
+  leap = second == '60'
+  clock = _clock(hour or 0, minute or 0, '59' if leap else second, fraction,
+                 path, value, 'TIMESTAMP')
   offset = datetime.timedelta(0)
   if zone and zone.upper() not in ('Z', 'UTC'):
     digits = zone[1:].replace(':', '')
@@ -83,6 +103,8 @@ def _timestamp(value, path):
                                 minutes=int(digits[2:] or 0))
     if zone[0] == '-':
       offset = -offset
+  if leap:
+    offset -= _LEAP
   try:
     return datetime.datetime.combine(day_, clock, tzinfo=UTC) - offset
   except OverflowError:

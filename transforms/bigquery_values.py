@@ -54,10 +54,21 @@ class Refused(Exception):
     self.path = path
 
 
+def _non_finite(value):
+  """NaN, Infinity or -Infinity for a float that is one (a UDF's), else None."""
+  if value != value:  # pylint: disable=comparison-with-itself
+    return 'NaN'
+  if value in (math.inf, -math.inf):
+    return 'Infinity' if value > 0 else '-Infinity'
+  return None
+
+
 def _shown(value):
   """A value as the message showed it, clipped, safe for any sink."""
   if type(value) is Number:  # pylint: disable=unidiomatic-typecheck
     text = str(value)
+  elif type(value) is float and _non_finite(value):  # pylint: disable=unidiomatic-typecheck
+    text = _non_finite(value)  # JSON text would say null
   elif type(value) is int and value.bit_length() > 256:  # pylint: disable=unidiomatic-typecheck
     text = 'an integer of %d bits' % value.bit_length()
   else:
@@ -74,6 +85,11 @@ def _bad(path, value, what):
 
 def _out_of_range(path, value, what):
   return Refused('out_of_range', path, '%s is outside %s' % (_shown(value), what))
+
+
+def _not_json_number(path, value):
+  """A UDF's NaN or infinity where only a JSON number can go."""
+  return Refused('bad_value', path, '%s is not a JSON number' % _shown(value))
 
 
 def _decimal_of(value):
@@ -199,6 +215,8 @@ def _string(value, path):
   if kind is int:
     return str(value)
   if kind is float:
+    if _non_finite(value):
+      raise _not_json_number(path, value)
     return repr(value)
   raise _bad(path, value, 'a STRING')
 
@@ -232,7 +250,9 @@ def _json_number_kept(value):
   return None
 
 
-_PLAIN = frozenset((str, bool, type(None), float))  # nothing to check in these
+# Nothing to check in these. Never float: a parsed message holds none (its
+# numbers are int or Number), and a UDF's may be NaN or infinite.
+_PLAIN = frozenset((str, bool, type(None)))
 
 
 def _json(value, path):
@@ -250,7 +270,9 @@ def _json(value, path):
 
 
 def _check_json(value, path):
-  """Refuses numbers a JSON column cannot keep and nesting past its limit."""
+  """Refuses numbers a JSON column cannot keep (a UDF's NaN or infinity
+  too: JSON has none, and the encoder would write null) and nesting past its
+  limit."""
   stack = [(value, 1)]
   while stack:
     item, depth = stack.pop()
@@ -262,6 +284,9 @@ def _check_json(value, path):
       children = item.values() if kind is dict else item
       stack.extend((child, depth + 1) for child in children
                    if type(child) not in _PLAIN)
+    elif kind is float:
+      if _non_finite(item):
+        raise _not_json_number(path, item)
     elif kind is int or kind is Number:
       lost = _json_number_kept(item)
       if lost == 'range':

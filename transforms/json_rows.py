@@ -1,9 +1,13 @@
 """A JSON object -> a row for a BigQuery table schema, with the exact value
 BigQuery would store (``bigquery_values`` reads each type), or a refusal
-naming the field and why. Keys match columns case-insensitively, as
-BigQuery's column names do. Reasons: missing_field, bad_value,
-out_of_range, unknown_field, duplicate_field.
+naming the field and why. Keys match columns ignoring ASCII case, as
+BigQuery's column names do (their letters are A-Z and a-z; a key that names
+a column only under Unicode case rules, such as the Kelvin sign for ``k``,
+is another key). Reasons: missing_field, bad_value, out_of_range,
+unknown_field, duplicate_field.
 """
+
+import string
 
 from transforms import bigquery_values
 from transforms import exact_json
@@ -13,6 +17,15 @@ from transforms.bigquery_values import INT64_MIN
 from transforms.bigquery_values import REASONS  # noqa: F401
 from transforms.bigquery_values import TYPES  # noqa: F401
 from transforms.bigquery_values import Refused
+
+
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def fold(name):
+  """A key or column name with only A-Z lowered: str.lower would also fold
+  the Kelvin sign (U+212A) into 'k' and other letters BigQuery does not."""
+  return name.lower() if name.isascii() else name.translate(_ASCII_LOWER)
 
 
 def _join(prefix, name):
@@ -111,8 +124,8 @@ class RowConverter(object):
   """Fields -> a callable converting one JSON object, built once per schema:
   a function generated for these fields (common values checked inline, the
   rest through each field's converter) instead of a call per field. Keys
-  match columns case-insensitively; two keys naming one column are
-  duplicate_field.
+  match columns ignoring ASCII case (``fold``); two keys naming one column
+  are duplicate_field.
 
   Two functions are generated: a fast one that calls the value readers
   directly and names nothing, and the named one, which builds each field's
@@ -120,7 +133,7 @@ class RowConverter(object):
   accept, the named one decides (the same readers: the same values)."""
   def __init__(self, fields, unknown='ignore'):
     self._names = frozenset(f.name for f in fields)
-    self._by_lower = {f.name.lower(): f.name for f in fields}
+    self._by_fold = {fold(f.name): f.name for f in fields}
     self._reject = unknown == 'reject'
     self._convert = self._generate(fields, unknown)
     self._fast = self._generate_fast(fields, unknown)
@@ -188,14 +201,16 @@ class RowConverter(object):
     and two keys that name one column."""
     out = {}
     for key, value in payload.items():
-      column = key if key in self._names else self._by_lower.get(key.lower())
+      column = key if key in self._names else self._by_fold.get(
+          key.lower() if key.isascii() else key.translate(_ASCII_LOWER))
       if column is None:
         if self._reject:
           raise Refused('unknown_field', _join(prefix, key), 'not in the schema')
         continue
       if column in out:
         raise Refused('duplicate_field', _join(prefix, column),
-                      'two keys name this column (column names ignore case)')
+                      'two keys name this column (column names ignore '
+                      'ASCII case)')
       out[column] = value
     return out
 
