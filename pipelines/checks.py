@@ -141,7 +141,7 @@ def check_message_flags(opts, bigquery_flags):
 def check_message_locations(options, opts):
   """After the other checks: Dataflow needs BigQuery; local inputs must
   exist and the warehouse must be writable. Returns the files a local
-  replay matched (for its progress), else None."""
+  replay will read (for its progress), else None."""
   if is_dataflow(options):
     if not opts.output_table:
       raise UsageError('DataflowRunner needs --output_table (BigQuery); '
@@ -151,11 +151,52 @@ def check_message_locations(options, opts):
     return None
   matched = None
   if opts.input_file:
-    matched = match_input_files('--input_file', opts.input_file, options)
+    matched = check_replay_files(
+        '--input_file', opts.input_file,
+        match_input_files('--input_file', opts.input_file, options))
   if not opts.output_table or opts.input_subscription:
     # The local reader keeps delivery counts in the warehouse file too.
     check_local_warehouse('--warehouse', opts.warehouse)
   return matched
+
+
+def _named(paths, most=3):
+  return ', '.join(paths[:most]) + (
+      ' (and %d more)' % (len(paths) - most) if len(paths) > most else '')
+
+
+def check_replay_files(flag, pattern, matched):
+  """The files a replay reads, of those ``pattern`` matched
+  (``message_files.classify``): the archiver's temporary files skipped
+  with one warning line (none left: a one-line UsageError); a file that is
+  not an archive file among archive files, a one-line UsageError naming it
+  (exit 2, before anything is stored)."""
+  import logging
+  from transforms import message_files
+  by_path = {m.path: m for m in matched}
+  read, temp, foreign = message_files.classify(sorted(by_path))
+  if temp and not read:
+    raise UsageError('%s: %r matches only the archiver\'s temporary files '
+                     '(writes a kill cut short), which a replay never '
+                     'reads: %s' % (flag, pattern, _named(temp)))
+  if foreign:
+    path, why = foreign[0]
+    more = len(foreign) - 1
+    others = len(read) - len(foreign)
+    raise UsageError('%s: %s is not an archive file (%s)%s%s: a replay of '
+                     'an archive reads archive files only; give a glob that '
+                     'matches them alone (e.g. DIR/**.avro)' % (
+                         flag, path, why,
+                         ', nor are %d more' % more if more else '',
+                         ', unlike the %d other file%s matched' % (
+                             others, '' if others == 1 else 's')
+                         if others else ''))
+  if temp:
+    logging.getLogger(__name__).warning(
+        '%s: skipping %d temporary file%s the archiver left (writes a kill '
+        'cut short; never read): %s', flag, len(temp),
+        '' if len(temp) == 1 else 's', _named(temp))
+  return [by_path[p] for p in read]
 
 
 CLUSTER_TYPES = ('STRING', 'INTEGER', 'INT64', 'NUMERIC', 'BIGNUMERIC', 'BOOLEAN',

@@ -30,6 +30,7 @@ import io
 import json
 import logging
 import os
+import re
 import uuid
 
 import apache_beam as beam
@@ -54,6 +55,13 @@ AVRO_SCHEMA = {
         {'name': 'ordering_key', 'type': 'string'},
         {'name': 'data', 'type': 'bytes'},
     ]}
+
+
+# A file still being written: its final name, '.', 8 random characters and
+# '.tmp' (``_write`` below; ``archive_compaction.ShardWriter`` through
+# mkstemp). A kill -9 can leave one; replays never read them.
+TEMP_NAME = re.compile(
+    r'(?:\.avro|\.parquet|\.messages\.jsonl\.gz)\.[A-Za-z0-9_]{8}\.tmp$')
 
 
 def is_archive(path):
@@ -233,7 +241,7 @@ def _write(path, data):
       f.write(data)
     return
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = '%s.%s.tmp' % (path, uuid.uuid4().hex[:8])
+  tmp = '%s.%s.tmp' % (path, uuid.uuid4().hex[:8])  # TEMP_NAME
   try:
     with open(tmp, 'wb') as f:
       f.write(data)
