@@ -46,6 +46,21 @@ def order(i):
   }).encode()
 
 
+class InProcessCalls(object):
+  """``udf.Calls`` as the UDF ran before #28: in process, unbounded."""
+  def __init__(self, function):
+    from transforms import exact_json
+    from transforms import udf
+    self._function = function.function()
+    self._objects = udf.objects
+    self._loads = exact_json.loads
+
+  def outcomes(self, datas):
+    for data in datas:
+      payload, checked = self._loads(data)
+      yield ('ok', self._objects(self._function(payload)), checked)
+
+
 def best(fn, repeat=5):
   return min(timeit.repeat(fn, number=1, repeat=repeat))
 
@@ -79,7 +94,24 @@ def main(argv=None):
       schema, event_time_field='placed_at', udf=identity)
   udf_fn.setup()
   udf_fn.start_bundle()
+  # Before #28 the UDF ran in process, unbounded: the same parse with its
+  # calls made here, for the side-by-side cost of the worker process.
+  in_process_fn = json_messages.ParseJsonMessageFn(
+      schema, event_time_field='placed_at', udf=identity)
+  in_process_fn.setup()
+  in_process_fn.start_bundle()
+  in_process_fn._udf_calls = InProcessCalls(identity)  # pylint: disable=protected-access
+  from transforms import blocks
+  block_fns = {}
+  for name, fn in (('ours', orders_fn), ('udf', udf_fn),
+                   ('udf_in_process', in_process_fn)):
+    block_fns[name] = json_messages._ParseJsonBlocksFn(fn)  # pylint: disable=protected-access
+    block_fns[name].setup()
+    block_fns[name].start_bundle()
+    if name == 'udf_in_process':
+      fn._udf_calls = InProcessCalls(identity)  # setup made a new one  # pylint: disable=protected-access
   signin_msgs, order_msgs = as_messages(signins), as_messages(orders)
+  order_blocks = list(blocks.message_blocks(order_msgs))
   import msgspec
   import orjson
   from transforms import exact_json
@@ -103,7 +135,12 @@ def main(argv=None):
                                    for m in order_msgs]),
       'orders_udf': best(lambda: [list(udf_fn.process(m))
                                   for m in order_msgs]),
+      'orders_udf_in_process': best(lambda: [list(in_process_fn.process(m))
+                                             for m in order_msgs]),
   }
+  for name, fn in block_fns.items():
+    results['blocks_' + name] = best(
+        lambda fn=fn: [list(fn.process(b)) for b in order_blocks])
   us = {k: v / n * 1e6 for k, v in results.items()}
   report = '\n'.join([
       '| message | bare `json.loads` | ours (parse + validate + row) | ratio |',
@@ -116,10 +153,24 @@ def main(argv=None):
                              us['orders_ours'] / us['orders_json']),
   ])
   report += ('\n\nA UDF that returns its input (`--udf`), same orders, same '
-             'run: %.1f us against %.1f us without, %.2fx the parse step '
-             '(goal: at most 1.5x).' % (
-                 us['orders_udf'], us['orders_ours'],
-                 us['orders_udf'] / us['orders_ours']))
+             'run, per message; since #28 each call runs in a worker process '
+             '(bounded by `--udf_timeout_seconds`), before it ran in process '
+             'and unbounded:\n\n'
+             '| parse of one order | one message an element (a stream) | '
+             'blocks of 2,000 (a replay) |\n'
+             '| --- | ---: | ---: |\n'
+             '| no UDF | %.1f us | %.1f us |\n'
+             '| UDF in process (before #28) | %.1f us (%.2fx) | %.1f us '
+             '(%.2fx) |\n'
+             '| UDF in a worker process (#28) | %.1f us (%.2fx) | %.1f us '
+             '(%.2fx) |' % (
+                 us['orders_ours'], us['blocks_ours'],
+                 us['orders_udf_in_process'],
+                 us['orders_udf_in_process'] / us['orders_ours'],
+                 us['blocks_udf_in_process'],
+                 us['blocks_udf_in_process'] / us['blocks_ours'],
+                 us['orders_udf'], us['orders_udf'] / us['orders_ours'],
+                 us['blocks_udf'], us['blocks_udf'] / us['blocks_ours']))
   names = list(libraries['signin'])
   report += '\n\nJSON parsers alone, same messages, same run:\n\n' + '\n'.join(
       ['| parser | sign-in | order | exact numbers |', '| --- | ---: | ---: | --- |'] +

@@ -61,6 +61,13 @@ class PubsubToBigQueryOptions(PipelineOptions):
         'of objects (several rows) or None (dropped, counted); an exception '
         'is a udf_error dead letter. Its source travels with the job.')
     parser.add_argument(
+        '--udf_timeout_seconds', type=float,
+        default=udf.DEFAULT_TIMEOUT_SECONDS,
+        help='The longest one --udf call may run on one message: a call '
+        'over it is ended (the UDF runs in a worker process, killed and '
+        'restarted) and its message is a udf_timeout dead letter; the '
+        'stream goes on.')
+    parser.add_argument(
         '--message_id_column', default=True,
         type=lambda v: str(v).lower() not in ('false', '0', 'no'),
         help='Add a message_id column (the Pub/Sub id, or file:PATH:LINE): '
@@ -103,34 +110,51 @@ def run(argv=None):
     return job.run(pipeline)
 
 
-def build(pipeline, options, destinations=None, function=None):
+def build(pipeline, options, destinations=None, function=None, source=None):
   """The graph on ``pipeline`` from ``options``: messages -> rows of the
-  schema (through the UDF first, if given) and dead letters, stored.
-  ``destinations`` (with the schema) and ``function`` (the UDF) as ``run``
-  loaded them; by default read from the flags."""
+  schema (through the UDF first, if given) and dead letters, stored;
+  returns every dead letter. ``destinations`` (with the schema) and
+  ``function`` (the UDF) as ``run`` loaded them; by default read from the
+  flags. ``source``: what reads the messages (default: as the flags name
+  it; a redrive's ``redriven.DeadLetterMessages``)."""
   opts = pipeline_options.flag_values(options)
   if destinations is None:
     destinations = Destinations.of(tables_of(load_schema(opts, options)), opts)
   if function is None:
     function = load_udf(opts, options)
   # A replay reads in blocks: nothing here windows the rows.
-  read = ReadMessages.from_flags(opts, blocks=True)
+  read = source or ReadMessages.from_flags(opts, blocks=True)
   messages = pipeline | 'ReadMessages' >> read
-  parsed = messages | 'ParseMessages' >> json_messages.ParseJsonMessages(
-      destinations['rows'].schema, opts.unknown_fields,
-      opts.event_time_field, opts.max_message_bytes, udf=function,
-      blocks=read.blocks)
-  _ = ((parsed.rows, parsed.dead_letters)
-       | 'StoreRowsAndDeadLetters' >> StoreRowsAndDeadLetters(
-           destinations['rows'], destinations['dead_letters'],
-           opts.bigquery_method, dead_letter_topic=opts.dead_letter_topic,
-           row_blocks=read.blocks))
+  parsed = parse(messages, options, function, destinations['rows'].schema,
+                 read.blocks)
+  return ((parsed.rows, parsed.dead_letters)
+          | 'StoreRowsAndDeadLetters' >> StoreRowsAndDeadLetters(
+              destinations['rows'], destinations['dead_letters'],
+              opts.bigquery_method, dead_letter_topic=opts.dead_letter_topic,
+              row_blocks=read.blocks,
+              settles_dead_letters=getattr(read, 'message_ids', None)))
+
+
+def parse(messages, options, function=None, schema=None, blocks=False):
+  """Messages (MessageBlocks with ``blocks``) -> the parse step's rows of
+  ``schema`` (default: --schema's) and dead letters, through ``function``
+  (the UDF) first when given."""
+  opts = pipeline_options.flag_values(options)
+  if schema is None:
+    schema = load_schema(opts, options)
+  return messages | 'ParseMessages' >> json_messages.ParseJsonMessages(
+      schema, opts.unknown_fields, opts.event_time_field,
+      opts.max_message_bytes, udf=function, blocks=blocks,
+      udf_timeout_seconds=getattr(opts, 'udf_timeout_seconds', None))
 
 
 def check(options, opts):
   """One-line errors, before any work; returns the table's schema, the UDF
   (or None) and the files a local replay matched."""
   checks.check_message_flags(opts, TABLE_FLAGS)
+  if not 0 < opts.udf_timeout_seconds < float('inf'):
+    raise UsageError('--udf_timeout_seconds: %g is not a positive number of '
+                     'seconds' % opts.udf_timeout_seconds)
   schema = load_schema(opts, options)
   if (not opts.message_id_column and not opts.input_file and
       not checks.is_dataflow(options)):

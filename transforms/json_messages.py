@@ -3,7 +3,10 @@ the reason and the field: the schema-driven counterpart of ParseSignins.
 
 Every message yields exactly one output and the step never raises. Rows
 carry ``message_id`` (when the schema has that column) and are stamped with
-``event_time_field`` (a TIMESTAMP) or else the publish time.
+``event_time_field`` (a TIMESTAMP) or else the publish time. A UDF runs in a
+worker process, each call bounded by ``udf_timeout_seconds`` (``udf.Calls``;
+default ``udf.DEFAULT_TIMEOUT_SECONDS``, wherever this parse is used): one
+request per message, or per block of a replay.
 """
 
 import datetime
@@ -13,22 +16,25 @@ from typing import Iterable
 import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage
 
+from transforms import blocks as blocks_lib
 from transforms import dead_letters
 from transforms import event_time
 from transforms import json_rows
 from transforms import udf
 
 DEAD_LETTERS = dead_letters.DEAD_LETTERS
-REASONS = dead_letters.reasons(*json_rows.REASONS, 'udf_error')
+REASONS = dead_letters.reasons(*json_rows.REASONS, 'udf_error', 'udf_timeout')
 
 
 class ParseJsonMessageFn(dead_letters.ParseMessageFn):
   """One message in, one row (main output) or one dead letter out."""
   def __init__(self, schema, unknown_fields='ignore', event_time_field=None,
                max_message_bytes=dead_letters.MAX_MESSAGE_BYTES,
-               namespace='pubsub_to_bigquery', udf=None):
+               namespace='pubsub_to_bigquery', udf=None,
+               udf_timeout_seconds=None):
     super().__init__(namespace, REASONS)
     self._udf = udf
+    self._udf_timeout = udf_timeout_seconds  # None: the default
     self._schema = schema
     self._unknown = unknown_fields
     self._event_time_field = event_time_field
@@ -39,12 +45,13 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
   def setup(self):
     super().setup()
     self._convert = json_rows.RowConverter(self._data_fields, self._unknown)
-    self._udf_function = self._udf.function() if self._udf else None
+    # The UDF's calls, in worker processes started at the first call.
+    self._udf_calls = udf.Calls(self._udf, self._udf_timeout) if (
+        self._udf) else None
 
   def process(self, message: PubsubMessage,
               timestamp=beam.DoFn.TimestampParam) -> Iterable[dead_letters.Row]:
-    if self._udf_function is not None:
-      self._seen += 1
+    if self._udf_calls is not None:
       yield from self._through_udf(message, timestamp)
       return
     yield self._one(message, timestamp)
@@ -52,10 +59,13 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
   def outputs(self, message, timestamp):
     """``process``'s outputs for one message, as a sequence (a block's
     parse calls this: no generator per message)."""
-    if self._udf_function is not None:
-      self._seen += 1
-      return list(self._through_udf(message, timestamp))
+    if self._udf_calls is not None:
+      return self._through_udf(message, timestamp)
     return (self._one(message, timestamp),)
+
+  @property
+  def has_udf(self):
+    return self._udf is not None
 
   def _one(self, message, timestamp):
     """The row or the dead letter of one message (no UDF: exactly one)."""
@@ -101,35 +111,94 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
     return beam.window.TimestampedValue(row, timestamp)
 
   def _through_udf(self, message, timestamp):
-    """The UDF's objects (none: dropped) as rows, all or none of them: one
+    """One message's outputs through the UDF (its worker released)."""
+    for outputs in self.udf_outputs((message,), timestamp):
+      pass
+    return outputs
+
+  def udf_outputs(self, messages, timestamp):
+    """Each message's outputs through the UDF, a list each, in order, as
+    its call ends (the messages' UDF calls are one request to a worker).
+    The UDF's objects (none: dropped) become rows, all or none of them: one
     refused object makes the message a dead letter. Several rows of one
-    message have ids ``ID#0``, ``ID#1``, ... (stable: replays add nothing)."""
+    message have ids ``ID#0``, ``ID#1``, ... (stable: replays add nothing).
+    A call that raised, ended its process or ran over the time limit is a
+    ``udf_error`` or ``udf_timeout`` dead letter."""
+    sent, datas = [], []  # (message, its dead letter before the UDF)
+    for message in messages:
+      self._seen += 1
+      data = message.data or b''
+      if getattr(message, 'given_up', None) is not None or (
+          len(data) > self._max_bytes):
+        sent.append((message, self._undecodable(message)))
+        continue
+      sent.append((message, None))
+      datas.append(data)  # the worker parses it: bytes cross the pipe
+    outcomes = self._udf_calls.outcomes(datas) if datas else iter(())
+    for message, dead in sent:
+      if dead is not None:
+        yield [dead]
+        continue
+      outcome = next(outcomes)
+      kind = outcome[0]
+      if kind == 'ok':
+        yield self._udf_rows(message, timestamp, outcome[1], outcome[2])
+      elif kind == 'undecodable':
+        yield [self._undecodable(message)]
+      else:
+        reason, error, stacktrace = outcome
+        yield [self.dead(message, reason, error, stacktrace, field=None)]
+
+  def _undecodable(self, message):
+    """The dead letter of a message the UDF cannot get (too large, not a
+    JSON object, given up by its reader): what decode_object says."""
     try:
-      payload, checked = dead_letters.decode_object(message, self._max_bytes)
+      dead_letters.decode_object(message, self._max_bytes)
+      raise AssertionError('the UDF\'s worker could not decode a message '
+                           'that decodes')
     except Exception as e:  # pylint: disable=broad-except
-      yield self._dead_for(message, e)
-      return
-    try:
-      objects = udf.objects(self._udf_function(payload))
-    except Exception as e:  # pylint: disable=broad-except
-      yield self.dead(message, 'udf_error', '%s: %s' % (type(e).__name__, e),
-                      traceback.format_exc(), field=None)
-      return
+      return self._dead_for(message, e)
+
+  def _udf_rows(self, message, timestamp, objects, checked):
     if not objects:
       self._dropped += 1
-      return
+      return []
     try:
       rows = [self._row(obj, checked) for obj in objects]
     except Exception as e:  # pylint: disable=broad-except
-      yield self._dead_for(message, e)
-      return
+      return [self._dead_for(message, e)]
+    out = []
     for i, row in enumerate(rows):
       if self._with_id:
         message_id = dead_letters.stored_id(message.message_id)
         row['message_id'] = message_id if len(rows) == 1 else (
             '%s#%d' % (message_id, i))
       self._rows += 1
-      yield self._stamped(row, message, timestamp)
+      out.append(self._stamped(row, message, timestamp))
+    return out
+
+
+class _ParseJsonBlocksFn(blocks_lib.ParseBlocksFn):
+  """ParseBlocksFn whose block's UDF calls are one request to a worker
+  (not one round trip per message)."""
+  def process(self, block: blocks_lib.MessageBlock,
+              timestamp=beam.DoFn.TimestampParam
+              ) -> Iterable[blocks_lib.RowBlock]:
+    if not self._fn.has_udf:
+      yield from super().process(block, timestamp)
+      return
+    rows = blocks_lib.RowBlock()
+    for outputs in self._fn.udf_outputs(block, timestamp):
+      for out in outputs:
+        kind = type(out)
+        if kind is beam.window.TimestampedValue:
+          rows.append(out.value)
+        elif kind is beam.pvalue.TaggedOutput:
+          yield out
+        else:
+          rows.append(out)
+    if rows:
+      yield rows
 
 
 class ParseJsonMessages(dead_letters.ParseMessages):
@@ -137,7 +206,13 @@ class ParseJsonMessages(dead_letters.ParseMessages):
   ``blocks``: MessageBlocks in, RowBlocks out (a bounded replay)."""
   def __init__(self, schema, unknown_fields='ignore', event_time_field=None,
                max_message_bytes=dead_letters.MAX_MESSAGE_BYTES, udf=None,
-               blocks=False):
+               blocks=False, udf_timeout_seconds=None):
     super().__init__(ParseJsonMessageFn(
         schema, unknown_fields, event_time_field, max_message_bytes,
-        udf=udf), blocks=blocks)
+        udf=udf, udf_timeout_seconds=udf_timeout_seconds), blocks=blocks)
+
+  def expand(self, messages):
+    if not self._blocks:
+      return super().expand(messages)
+    return messages | 'ParseAndValidate' >> beam.ParDo(
+        _ParseJsonBlocksFn(self._fn)).with_outputs(DEAD_LETTERS, main='rows')
