@@ -157,14 +157,13 @@ class LocalRun(object):
       reporter.join()
     self._progress.counted = progress.graph_counts(result)
     print(self.summary(self._progress.report(final=True)))
-    vanished = self._progress.counted.get('files_vanished', 0)
-    if vanished:  # named in the log as each was found
-      raise StreamFailed(
-          '%d input file%s vanished before this replay read %s (listed, then '
-          'gone): what the others held is stored; replay again once the '
-          'files are back' % (vanished, '' if vanished == 1 else 's',
-                              'it' if vanished == 1 else 'them'))
     return result
+
+  def vanished_files(self):
+    """How many input files a finished replay listed and then found gone
+    (each named in the log as it was found)."""
+    counted = self._progress.counted if self._progress else None
+    return (counted or {}).get('files_vanished', 0)
 
   def run_stream(self, pipeline):
     """Runs ``pipeline`` until SIGINT/SIGTERM (or failure); returns the

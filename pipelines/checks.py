@@ -100,7 +100,11 @@ def check_message_flags(opts, bigquery_flags):
   """One-line errors, before any work, for the flags every message pipeline
   takes; ``bigquery_flags`` name its tables' flags, --output_table first."""
   given = [f for f in SOURCE_FLAGS if getattr(opts, f[2:])]
-  if len(given) != 1:
+  if getattr(opts, 'redrive_pipeline', None):  # main.py redrive
+    if given:
+      raise UsageError('%s: a redrive reads the dead-letter table; it takes '
+                       'no other source' % given[0])
+  elif len(given) != 1:
     raise UsageError('give exactly one of %s (got %s)' % (
         ', '.join(SOURCE_FLAGS), ', '.join(given) or 'none'))
   for flag, value, parse in (
@@ -122,6 +126,8 @@ def check_message_flags(opts, bigquery_flags):
       raise UsageError('%s must be positive, not %s' % (flag, value))
   if opts.drain_seconds < 0:
     raise UsageError('--drain_seconds must be 0 or more')
+  check_range('--progress_seconds', opts.progress_seconds, 0, DAY_SECONDS)
+  check_range('--drain_seconds', opts.drain_seconds, 0, DAY_SECONDS)
   for flag in bigquery_flags:
     value = getattr(opts, flag[2:])
     if value:
@@ -223,3 +229,17 @@ def check_layout(layout, schema):
     if f is None or f.mode == 'REPEATED' or f.type not in CLUSTER_TYPES:
       raise UsageError('--cluster_fields: %r is not a top-level, non-repeated '
                        'field of a type BigQuery clusters by' % name)
+
+
+# What a window, a lateness or a local wait may be: a day for waits, 366
+# days for windows and lateness (a window is a TIMESTAMP range, and state
+# kept for a year of lateness is what a stream can hold).
+DAY_SECONDS = 86400
+MAX_WINDOW_SECONDS = 366 * DAY_SECONDS
+
+
+def check_range(flag, value, low, high, what='seconds'):
+  """A one-line UsageError unless low <= value <= high (NaN included)."""
+  if not low <= value <= high:
+    raise UsageError('%s must be %s to %s %s, not %s' % (
+        flag, '{:,}'.format(low), '{:,}'.format(high), what, value))

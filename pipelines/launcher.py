@@ -220,6 +220,13 @@ class Job(object):
         result = pipeline.run()
         result.wait_until_finish()
       self._merge_replay()
+      vanished = self._reports and self._local_run.vanished_files()
+      if vanished:
+        raise PipelineFailed(
+            '%d input file%s vanished before this replay read %s (listed, '
+            'then gone): what the others held is stored; replay again once '
+            'the files are back' % (vanished, '' if vanished == 1 else 's',
+                                    'it' if vanished == 1 else 'them'))
       return result
     except local_stream.StreamFailed as e:
       raise PipelineFailed(str(e))

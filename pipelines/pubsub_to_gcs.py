@@ -8,6 +8,8 @@ come back with their original ids, so a replay adds only what a table lacks.
     main.py pubsub_to_gcs --input_subscription S --output_directory gs://B/archive
 """
 
+import os
+
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import checks
@@ -86,14 +88,14 @@ def check(options, opts):
     raise UsageError('--input_file: pubsub_to_gcs archives Pub/Sub; give '
                      '--input_subscription or --input_topic')
   checks.check_message_flags(opts, ())
-  if opts.window_seconds <= 0:
-    raise UsageError('--window_seconds must be positive, not %s'
-                     % opts.window_seconds)
+  checks.check_range('--window_seconds', opts.window_seconds, 1,
+                     checks.MAX_WINDOW_SECONDS)
   if not 0 <= opts.num_shards <= MAX_SHARDS:
     raise UsageError('--num_shards must be 0 (keep the bundle files) to %d, '
                      'not %s' % (MAX_SHARDS, opts.num_shards))
   if '/' in opts.output_filename_prefix:
     raise UsageError('--output_filename_prefix: no "/" in a file name prefix')
+  check_name_lengths(opts)
   if opts.output_directory.startswith('gs://'):
     checks.check_gcs_location('--output_directory', opts.output_directory)
   elif checks.is_dataflow(options):
@@ -104,3 +106,49 @@ def check(options, opts):
                               is_file=False)
   if not checks.is_dataflow(options) and not checks.is_dry_run(options):
     checks.check_local_warehouse('--warehouse', opts.warehouse)  # deliveries
+
+
+GCS_OBJECT_NAME_BYTES = 1024  # https://cloud.google.com/storage/docs/objects#naming
+TEMP_SUFFIX_BYTES = len('.0123abcd.tmp')  # a local file's temp name adds
+
+
+def check_name_lengths(opts):
+  """The longest name the archive writes (a bundle file, a shard file, and
+  the temp file each is written as first) must fit the file system: a name
+  too long is ``ENAMETOOLONG`` on every write, which no waiting fixes."""
+  directory = opts.output_directory.rstrip('/')
+  longest = max(
+      archive.file_path(directory, opts.output_filename_prefix, 0,
+                        opts.window_seconds, 'f' * 12, opts.format),
+      archive_compaction.shard_path(
+          directory, opts.output_filename_prefix, 0, opts.window_seconds,
+          MAX_SHARDS - 1, MAX_SHARDS - 1, 'f' * 8, opts.format),
+      key=len)
+  name = os.path.basename(longest).encode('utf-8', 'surrogateescape')
+  if directory.startswith('gs://'):
+    object_name = longest[len('gs://'):].partition('/')[2]
+    size, limit = len(object_name.encode('utf-8', 'surrogateescape')), (
+        GCS_OBJECT_NAME_BYTES)
+    what = 'GCS object names are at most'
+  else:
+    size, limit = len(name) + TEMP_SUFFIX_BYTES, _name_max(directory)
+    what = 'this file system\'s file names are at most'
+  if size > limit:
+    raise UsageError(
+        '--output_filename_prefix: archive file names would be %d bytes; %s '
+        '%d (a prefix of at most %d bytes fits)' % (
+            size, what, limit, max(0, limit - (size - len(
+                opts.output_filename_prefix.encode('utf-8',
+                                                   'surrogateescape'))))))
+
+
+def _name_max(directory):
+  """NAME_MAX of the file system that holds ``directory`` (its nearest
+  existing folder), 255 when the system does not say."""
+  folder = os.path.abspath(directory or '.')
+  while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+    folder = os.path.dirname(folder)
+  try:
+    return os.pathconf(folder, 'PC_NAME_MAX')
+  except (OSError, ValueError):
+    return 255

@@ -94,26 +94,29 @@ def run(argv=None):
     return job.run(pipeline)
 
 
-def build(pipeline, options, destinations=None):
+def build(pipeline, options, destinations=None, source=None):
   """The graph on ``pipeline`` from ``options``: messages -> rows and dead
-  letters stored, and per-user window counts. ``destinations``: where the
-  tables are (default: as the flags name them)."""
+  letters stored, and per-user window counts; returns every dead letter.
+  ``destinations``: where the tables are (default: as the flags name them);
+  ``source``: what reads the messages (default: as the flags name it; a
+  redrive's ``redriven.DeadLetterMessages``)."""
   opts = pipeline_options.flag_values(options)
   if destinations is None:
     destinations = Destinations.of(TABLES, opts)
-  messages = pipeline | 'ReadMessages' >> ReadMessages.from_flags(opts)
-  parsed = messages | 'ParseSignins' >> signin_messages.ParseSignins(
-      opts.default_timezone, opts.max_message_bytes)
+  read = source or ReadMessages.from_flags(opts)
+  messages = pipeline | 'ReadMessages' >> read
+  parsed = parse(messages, options)
   # Locally the counts are kept with the rows, in the same transaction, so
   # they equal counting the stored rows whatever happens.
-  _ = ((parsed.rows, parsed.dead_letters)
-       | 'StoreRowsAndDeadLetters' >> StoreRowsAndDeadLetters(
-           destinations['rows'], destinations['dead_letters'],
-           opts.bigquery_method, write_time_column='ingested_at',
-           dead_letter_topic=opts.dead_letter_topic,
-           rows_duckdb_options={
-               'with_inserted': signin_counts.CountsWithTheRows(
-                   opts.window_seconds, schemas.SIGNIN_COUNTS.name)}))
+  dead = ((parsed.rows, parsed.dead_letters)
+          | 'StoreRowsAndDeadLetters' >> StoreRowsAndDeadLetters(
+              destinations['rows'], destinations['dead_letters'],
+              opts.bigquery_method, write_time_column='ingested_at',
+              dead_letter_topic=opts.dead_letter_topic,
+              rows_duckdb_options={
+                  'with_inserted': signin_counts.CountsWithTheRows(
+                      opts.window_seconds, schemas.SIGNIN_COUNTS.name)},
+              settles_dead_letters=getattr(read, 'message_ids', None)))
   counts = parsed.rows | 'CountPerWindow' >> (
       signin_counts.CountSigninsPerWindow(
           opts.window_seconds, opts.allowed_lateness_seconds,
@@ -122,19 +125,29 @@ def build(pipeline, options, destinations=None):
       destinations['counts'], opts.bigquery_method, replace=True,
       duckdb_options={'replace': False, 'update_only': PANE_COLUMNS,
                       'insert_constants': {'signins': 0}})
+  return dead
+
+
+def parse(messages, options, function=None):
+  """Messages -> the parse step's rows and dead letters (``function``: no
+  UDF here; the argument is for a redrive, which calls any pipeline's)."""
+  del function
+  opts = pipeline_options.flag_values(options)
+  return messages | 'ParseSignins' >> signin_messages.ParseSignins(
+      opts.default_timezone, opts.max_message_bytes)
 
 
 def check(options, opts):
   """One-line errors, before any work, for flags that cannot work; returns
   the files a local replay matched."""
   checks.check_message_flags(opts, bigquery_flags(TABLES))
-  if opts.window_seconds <= 0:
-    raise UsageError('--window_seconds must be positive, not %s'
-                     % opts.window_seconds)
-  if opts.allowed_lateness_seconds < 0:
-    raise UsageError('--allowed_lateness_seconds must be 0 or more')
-  if opts.count_shards < 0:
-    raise UsageError('--count_shards must be 0 or more')
+  checks.check_range('--window_seconds', opts.window_seconds, 1,
+                     checks.MAX_WINDOW_SECONDS)
+  checks.check_range('--allowed_lateness_seconds',
+                     opts.allowed_lateness_seconds, 0,
+                     checks.MAX_WINDOW_SECONDS)
+  checks.check_range('--count_shards', opts.count_shards, 0,
+                     signin_counts.MAX_SHARDS, 'keys per window')
   try:
     signin_messages.resolve_timezone(opts.default_timezone)
   except ValueError as e:
@@ -162,8 +175,8 @@ def reconcile_local_counts(opts):
 
 
 EXACT_COUNTS_SQL = """SELECT
-  TIMESTAMP_MICROS(start) AS window_start,
-  TIMESTAMP_MICROS(start + {size}) AS window_end,
+  TIMESTAMP_MICROS(GREATEST(start, -62135596800000000)) AS window_start,
+  TIMESTAMP_MICROS(LEAST(start + {size}, 253402300799999999)) AS window_end,
   userid,
   COUNT(DISTINCT message_id) AS signins
 FROM (SELECT UNIX_MICROS(date) - MOD(MOD(UNIX_MICROS(date), {size}) + {size},

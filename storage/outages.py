@@ -7,6 +7,7 @@ flight stays unacknowledged meanwhile (its leases are extended), so nothing
 is lost or doubled, and the stream resumes by itself."""
 
 import contextlib
+import errno
 import logging
 import threading
 import time
@@ -24,8 +25,16 @@ _TYPES = ('IOException', 'OutOfMemoryException', 'FatalException',
           'TransactionException', 'InterruptException')
 
 
+# OSErrors that no waiting fixes: the name or the path itself is wrong.
+NOT_OUTAGES = frozenset((errno.ENAMETOOLONG, errno.EINVAL, errno.ENOTDIR,
+                         errno.EISDIR, errno.ELOOP, errno.EFBIG))
+
+
 def is_outage(error):
-  """True for errors of the disk, a lock, I/O or memory (not of a row)."""
+  """True for errors of the disk, a lock, I/O or memory (not of a row, and
+  not of a name no file system takes: ``NOT_OUTAGES``)."""
+  if isinstance(error, OSError) and error.errno in NOT_OUTAGES:
+    return False
   if isinstance(error, (OSError, MemoryError)):
     return True
   if type(error).__name__ in _TYPES:

@@ -132,7 +132,7 @@ def test_signin_flags_are_checked(tmp_path):
        '--default_timezone: unknown time zone'),
       (['--input_subscription', 'my-subscription'], '--input_subscription: PubSub subscription must be in the form'),
       (['--input_topic', 'projects/my-project/topics/t', '--window_seconds', '0'],
-       '--window_seconds must be positive'),
+       '--window_seconds must be 1 to 31,622,400 seconds, not 0'),
       (['--input_topic', 'projects/my-project/topics/t', '--output_table', 'x.duckdb'],
        '--output_table takes a BigQuery table'),
       (['--input_topic', 'projects/my-project/topics/t', '--runner', 'DataflowRunner',

@@ -29,6 +29,16 @@ def epoch_micros(when):
   return (when - _EPOCH) // _MICROSECOND
 
 
+def calendar_datetime(micros):
+  """Microseconds since the epoch -> aware UTC datetime, held to the
+  calendar's years 1-9999 (what a TIMESTAMP holds): the bound of a window
+  that reaches past either end (a sign-in in the last minute of 9999 is in
+  a window that ends at 10000-01-01) is the calendar's last or first
+  microsecond."""
+  micros = min(max(micros, _MIN_MICROS), _MAX_MICROS)
+  return _EPOCH + datetime.timedelta(microseconds=micros)
+
+
 def datetime_from_epoch(seconds):
   """Seconds since the epoch (a Decimal) -> aware UTC datetime, rounded to
   the microsecond exactly (half to even); OverflowError outside years

@@ -31,14 +31,20 @@ from apache_beam.utils.windowed_value import WindowedValue
 from transforms import event_time
 
 
+MAX_SHARDS = 10000  # more keys than this is keying by user (0)
+
+
+# A dict by column, typed as a Mapping: Beam encodes it as it encodes
+# untyped elements (FastPrimitivesCoder), so a running job can be updated.
+@beam.typehints.with_output_types(Mapping[str, Any])
 class FormatWindowCount(beam.DoFn):
   """(userid, n) in a window -> a signin_counts row."""
   def process(self, user_count, win=beam.DoFn.WindowParam,
               pane=beam.DoFn.PaneInfoParam):
     userid, signins = user_count
     yield {
-        'window_start': win.start.to_utc_datetime(has_tz=True),
-        'window_end': win.end.to_utc_datetime(has_tz=True),
+        'window_start': event_time.calendar_datetime(win.start.micros),
+        'window_end': event_time.calendar_datetime(win.end.micros),
         'userid': userid,
         'signins': signins,
         'pane_timing': _TIMING.get(pane.timing, 'UNKNOWN'),
@@ -209,7 +215,6 @@ class CountsWithTheRows(object):
     self._ddl = schemas.SIGNIN_COUNTS.duckdb_ddl(counts_table)
 
   def __call__(self, con, rows):
-    import datetime
     import pyarrow as pa
     if not rows:
       return
@@ -217,13 +222,12 @@ class CountsWithTheRows(object):
     for row in rows:
       micros = event_time.epoch_micros(row['date'])
       totals[(micros - micros % self._size, row['userid'])] += 1
-    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
-    step = datetime.timedelta(microseconds=self._size)
-    starts = [epoch + datetime.timedelta(microseconds=s) for s, _ in totals]
+    # Held to years 1-9999, as Beam's windows are when they are stored.
+    starts = [event_time.calendar_datetime(s) for s, _ in totals]
+    ends = [event_time.calendar_datetime(s + self._size) for s, _ in totals]
     data = pa.table({
         'window_start': pa.array(starts, pa.timestamp('us', tz='UTC')),
-        'window_end': pa.array([s + step for s in starts],
-                               pa.timestamp('us', tz='UTC')),
+        'window_end': pa.array(ends, pa.timestamp('us', tz='UTC')),
         'userid': [u for _, u in totals],
         'signins': pa.array(list(totals.values()), pa.int64()),
     })
@@ -242,6 +246,13 @@ class CountsWithTheRows(object):
         pass  # in an aborted transaction; the caller rolls it back
 
 
+# The calendar's first and last microsecond: windows past them are held
+# there, so their stored length is not the window length.
+CALENDAR_MICROS = (-62135596800 * 10**6, 253402300800 * 10**6 - 1)
+WHOLE_WINDOW = ('epoch_us(window_start) > %d AND epoch_us(window_end) < %d'
+                % CALENDAR_MICROS)
+
+
 class WindowMismatch(ValueError):
   """The warehouse's counts are of windows of another length."""
 
@@ -255,7 +266,7 @@ def reconcile_counts(con, window_seconds, rows_table='signins',
   size = int(round(window_seconds * 1e6))
   lengths = [r[0] for r in con.execute(
       'SELECT DISTINCT epoch_us(window_end) - epoch_us(window_start) FROM '
-      '"%s" LIMIT 3' % counts_table).fetchall()]
+      '"%s" WHERE %s LIMIT 3' % (counts_table, WHOLE_WINDOW)).fetchall()]
   other = [n for n in lengths if n != size]
   if other:
     raise WindowMismatch(
@@ -268,14 +279,15 @@ def reconcile_counts(con, window_seconds, rows_table='signins',
     return False
   start = ('epoch_us(date) - ((epoch_us(date) %% %d) + %d) %% %d' % (
       size, size, size))
+  low, high = CALENDAR_MICROS
   con.execute('BEGIN TRANSACTION')
   try:
     con.execute(
-        'CREATE OR REPLACE TEMP TABLE _recount AS SELECT to_timestamp(0) + '
-        'to_microseconds(s) AS window_start, to_timestamp(0) + '
-        'to_microseconds(s + %d) AS window_end, userid, count(*) AS signins '
-        'FROM (SELECT %s AS s, userid FROM "%s") GROUP BY s, userid' % (
-            size, start, rows_table))
+        'CREATE OR REPLACE TEMP TABLE _recount AS SELECT make_timestamptz('
+        'greatest(s, {low})) AS window_start, make_timestamptz(least(s + '
+        '{size}, {high})) AS window_end, userid, count(*) AS signins FROM '
+        '(SELECT {start} AS s, userid FROM "{rows}") GROUP BY s, userid'
+        .format(low=low, high=high, size=size, start=start, rows=rows_table))
     con.execute('DELETE FROM "{c}" WHERE (window_start, userid) NOT IN '
                 '(SELECT window_start, userid FROM _recount)'.format(
                     c=counts_table))

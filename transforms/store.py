@@ -67,11 +67,22 @@ class StoreRowsAndDeadLetters(beam.PTransform):
   """(rows, dead letters) -> their tables (and the dead letters to
   ``dead_letter_topic`` first, when given); returns every dead letter
   stored or tried (the parse step's and the warehouse's refusals).
-  ``row_blocks``: the rows come in RowBlocks (a bounded replay's)."""
+  ``row_blocks``: the rows come in RowBlocks (a bounded replay's).
+  ``settles_dead_letters``: the message ids a redrive feeds back; in DuckDB
+  their dead letters are marked redriven in the transaction that stores
+  their rows (``transforms.redriven``)."""
   def __init__(self, rows_to, dead_letters_to, bigquery_method='default',
                write_time_column=None, rows_duckdb_options=None,
-               dead_letter_topic=None, row_blocks=False):
+               dead_letter_topic=None, row_blocks=False,
+               settles_dead_letters=None):
     super().__init__()
+    if settles_dead_letters is not None and table_specs.is_local_warehouse(
+        rows_to.spec):
+      from transforms import redriven
+      rows_duckdb_options = dict(rows_duckdb_options or {})
+      rows_duckdb_options['with_inserted'] = redriven.MarkRedrivenWithTheRows(
+          dead_letters_to.schema.name, settles_dead_letters,
+          then=rows_duckdb_options.get('with_inserted'))
     self._row_blocks = row_blocks
     self._topic = dead_letter_topic
     self._rows_to = rows_to
