@@ -114,6 +114,8 @@ def leftover_reason(table, now=None):
   to drop, or None when it may belong to a replay running now."""
   now = now or datetime.datetime.now(datetime.timezone.utc)
   labels = table.labels or {}
+  if labels.get(RUN_LABEL) != table.table_id[-8:]:
+    return None  # not a staging table a replay made (a user's own table)
   if labels.get(OWNER_LABEL) == _owner():
     try:
       pid = int(labels.get(PID_LABEL, ''))
@@ -221,9 +223,12 @@ def merge(project, staged):
     try:
       job = client.query(sql)
       job.result()
-      added.append((final, job.num_dml_affected_rows or 0))
-    except exceptions.NotFound:  # a staging table made by a write, not here
-      added.append((final, 0))
+    except exceptions.NotFound as e:  # stage() made it: it vanished since
+      raise PipelineFailed(
+          'the staging table %s vanished before its merge (it expires %s '
+          'after it was made): nothing of it merged; replay again: %s' % (
+              staging, STAGING_LIFETIME, str(e).splitlines()[0]))
+    added.append((final, job.num_dml_affected_rows or 0))
   return added
 
 

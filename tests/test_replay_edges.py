@@ -202,18 +202,28 @@ def test_which_leftover_staging_tables_a_replay_drops():
   dead.wait()
 
   class Table:
-    def __init__(self, labels, age):
+    def __init__(self, labels, age, table_id='signins_replay_0123abcd'):
       self.labels, self.created = labels, now - age
+      self.table_id = table_id
 
   here = replay._owner()  # pylint: disable=protected-access
   young, old = datetime.timedelta(minutes=5), replay.STAGING_LIFETIME * 2
-  mine = lambda pid: {replay.OWNER_LABEL: here, replay.PID_LABEL: str(pid)}  # noqa: E731
+  run = {replay.RUN_LABEL: '0123abcd'}
+  mine = lambda pid: dict(run, **{replay.OWNER_LABEL: here,  # noqa: E731
+                                  replay.PID_LABEL: str(pid)})
   assert 'is gone' in replay.leftover_reason(Table(mine(dead.pid), young), now)
   assert replay.leftover_reason(Table(mine(os.getpid()), young), now) is None
-  other = {replay.OWNER_LABEL: 'elsewhere', replay.PID_LABEL: str(dead.pid)}
+  other = dict(run, **{replay.OWNER_LABEL: 'elsewhere',
+                       replay.PID_LABEL: str(dead.pid)})
   assert replay.leftover_reason(Table(other, young), now) is None
-  assert 'ago' in replay.leftover_reason(Table({}, old), now)
+  assert 'ago' in replay.leftover_reason(Table(run, old), now)
   assert 'ago' in replay.leftover_reason(Table(mine(os.getpid()), old), now)
+  # A user's own table named like one (a date is 8 hex digits) is never
+  # dropped, however old: only tables a replay labelled as its own are.
+  assert replay.leftover_reason(
+      Table({}, old, 'orders_replay_20240115'), now) is None
+  assert replay.leftover_reason(
+      Table(run, old, 'orders_replay_20240115'), now) is None
 
 
 def test_staging_tables_are_made_with_an_expiration_and_their_owner(
