@@ -74,7 +74,14 @@ def main(argv=None):
         PROG, name, ', '.join(PIPELINES)), file=sys.stderr)
     return 2
   setup_logging(rest)
-  module = PIPELINES[name].load()
+  try:
+    module = PIPELINES[name].load()
+  except ModuleNotFoundError as e:  # run outside the project's virtualenv
+    print('%s %s: error: %s is not installed for %s; run ./run.sh demo once '
+          '(it makes .venv), then .venv/bin/python main.py ... or '
+          '. .venv/bin/activate' % (PROG, name, e.name, sys.executable),
+          file=sys.stderr)
+    return 2
   try:
     module.run(rest)
   except errors.UsageError as e:

@@ -3,6 +3,7 @@ them, grouped, and the Flex Template metadata is generated from them), and
 the parse of a command line against ours and Beam's with one-line errors."""
 
 import argparse
+import re
 
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import _BeamArgumentParser
@@ -199,11 +200,61 @@ class _OneLineBeamParser(OneLineErrors, _BeamArgumentParser):
   """Beam's argument parser with one-line errors."""
 
 
+# The Beam flags a person running our pipelines reaches for; ``--help``
+# shows these after our own, ``--help_beam`` every one of Beam's.
+BEAM_FLAGS_SHOWN = (
+    '--runner', '--project', '--region', '--temp_location',
+    '--staging_location', '--job_name', '--streaming', '--num_workers',
+    '--max_num_workers', '--machine_type', '--service_account_email',
+    '--setup_file', '--update', '--dry_run', '--render_output',
+    '--direct_num_workers')
+_MARKUP = (
+    (re.compile(r':[a-z]+:`~?([^`]*)`'), r'\1'),  # :class:`x`
+    (re.compile(r'``([^`]*)``'), r'\1'),
+    (re.compile(r'`([^`]*)`_?'), r'\1'))
+
+
+def plain(text):
+  """Help text without the reStructuredText markup Beam's help is written
+  in (``x``, :class:`x`), which argparse would show literally."""
+  for pattern, replacement in _MARKUP:
+    text = pattern.sub(replacement, text)
+  return text
+
+
+class _PlainHelp(argparse.RawDescriptionHelpFormatter):
+  def _expand_help(self, action):
+    return plain(super()._expand_help(action))
+
+
+def _for_people(parser, beam_group, every_beam_flag):
+  """--help: our flags, grouped, then BEAM_FLAGS_SHOWN in a group of their
+  own; Beam's others hidden unless ``every_beam_flag`` (--help_beam)."""
+  parser.usage = '%(prog)s [flags] [Beam flags]'
+  shown = set(BEAM_FLAGS_SHOWN)
+  for group in list(parser._action_groups):  # pylint: disable=protected-access
+    if group is beam_group or getattr(group, 'ours', False):
+      continue
+    for action in list(group._group_actions):  # pylint: disable=protected-access
+      if action.dest == 'help':
+        continue
+      if any(o in shown for o in action.option_strings):
+        group._group_actions.remove(action)  # pylint: disable=protected-access
+        beam_group._group_actions.append(action)  # pylint: disable=protected-access
+      elif not every_beam_flag:
+        action.help = argparse.SUPPRESS
+  if every_beam_flag:
+    beam_group.title = 'Beam and runner options (the most used)'
+  else:
+    beam_group.description = (
+        'The most used of Beam\'s; every one of them: --help_beam.')
+
+
 def _beam_option_classes(ours, argv):
   """Every registered PipelineOptions class except other pipelines' own."""
   if any(a.startswith(('--render', '-h', '--help')) for a in argv):
     # Registers --render_output; imported only when asked for (3 MB of RSS).
-    import apache_beam.runners.render  # noqa: F401
+    import apache_beam.runners.render  # noqa: F401  pylint: disable=unused-import
   seen = {}
   for cls in PipelineOptions.__subclasses__():
     if cls in ours or cls.__module__.startswith('pipelines.'):
@@ -218,20 +269,26 @@ def parse_options(argv, option_classes, prog, description):
   Unknown or malformed flags raise UsageError with argparse's one-line
   message (Beam itself would only warn and drop them).
   """
+  every_beam_flag = '--help_beam' in argv
+  if every_beam_flag:
+    argv = [a for a in argv if a != '--help_beam'] + ['--help']
   parser = _OneLineBeamParser(
-      prog=prog, description=description, allow_abbrev=False,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+      prog=prog, description=plain(description or ""), allow_abbrev=False,
+      formatter_class=_PlainHelp)
   ours = [CommonOptions] + list(option_classes)
   groups = []
   for cls in ours:
     group = parser.add_argument_group(getattr(cls, 'TITLE', cls.__name__))
+    group.ours = True
     cls._add_argparse_args(group)  # pylint: disable=protected-access
     groups.append(group)
   beam_group = parser.add_argument_group('Beam and runner options')
   for cls in _beam_option_classes(ours, argv):
     cls._add_argparse_args(parser)  # pylint: disable=protected-access
+  if any(a in ('-h', '--help') for a in argv):
+    _for_people(parser, beam_group, every_beam_flag)
   # Show our flags first, Beam's after them.
-  parser._action_groups = groups + [  # pylint: disable=protected-access
+  parser._action_groups = groups + [beam_group] + [  # pylint: disable=protected-access
       g for g in parser._action_groups if g not in groups and g is not beam_group]
   _, unknown = parser.parse_known_args(argv)
   if unknown:

@@ -3,7 +3,7 @@ whose BigQuery schema you give, and a dead letter naming the reason and the
 field for every message that cannot be a row; in BigQuery
 (``--output_table``) or a local DuckDB file (``--warehouse``, ``--table``).
 
-    main.py pubsub_to_bigquery --schema orders.json --input_subscription S \
+    main.py pubsub_to_bigquery --schema orders.json --input_subscription S \\
         --output_table P:D.orders
 
 Every message ends in exactly one place, keyed by its message id.

@@ -51,7 +51,7 @@ def gcloud_help(path):
 
 @functools.lru_cache(maxsize=None)
 def pipeline_help(name):
-  done = run_main(name, '--help')
+  done = run_main(name, '--help_beam')  # every flag, Beam's too
   assert done.returncode == 0, done.stderr
   return done.stdout
 

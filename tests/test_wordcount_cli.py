@@ -220,3 +220,35 @@ def test_dataflow_dry_run_builds_the_job_offline():
   options = result.job.options.get_all_options()
   assert options['setup_file'] == os.path.join(ROOT, 'setup.py')
   assert not options['streaming']
+
+
+def test_help_is_for_people():
+  """--help: the pipeline's own flags first, the Beam flags people use
+  after them, Beam's other ~170 behind --help_beam; no markup shown."""
+  short = run_main('pubsub_to_bigquery', '--help')
+  assert short.returncode == 0, short.stderr
+  text = short.stdout
+  assert len(text.splitlines()) < 300, len(text.splitlines())
+  assert text.startswith('usage: main.py pubsub_to_bigquery [flags] [Beam flags]')
+  assert '``' not in text and ':class:' not in text
+  assert text.index('--schema') < text.index('--help_beam') < text.index(
+      '--runner')
+  assert '--type_check_strictness' not in text
+  assert 'S \\\n        --output_table' in text  # the example, as written
+  every = run_main('pubsub_to_bigquery', '--help_beam')
+  assert every.returncode == 0 and '--type_check_strictness' in every.stdout
+  assert '``' not in every.stdout
+
+
+def test_outside_the_virtualenv_is_one_line():
+  import subprocess
+  import sys
+  from tests.conftest import ROOT
+  script = ('import sys, runpy; sys.modules["apache_beam"] = None; '
+            'sys.argv = ["main.py", "user_signin", "--help"]; '
+            'runpy.run_path("main.py", run_name="__main__")')
+  done = subprocess.run([sys.executable, '-c', script], cwd=ROOT,
+                        capture_output=True, text=True, timeout=60)
+  assert done.returncode == 2, done.stderr
+  assert done.stderr.count('\n') == 1 and 'apache_beam' in done.stderr
+  assert './run.sh demo' in done.stderr
