@@ -55,6 +55,7 @@ def match_input_files(flag, pattern, options):
   """The files ``pattern`` matches (local or gs://); a one-line UsageError
   naming ``flag`` when it matches nothing, a directory, or cannot be listed."""
   from apache_beam.io.filesystems import FileSystems
+  check_gcs_credentials(flag, pattern)
   FileSystems.set_options(options)
   try:
     matched = FileSystems.match([pattern])[0].metadata_list
@@ -243,3 +244,62 @@ def check_range(flag, value, low, high, what='seconds'):
   if not low <= value <= high:
     raise UsageError('%s must be %s to %s %s, not %s' % (
         flag, '{:,}'.format(low), '{:,}'.format(high), what, value))
+
+
+# Flags whose gs:// value reads or writes Cloud Storage.
+GCS_FLAGS = ('schema', 'udf', 'input_file', 'output_directory', 'input',
+             'output', 'temp_location', 'staging_location')
+PUBSUB_FLAGS = ('input_subscription', 'input_topic', 'dead_letter_topic')
+
+
+def needs_credentials(options, on_dataflow=False):
+  """The first flag of this run that reaches Google Cloud without an
+  emulator in its place (None: none does)."""
+  opts = options.get_all_options()
+  if on_dataflow:
+    return '--runner DataflowRunner'
+  if not os.environ.get('STORAGE_EMULATOR_HOST'):
+    for name in GCS_FLAGS:
+      if str(opts.get(name) or '').startswith('gs://'):
+        return '--%s %s' % (name, opts[name])
+  output = opts.get('output_table')
+  if (output and not os.environ.get('BIGQUERY_EMULATOR_HOST') and
+      not table_specs.is_local_warehouse(output)):
+    return '--output_table %s' % output
+  if not os.environ.get('PUBSUB_EMULATOR_HOST'):
+    for name in PUBSUB_FLAGS:
+      if opts.get(name):
+        return '--%s %s' % (name, opts[name])
+  return None
+
+
+def check_credentials(flag):
+  """A run whose ``flag`` reaches Google Cloud with no credentials to do it
+  says so in one line, with what provides them, before any client retries
+  (None: nothing to check)."""
+  if flag is None:
+    return
+  import logging
+  import google.auth
+  from google.auth import exceptions
+  quiet = logging.getLogger('google.auth._default')
+  level = quiet.level
+  quiet.setLevel(logging.ERROR)  # its warning would say the same, worse
+  try:
+    google.auth.default()
+  except exceptions.DefaultCredentialsError:
+    raise UsageError(
+        '%s reaches Google Cloud and there are no Google credentials here: '
+        'run `gcloud auth application-default login` (or set '
+        'GOOGLE_APPLICATION_CREDENTIALS), or for the local emulators `eval '
+        '"$(./run.sh emulators env)"`' % flag)
+  finally:
+    quiet.setLevel(level)
+
+
+def check_gcs_credentials(flag, path):
+  """Before reading ``path`` at launch: gs:// without an emulator needs
+  credentials (else Google's client retries for 25 s, then a traceback)."""
+  if str(path).startswith('gs://') and not os.environ.get(
+      'STORAGE_EMULATOR_HOST'):
+    check_credentials('%s %s' % (flag, path))

@@ -96,6 +96,9 @@ class Job(object):
 
   # -- set-up ----------------------------------------------------------------
   def __enter__(self):
+    if not self.dry_run:  # after the flag checks, before any client
+      checks.check_credentials(
+          checks.needs_credentials(self.options, self.on_dataflow))
     if self.on_dataflow:
       _prepare_for_dataflow(self.options)
     else:

@@ -179,6 +179,7 @@ def load_udf(opts, options):
   if not opts.udf:
     return None
   from apache_beam.io.filesystems import FileSystems
+  checks.check_gcs_credentials('--udf', opts.udf)
   FileSystems.set_options(options)
 
   def read(path):
@@ -195,6 +196,7 @@ def load_schema(opts, options):
   from apache_beam.io.filesystems import FileSystems
   if not opts.schema:
     raise UsageError('--schema is required (a BigQuery JSON schema file)')
+  checks.check_gcs_credentials('--schema', opts.schema)
   FileSystems.set_options(options)
   try:
     with FileSystems.open(opts.schema) as f:

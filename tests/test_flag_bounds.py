@@ -109,3 +109,40 @@ def test_signins_at_the_calendar_ends_are_counted(tmp_path):
       counts[2]['window_end'] - counts[2]['window_end'].replace(
           second=counts[2]['window_end'].second) + __import__(
               'datetime').timedelta(seconds=7))
+
+
+@pytest.mark.parametrize('args, flag', [
+    (('pubsub_to_bigquery', '--schema', 'gs://b/orders.json', '--input_file',
+      'data/orders_sample.jsonl'), '--schema gs://b/orders.json'),
+    (('pubsub_to_bigquery', '--schema', 'data/orders.json', '--input_file',
+      'data/orders_sample.jsonl', '--output_table', 'proj:dataset.t'),
+     '--output_table proj:dataset.t'),
+    (('pubsub_to_bigquery', '--schema', 'data/orders.json',
+      '--input_subscription', 'projects/demo-proj/subscriptions/s'),
+     '--input_subscription'),
+    (('wordcount', '--input', 'gs://b/in.txt', '--output',
+      '/tmp/beam-no-credentials/x'),
+     '--input gs://b/in.txt'),
+])
+def test_no_credentials_is_one_line_at_once(tmp_path, args, flag):
+  """Google Cloud without an emulator and without credentials: one line
+  naming the flag and the command that gives credentials, before any
+  client retries (before: 25 s of retries, or a 35-line traceback)."""
+  import subprocess
+  import sys
+  import time
+  from tests.conftest import ROOT
+  env = {k: v for k, v in os.environ.items() if not k.endswith(
+      '_EMULATOR_HOST') and k != 'GOOGLE_APPLICATION_CREDENTIALS'}
+  env['CLOUDSDK_CONFIG'] = str(tmp_path / 'no-gcloud')  # no ADC file
+  began = time.monotonic()
+  if args[0] != 'wordcount':
+    args += ('--warehouse', str(tmp_path / 'wh.duckdb'))
+  done = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'main.py'), *args], cwd=ROOT,
+      env=env, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2, done.stderr[-2000:]
+  assert done.stderr.count('\n') == 1 and flag in done.stderr, done.stderr
+  assert 'gcloud auth application-default login' in done.stderr
+  assert 'run.sh emulators env' in done.stderr
+  assert time.monotonic() - began < 15
