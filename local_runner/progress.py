@@ -47,8 +47,9 @@ class Progress(object):
   its cached state sampler states, so what later bundles count is lost
   (measured: 10 of 50)."""
   def __init__(self, leases, warehouse, tables, status_file=None, pump=None,
-               input_total=None):
+               input_total=None, name=None):
     self.counted = None
+    self._name = name
     self._input_total = input_total  # a replay's (files, bytes)
     self._leases = leases
     self._warehouse = warehouse
@@ -58,6 +59,8 @@ class Progress(object):
     self._started = time.monotonic()
     self._last = (self._started, 0)
     self._stored = None
+    # What the tables held before this run: its lines say what it added.
+    self._before = self.stored(wait=True) if warehouse else None
 
   def stored(self, wait=False):
     """Counts in the warehouse; the last ones while another process holds
@@ -121,6 +124,10 @@ class Progress(object):
       status.update(stored)
       status['stored_total'] = stored['rows'] + sum(
           stored['dead_letters'].values())
+      before = self._before or {'rows': 0, 'dead_letters': {}}
+      status['rows_added'] = stored['rows'] - before['rows']
+      status['dead_letters_added'] = sum(stored['dead_letters'].values()) - (
+          sum(before['dead_letters'].values()))
     elif self._pump is not None:
       # BigQuery: what the runner settled this run (stored, dead-lettered
       # or dropped).
@@ -130,6 +137,8 @@ class Progress(object):
     waiting = outages.snapshot()
     if waiting:
       status['outages'] = waiting
+    if self._name:
+      status['pipeline'] = self._name
     _LOG.info('%s', progress_line(status))
     if self._status_file:
       tmp = '%s.%d.tmp' % (self._status_file, threading.get_ident())
@@ -144,13 +153,21 @@ def progress_line(status):
   parts = ['{:,} read'.format(status.get('messages_in', 0))]
   if 'rows' in status:
     dead = status.get('dead_letters', {})
-    parts.append('{:,} rows'.format(status['rows']))
     worst = sorted(dead.items(), key=lambda kv: (-kv[1], kv[0]))
     detail = ', '.join('%s %s' % (k, '{:,}'.format(n)) for k, n in worst[:3])
     if len(worst) > 3:
       detail += ', ...'
-    parts.append('{:,} dead'.format(sum(dead.values())) +
-                 (' (%s)' % detail if detail else ''))
+    # What this run added, then the table's total when it holds more.
+    for added, total, what in (
+        (status.get('rows_added', status['rows']), status['rows'], 'rows'),
+        (status.get('dead_letters_added', sum(dead.values())),
+         sum(dead.values()), 'dead')):
+      part = '+{:,} {}'.format(added, what)
+      if total != added:
+        part += ' ({:,} in the table)'.format(total)
+      if what == 'dead' and detail:
+        part += ' (%s)' % detail if total == added else ''
+      parts.append(part)
   elif 'stored_total' in status:
     parts.append('{:,} stored'.format(status['stored_total']))
   if status.get('dropped'):
@@ -172,7 +189,8 @@ def progress_line(status):
   for what, outage in sorted(status.get('outages', {}).items()):
     parts.append('waiting for %s for %.0f s (%s)' % (
         what, outage['for_s'], outage['error'][:80]))
-  return '  '.join(parts)
+  prefix = '%s: ' % status['pipeline'] if status.get('pipeline') else ''
+  return prefix + '  '.join(parts)
 
 
 def _size(n):
@@ -192,11 +210,14 @@ def summary(name, status, warehouse, tables, output_table=None):
           status['messages_in'] / max(status['elapsed_s'], 0.1))
       if 'files_total' in status else '')]
   if 'rows' in status:
-    lines.append('  rows:         %d  (%s, table %s)' % (
-        status['rows'], warehouse, tables['rows']))
     dead = status['dead_letters']
-    lines.append('  dead letters: %d  %s' % (sum(dead.values()), ', '.join(
-        '%s=%d' % kv for kv in sorted(dead.items()))))
+    rows_added = status.get('rows_added', status['rows'])
+    dead_added = status.get('dead_letters_added', sum(dead.values()))
+    lines.append('  rows:         %d  new this run (%s, table %s: %d)' % (
+        rows_added, warehouse, tables['rows'], status['rows']))
+    lines.append('  dead letters: %d  new this run (table: %d  %s)' % (
+        dead_added, sum(dead.values()), ', '.join(
+            '%s=%d' % kv for kv in sorted(dead.items()))))
     if 'count_rows' in status:
       lines.append('  count rows:   %d  (table %s)' % (
           status['count_rows'], tables['counts']))

@@ -129,7 +129,7 @@ class LocalRun(object):
   def _start_progress(self):
     self._progress = progress.Progress(
         self.leases, self._warehouse if self._tables else None, self._tables,
-        self._status_file, self._pump, self._input_total)
+        self._status_file, self._pump, self._input_total, name=self._name)
 
   def run_batch(self, pipeline):
     """Runs a bounded pipeline to its end, with progress lines while it

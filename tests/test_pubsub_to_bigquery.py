@@ -39,11 +39,15 @@ def query(db, sql):
 
 def test_replay_of_the_bundled_orders_into_duckdb(tmp_path):
   db = tmp_path / 'shop.duckdb'
-  for _ in range(2):  # the second replay adds nothing
+  for new in (3, 0):  # the second replay adds nothing, and says so
     result = run_main('pubsub_to_bigquery', '--schema', SCHEMA, '--input_file',
                       SAMPLE, '--warehouse', db)
     assert result.returncode == 0, result.stderr
-    assert 'rows:         3' in result.stdout
+    assert 'rows:         %d  new this run' % new in result.stdout
+    assert 'table orders: 3)' in result.stdout
+    assert 'dead letters: %d  new this run (table: 6' % (
+        6 if new else 0) in result.stdout
+    assert 'pubsub_to_bigquery: 9 read  +%d rows' % new in result.stderr
   dead = query(db, 'SELECT message_id, reason, field FROM orders_error_records')
   assert sorted(dead) == sorted(
       ('file:%s:%d' % (SAMPLE, line), reason, field)
