@@ -60,7 +60,7 @@ class Progress(object):
     self._last = (self._started, 0)
     self._stored = None
     # What the tables held before this run: its lines say what it added.
-    self._before = self.stored(wait=True) if warehouse else None
+    self._before = self.stored() if warehouse else None  # never waits
 
   def stored(self, wait=False):
     """Counts in the warehouse; the last ones while another process holds
