@@ -115,9 +115,10 @@ usage() {
 usage: ./run.sh COMMAND
   demo                       both pipelines on bundled sample data and local emulators
   test [ARGS]                the test suite (ARGS go to pytest)
-  emulators start|stop|status|env
+  emulators start|stop|status|env|dataset P:D
                              the local Pub/Sub, GCS and BigQuery emulators
-                             (.local/emulators); env prints the exports
+                             (.local/emulators); env prints the exports;
+                             dataset makes a BigQuery dataset on the emulator
   publish [ARGS]             publish sample sign-ins (see ./run.sh publish --help);
                              to the running emulator, else to real Pub/Sub
   bench [wordcount|streaming|live|parse|pull|replay|archive] [ARGS]

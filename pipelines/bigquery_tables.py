@@ -6,6 +6,7 @@ and its layout checked, never changed (BigQuery cannot repartition a table
 in place)."""
 
 import logging
+import os
 
 from pipelines.errors import UsageError
 from pipelines import schema_changes
@@ -24,10 +25,11 @@ def prepare(client, destinations, create=True):
     try:
       client.get_dataset('%s.%s' % (project, dataset))
     except exceptions.NotFound:
-      raise UsageError(
-          '%s: dataset %s:%s does not exist; create it first (bq mk --dataset '
-          '%s:%s, or the Python client\'s create_dataset on the emulator)' % (
-              destination.flag, project, dataset, project, dataset))
+      how = ('./run.sh emulators dataset %s:%s' if os.environ.get(
+          'BIGQUERY_EMULATOR_HOST') else 'bq mk --dataset %s:%s') % (
+              project, dataset)
+      raise UsageError('%s: dataset %s:%s does not exist; create it first: %s'
+                       % (destination.flag, project, dataset, how))
     except Exception as e:  # pylint: disable=broad-except
       raise UsageError('%s: cannot reach BigQuery: %s' % (
           destination.flag, str(e).splitlines()[0]))

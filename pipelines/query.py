@@ -10,6 +10,7 @@ import csv
 import datetime
 import decimal
 import json
+import os
 import sys
 
 from pipelines.errors import OneLineParser
@@ -28,6 +29,10 @@ def parse_args(argv):
   parser.add_argument('--format', default='table', choices=FORMATS,
                       help='table (aligned columns), csv or json (one object '
                       'per row, in a list).')
+  parser.add_argument('--project', default=None,
+                      help='Run the SQL on BigQuery in this project instead '
+                      '(the emulator when BIGQUERY_EMULATOR_HOST is set: '
+                      'eval "$(./run.sh emulators env)").')
   parser.add_argument('--timeout', type=float, default=10,
                       help='Seconds to wait for a writer to release the file.')
   return parser.parse_args(argv)
@@ -81,9 +86,29 @@ def render(names, rows, fmt, out):
   out.write('(%d row%s)\n' % (len(rows), '' if len(rows) == 1 else 's'))
 
 
+def query_bigquery(args):
+  """(column names, rows) of the SQL on BigQuery (or its emulator)."""
+  from pipelines import checks
+  from pipelines import emulator_clients
+  from pipelines import launcher
+  launcher.keep_auth_on_loopback()
+  if not os.environ.get('BIGQUERY_EMULATOR_HOST'):
+    checks.check_credentials('--project %s' % args.project)
+  client = emulator_clients.bigquery_client(args.project)
+  try:
+    result = client.query(args.sql).result()
+  except Exception as e:  # pylint: disable=broad-except
+    raise UsageError(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  names = [f.name for f in result.schema or []]
+  return names, [tuple(r.values()) for r in result]
+
+
 def run(argv=None):
   args = parse_args(list(argv or []))
-  import os
+  if args.project:
+    names, rows = query_bigquery(args)
+    render(names, rows, args.format, sys.stdout)
+    return
 
   import duckdb
 

@@ -332,11 +332,40 @@ def stop(state):
   return record
 
 
+def make_dataset(state, spec):
+  """Makes dataset ``spec`` (PROJECT:DATASET or PROJECT.DATASET) on the
+  running BigQuery emulator; one line, and exit 1, when it cannot."""
+  import re as _re
+  match = _re.fullmatch(r'([a-z][a-z0-9-]{4,28}[a-z0-9])[:.]([A-Za-z0-9_]{1,1024})',
+                        spec or '')
+  if not match:
+    print('emulators: error: dataset: give PROJECT:DATASET, not %r' % (
+        spec or ''), file=sys.stderr)
+    return 2
+  entry = status(state).get('bigquery')
+  if not entry or not entry['running']:
+    print('emulators: error: the BigQuery emulator is not running '
+          '(./run.sh emulators start)', file=sys.stderr)
+    return 1
+  os.environ.update(entry['env'])
+  from pipelines import emulator_clients
+  client = emulator_clients.bigquery_client(match.group(1))
+  client.create_dataset('%s.%s' % match.groups(), exists_ok=True)
+  print('dataset %s:%s on the BigQuery emulator' % match.groups())
+  return 0
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(prog='emulators', description=__doc__)
-  parser.add_argument('action', choices=['start', 'stop', 'status', 'env'])
+  parser.add_argument('action',
+                      choices=['start', 'stop', 'status', 'env', 'dataset'])
+  parser.add_argument('dataset', nargs='?', metavar='PROJECT:DATASET',
+                      help='dataset: the BigQuery dataset to make on the '
+                      'running emulator')
   parser.add_argument('--state', default=DEFAULT_STATE)
   args = parser.parse_args(argv)
+  if args.action == 'dataset':
+    return make_dataset(args.state, args.dataset)
   try:
     if args.action == 'start':
       record = start(args.state)
