@@ -209,6 +209,9 @@ class Job(object):
     result."""
     if not self.runs_locally:
       result = pipeline.run()
+      if self.dry_run and self.on_dataflow:
+        print(dry_run_summary(self.name, self.options, result,
+                              self.streaming))
       if not self.streaming and not self.dry_run:
         result.wait_until_finish()
         self._merge_replay()
@@ -243,6 +246,32 @@ class Job(object):
 
   def bigquery_client(self):
     return emulator_clients.bigquery_client(self.project)
+
+
+def dry_run_summary(name, options, result, streaming=False):
+  """What a Dataflow dry run built and would submit, in a few lines."""
+  cloud = options.view_as(GoogleCloudOptions)
+  job = getattr(result, 'job', None)
+  proto = getattr(job, 'proto', None)
+  lines = ['%s: dry run: the Dataflow job was built and not submitted' % name]
+  if proto is not None:
+    lines.append('  job:     %s (%s) in %s, project %s' % (
+        proto.name, 'streaming' if streaming else 'batch', cloud.region,
+        cloud.project))
+  try:
+    components = job.proto_pipeline.components
+    root = components.transforms[job.proto_pipeline.root_transform_ids[0]]
+    top = [components.transforms[t].unique_name for t in root.subtransforms]
+    lines.append('  steps:   %d in all; top level: %s' % (
+        len(components.transforms), ', '.join(top)))
+  except Exception:  # pylint: disable=broad-except
+    pass
+  setup = options.view_as(SetupOptions)
+  lines.append('  staging: %s%s' % (
+      cloud.staging_location or cloud.temp_location,
+      ' (our packages from %s)' % setup.setup_file if setup.setup_file else ''))
+  lines.append('  submit it: the same command without --dry_run=True')
+  return '\n'.join(lines)
 
 
 def _use_emulator_clients(options):

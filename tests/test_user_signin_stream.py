@@ -221,3 +221,20 @@ def test_a_malformed_temp_location_is_one_line_at_once(location, says):
   lines = result.stderr.strip().splitlines()
   assert result.returncode == 2 and len(lines) == 1, result.stderr
   assert '--temp_location' in lines[0] and says in lines[0]
+
+
+def test_a_dataflow_dry_run_says_what_it_built():
+  result = run_main(
+      'user_signin', '--runner', 'DataflowRunner', '--dry_run=True',
+      '--project', 'demo-proj', '--region', 'europe-west1', '--temp_location',
+      'gs://demo-bucket/tmp', '--input_subscription',
+      'projects/demo-proj/subscriptions/signins', '--output_table',
+      'demo-proj:signins.signins')
+  assert result.returncode == 0, result.stderr[-2000:]
+  said = result.stdout
+  assert 'user_signin: dry run: the Dataflow job was built and not submitted' \
+      in said
+  assert '(streaming) in europe-west1, project demo-proj' in said
+  assert 'top level: ReadMessages, ParseSignins, StoreRowsAndDeadLetters' \
+      in said
+  assert 'staging: gs://demo-bucket/tmp' in said
