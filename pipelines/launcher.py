@@ -96,15 +96,16 @@ class Job(object):
 
   # -- set-up ----------------------------------------------------------------
   def __enter__(self):
-    if not self.dry_run:  # after the flag checks, before any client
-      checks.check_credentials(
-          checks.needs_credentials(self.options, self.on_dataflow))
     if self.on_dataflow:
       _prepare_for_dataflow(self.options)
     else:
       _choose_local_runner(self.options, self._argv, self.streaming,
                            self._parallel)
     self.rendering = _use_render_runner_if_asked(self.options)
+    if not self.dry_run and not self.rendering:
+      # After the flag checks, before any client.
+      checks.check_credentials(
+          checks.needs_credentials(self.options, self.on_dataflow))
     if self.prepares_bigquery:
       _prepare_local_bigquery(self.options, self.destinations)
     elif (self.on_dataflow and not self.dry_run and self.destinations
