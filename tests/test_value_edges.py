@@ -11,9 +11,7 @@ import tempfile
 
 import pytest
 from apache_beam.io.gcp.pubsub import PubsubMessage
-from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
-from apache_beam.utils.windowed_value import WindowedValue
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -24,7 +22,7 @@ from tests.conftest import PROJECT
 from tests.conftest import duckdb_dicts
 from tests.conftest import new_dataset
 from tests.conftest import run_main
-from transforms import duckdb_sink
+from tests.test_exact_properties import insert
 from transforms import json_messages
 from transforms import json_rows
 from transforms import schemas
@@ -95,17 +93,6 @@ UDF_CASES = [
 def udf_messages(cases):
   return [json.dumps({'id': 'm%d' % n, 'where': where, 'value': value})
           for n, (where, value, _) in enumerate(cases)]
-
-
-def insert(path, schema, rows):
-  """Rows through the DuckDB sink's DoFn; returns what it refused."""
-  sink = duckdb_sink._InsertIntoDuckDB(path, schema, None, False, False)  # pylint: disable=protected-access
-  sink.start_bundle()
-  refused = []
-  for row in rows:
-    refused.extend(sink.process(row, WindowedValue(row, 0, [GlobalWindow()])))
-  refused.extend(sink.finish_bundle())
-  return refused
 
 
 def check_stored(rows, dead, cases):
