@@ -94,19 +94,25 @@ class ParseBlocksFn(beam.DoFn):
 
   def process(self, block: MessageBlock,
               timestamp=beam.DoFn.TimestampParam) -> typing.Iterable[RowBlock]:
-    rows = RowBlock()
     outputs = self._fn.outputs
-    for message in block:
-      for out in outputs(message, timestamp):
-        kind = type(out)
-        if kind is TimestampedValue:
-          rows.append(out.value)
-        elif kind is beam.pvalue.TaggedOutput:
-          yield out
-        else:
-          rows.append(out)
-    if rows:
-      yield rows
+    return gathered(outputs(message, timestamp) for message in block)
+
+
+def gathered(outputs_per_message):
+  """Each message's parse outputs -> its dead letters (tagged outputs) as
+  they come, then one RowBlock of all the rows (none when there are none)."""
+  rows = RowBlock()
+  for outputs in outputs_per_message:
+    for out in outputs:
+      kind = type(out)
+      if kind is TimestampedValue:
+        rows.append(out.value)
+      elif kind is beam.pvalue.TaggedOutput:
+        yield out
+      else:
+        rows.append(out)
+  if rows:
+    yield rows
 
 
 def unblocked(element):

@@ -187,18 +187,7 @@ class _ParseJsonBlocksFn(blocks_lib.ParseBlocksFn):
     if not self._fn.has_udf:
       yield from super().process(block, timestamp)
       return
-    rows = blocks_lib.RowBlock()
-    for outputs in self._fn.udf_outputs(block, timestamp):
-      for out in outputs:
-        kind = type(out)
-        if kind is beam.window.TimestampedValue:
-          rows.append(out.value)
-        elif kind is beam.pvalue.TaggedOutput:
-          yield out
-        else:
-          rows.append(out)
-    if rows:
-      yield rows
+    yield from blocks_lib.gathered(self._fn.udf_outputs(block, timestamp))
 
 
 class ParseJsonMessages(dead_letters.ParseMessages):
