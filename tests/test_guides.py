@@ -1,4 +1,4 @@
-"""Every guide in the README marked <!-- guide: NAME --> runs as written
+"""Every guide in the README or docs/ marked <!-- guide: NAME --> runs as written
 (issue 29), on the files the repository ships, from a fresh folder: each
 `python main.py` line of its bash block exits 0, and what the text after
 it promises is printed."""
@@ -12,9 +12,22 @@ import sys
 from tests.conftest import ROOT
 
 
+DOCS = os.path.join(ROOT, 'docs')
+
+
+def pages():
+  """The README and every page of docs/, {path: text}."""
+  found = {os.path.join(ROOT, 'README.md'): None}
+  found.update({os.path.join(DOCS, n): None for n in sorted(os.listdir(DOCS))
+                if n.endswith('.md')})
+  for path in found:
+    with open(path, encoding='utf-8') as f:
+      found[path] = f.read()
+  return found
+
+
 def guides():
-  with open(os.path.join(ROOT, 'README.md')) as f:
-    text = f.read()
+  text = '\n'.join(pages().values())
   return dict(re.findall(
       r'<!-- guide: ([a-z-]+)[^>]*-->\n```bash\n(.*?)```\n<!-- /guide -->',
       text, re.S))
@@ -42,3 +55,29 @@ def test_the_dead_letter_guide_runs_as_written(tmp_path):
   assert "2 dead letters looked at (reason = 'bad_value'); 1 moved" in out[3]
   assert [l.strip() for l in out[4].splitlines()[2:6]] == [
       'A-1001', 'A-1002', 'A-1003', 'A-1004']
+
+
+def test_every_page_is_linked_and_every_link_resolves():
+  """The README links each page of docs/, and no relative link of the
+  README or of a page points at nothing (the split into docs/ moved text
+  whose links were relative to the top)."""
+  found = pages()
+  readme = found[os.path.join(ROOT, 'README.md')]
+  for path in found:
+    if path.startswith(DOCS):
+      assert 'docs/%s' % os.path.basename(path) in readme, path
+  for path, text in found.items():
+    for target in re.findall(r'\]\(([^)#\s]+)[^)]*\)', text):
+      if '://' in target or target.startswith('mailto:'):
+        continue
+      where = os.path.normpath(os.path.join(os.path.dirname(path), target))
+      assert os.path.exists(where), (path, target)
+
+
+def test_the_readme_first_screen_names_every_pipeline_and_command():
+  from pipelines.registry import PIPELINES
+  readme = pages()[os.path.join(ROOT, 'README.md')]
+  first = readme.split('## Two commands')[0]
+  for name in PIPELINES:
+    assert '**%s**' % name in first, name
+  assert len(readme.splitlines()) < 200

@@ -177,7 +177,7 @@ def test_a_poison_message_in_a_live_stream_is_a_dead_letter(pubsub_emulator, tmp
 def test_the_same_hostile_replay_into_the_bigquery_emulator(bigquery_emulator, tmp_path):
   """Through Beam's WriteToBigQuery (streaming inserts) into the BigQuery
   emulator: the same dead letters, and the same exact values as DuckDB for
-  the columns the emulator stores faithfully (README: its deviations)."""
+  the columns the emulator stores faithfully (docs/local-stack.md: its deviations)."""
   client = bigquery_emulator
   dataset = new_dataset(client)
   schema = tmp_path / 'things.json'

@@ -4,7 +4,7 @@ committed golden files.
 
 Dataflow matches a running streaming job's transforms by name on --update,
 so a renamed step breaks updates unless --transform_name_mapping maps it
-(``golden/transform_name_mapping.json``, in the README), and a changed coder
+(``golden/transform_name_mapping.json``, in docs/dataflow.md), and a changed coder
 breaks them for good. Accept an intended change with:
 
     UPDATE_GOLDEN=1 ./run.sh test tests/test_job_graphs.py

@@ -1,4 +1,4 @@
-"""The README's Dataflow guide, checked offline: every flag of every gcloud
+"""The Dataflow guide (docs/dataflow.md), checked offline: every flag of every gcloud
 command exists in that command's --help, and every flag given to main.py
 exists in the pipeline's --help (Beam's flags included)."""
 
@@ -15,9 +15,8 @@ from tests.conftest import run_main
 
 
 def guide_commands():
-  with open(os.path.join(ROOT, 'README.md')) as f:
-    text = f.read()
-  guide = text.split('## Shipping to Dataflow')[1].split('\n## ')[0]
+  with open(os.path.join(ROOT, 'docs', 'dataflow.md')) as f:
+    guide = f.read()
   commands = []
   for block in re.findall(r'```bash\n(.*?)```', guide, re.S):
     for line in block.replace('\\\n', ' ').splitlines():

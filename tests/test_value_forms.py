@@ -1,4 +1,4 @@
-"""Every line of the README's table of value forms ("Values, exactly"): the
+"""Every line of the table of value forms (docs/values.md): the
 accepted ones store exactly the value it says (also read back from DuckDB
 through the sink), the refused ones are refused with its reason."""
 
@@ -19,7 +19,7 @@ from transforms import schemas
 from storage.duckdb_files import DuckDBFiles
 from transforms import duckdb_sink
 
-README = os.path.join(os.path.dirname(__file__), '..', 'README.md')
+README = os.path.join(os.path.dirname(__file__), '..', 'docs', 'values.md')
 
 
 def readme():
@@ -210,7 +210,7 @@ def test_numbers_keep_their_text_whatever_their_size():
   assert re.fullmatch(r'[0-9]+', value['e'])
 
 
-# What bqemulator cannot store as BigQuery does (README, "The local stack"):
+# What bqemulator cannot store as BigQuery does (docs/local-stack.md):
 # BIGNUMERIC columns cannot be made; GEOGRAPHY reads back as WKB (compared
 # through ST_ASTEXT).
 NOT_IN_THE_EMULATOR = ('BIGNUMERIC',)

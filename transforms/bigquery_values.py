@@ -3,7 +3,7 @@ type, or a ``Refused`` naming the field and why.
 
 Numbers arrive as their JSON text (``exact_json``) and are converted from
 it, never through a binary float. The accepted and refused forms of every
-type are listed in the README ("Values, type by type"); a test checks each
+type are listed in docs/values.md; a test checks each
 line. ``json_rows`` puts the readers together for a schema.
 """
 
