@@ -80,7 +80,7 @@ class WindowOptions(PipelineOptions):
         '--window_seconds', type=int, default=None,
         help='Length of the fixed event-time windows: user_signin counts '
         'sign-ins per user in them (default 60), pubsub_to_gcs writes a '
-        'file per window (default 300).')
+        'file per window (default 300). 1 s to 366 days.')
 
 
 class ShardOptions(PipelineOptions):

@@ -55,12 +55,13 @@ class SigninOptions(PipelineOptions):
     parser.add_argument(
         '--allowed_lateness_seconds', type=int, default=300,
         help='How long after a window closes late sign-ins still update its '
-        'count (their rows are stored whatever their lateness).')
+        'count (their rows are stored whatever their lateness); at most 366 '
+        'days.')
     parser.add_argument(
         '--count_shards', type=int, default=signin_counts.DEFAULT_SHARDS,
         help='The windowed counts group users into this many keys per window '
         '(fewer keyed states: what limits the local runner with many users); '
-        '0 keys by user. Same rows and totals either way.')
+        '0 keys by user; at most 10,000. Same rows and totals either way.')
     parser.add_argument(
         '--default_timezone', default='UTC',
         help='Time zone of dates without an offset (IANA name, e.g. '

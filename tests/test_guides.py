@@ -81,3 +81,10 @@ def test_the_readme_first_screen_names_every_pipeline_and_command():
   for name in PIPELINES:
     assert '**%s**' % name in first, name
   assert len(readme.splitlines()) < 200
+
+
+def test_the_flag_tables_are_not_stale():
+  from tools import flag_tables
+  with open(flag_tables.PATH, encoding='utf-8') as f:
+    assert f.read() == flag_tables.document(), (
+        'regenerate it: python -m tools.flag_tables')
