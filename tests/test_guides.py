@@ -88,3 +88,21 @@ def test_the_flag_tables_are_not_stale():
   with open(flag_tables.PATH, encoding='utf-8') as f:
     assert f.read() == flag_tables.document(), (
         'regenerate it: python -m tools.flag_tables')
+
+
+def test_the_first_steps_guide_runs_as_written(tmp_path):
+  os.symlink(os.path.join(ROOT, 'data'), tmp_path / 'data')
+  out = []
+  for args in commands(guides()['first-steps']):
+    done = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py')] +
+                          args, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, (args, done.stderr[-2000:])
+    out.append(done.stdout)
+  assert len(out) == 6
+  assert out[1].splitlines()[2].split()[0] == 'the'  # the commonest word
+  reasons = [l.split()[0] for l in out[3].splitlines()[2:7]]
+  assert reasons == ['bad_date', 'bad_userid', 'missing_date', 'not_json',
+                     'not_object']
+  assert [l.strip() for l in out[5].splitlines()[2:5]] == [
+      'A-1001', 'A-1002', 'A-1003']
