@@ -40,16 +40,22 @@ def commands(block):
       yield shlex.split(line.split(' #')[0])[2:]
 
 
-def test_the_dead_letter_guide_runs_as_written(tmp_path):
-  block = guides()['dead-letters']
-  os.symlink(os.path.join(ROOT, 'data'), tmp_path / 'data')
+def run_guide(name, folder):
+  """Each `python main.py` line of guide ``name``, in a fresh ``folder``
+  holding the shipped data/; every one exits 0; returns their outputs."""
+  os.symlink(os.path.join(ROOT, 'data'), folder / 'data')
   out = []
-  for args in commands(block):
+  for args in commands(guides()[name]):
     done = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py')] +
-                          args, cwd=tmp_path, capture_output=True, text=True,
+                          args, cwd=folder, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, (args, done.stderr[-2000:])
     out.append(done.stdout)
+  return out
+
+
+def test_the_dead_letter_guide_runs_as_written(tmp_path):
+  out = run_guide('dead-letters', tmp_path)
   assert len(out) == 5
   assert '6 dead letters looked at; 1 would move' in out[2]
   assert "2 dead letters looked at (reason = 'bad_value'); 1 moved" in out[3]
@@ -91,14 +97,7 @@ def test_the_flag_tables_are_not_stale():
 
 
 def test_the_first_steps_guide_runs_as_written(tmp_path):
-  os.symlink(os.path.join(ROOT, 'data'), tmp_path / 'data')
-  out = []
-  for args in commands(guides()['first-steps']):
-    done = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py')] +
-                          args, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, (args, done.stderr[-2000:])
-    out.append(done.stdout)
+  out = run_guide('first-steps', tmp_path)
   assert len(out) == 6
   assert out[1].splitlines()[2].split()[0] == 'the'  # the commonest word
   reasons = [l.split()[0] for l in out[3].splitlines()[2:7]]
