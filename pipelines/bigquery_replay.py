@@ -228,6 +228,15 @@ def merge(project, staged):
           'the staging table %s vanished before its merge (it expires %s '
           'after it was made): nothing of it merged; replay again: %s' % (
               staging, STAGING_LIFETIME, str(e).splitlines()[0]))
+    except exceptions.GoogleAPICallError as e:
+      text = ' '.join(str(e).split('\n\n')[0].split())
+      hint = ''
+      if os.environ.get('BIGQUERY_EMULATOR_HOST') and (
+          'does not have a column' in text):
+        hint = ('; the BigQuery emulator keeps a column added to an existing '
+                'table as metadata only: replay into a new table')
+      raise PipelineFailed('the merge into %s failed, nothing of this replay '
+                           'merged: %s%s' % (final, text[:300], hint))
     added.append((final, job.num_dml_affected_rows or 0))
   return added
 

@@ -222,3 +222,20 @@ def test_the_dataflow_graph_creates_tables_with_their_layout():
   counts = [p for name, p in shown if 'WriteCounts' in name]
   assert rows and b"'field': 'date'" in rows[0] and b"'userid'" in rows[0]
   assert counts and b"'field': 'window_start'" in counts[0]
+
+
+def test_a_change_the_emulator_does_not_apply_is_one_line(bigquery_emulator,
+                                                          tmp_path):
+  """bqemulator takes a new column as metadata and does not store it: the
+  write then fails. That failure is one line naming what to do, exit 1;
+  before, a 45-line traceback after the log said the column was added."""
+  dataset = new_dataset(bigquery_emulator)
+  where = ('--output_table', '%s:%s.orders' % (PROJECT, dataset))
+  assert replay(tmp_path, V1, OLD, *where).returncode == 0
+  new = dict(OLD, order_id='o2', channel='web')
+  result = replay(tmp_path, V2, new, *where)
+  assert result.returncode == 1, result.stderr[-3000:]
+  said = [l for l in result.stderr.splitlines() if ' error: ' in l]
+  assert len(said) == 1 and 'Traceback' not in result.stderr, result.stderr
+  assert 'nothing of this replay merged' in said[0]
+  assert 'replay into a new table' in said[0]
