@@ -213,6 +213,20 @@ def same_scalar(field, stored, expected):
   return stored == expected and type(stored) is type(expected)
 
 
+def stored_in_duckdb(schema, rows, dead, *queries):
+  """``rows`` and dead letters ``dead`` stored in a fresh warehouse as a run
+  stores them (its tables made first, then the DuckDB sink); the result of
+  each of ``queries`` on it."""
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, 'w.duckdb')
+    errors = schemas.error_records(schema.name + '_error_records')
+    launcher.prepare_local_tables('--warehouse', path, (schema, errors))
+    assert insert(path, schema, rows) == []
+    assert insert(path, errors, dead) == []
+    DuckDBFiles.close_all()
+    return [duckdb_dicts(path, q) for q in queries]
+
+
 def insert(path, schema, rows):
   """Rows through the DuckDB sink's DoFn; returns what it refused."""
   sink = duckdb_sink._InsertIntoDuckDB(path, schema, None, False, False)  # pylint: disable=protected-access
@@ -246,17 +260,11 @@ def test_random_schemas_and_messages(data):
     else:
       rows.append(out[0].value)
   assert len(rows) + len(dead) == len(batch)
-  with tempfile.TemporaryDirectory() as tmp:
-    path = os.path.join(tmp, 'w.duckdb')
-    errors = schemas.error_records('t_error_records')
-    # As a run does before it starts.
-    launcher.prepare_local_tables('--warehouse', path, (schema, errors))
-    assert insert(path, schema, rows) == []
-    assert insert(path, errors, dead) == []
-    DuckDBFiles.close_all()
-    stored = {r['message_id']: r for r in duckdb_dicts(path, 'SELECT * FROM t')}
-    assert duckdb_dicts(path, 'SELECT count(*) AS n FROM t_error_records') == [
-        {'n': len(dead)}]
+  found, counted = stored_in_duckdb(
+      schema, rows, dead, 'SELECT * FROM t',
+      'SELECT count(*) AS n FROM t_error_records')
+  stored = {r['message_id']: r for r in found}
+  assert counted == [{'n': len(dead)}]
   assert len(stored) == len(rows)
   for i, (_, expected) in enumerate(batch):
     if expected is None:

@@ -5,9 +5,7 @@ BigQuery stores or a dead letter naming the field and the value; through
 the parse step, into DuckDB, and (emulator) into the BigQuery emulator."""
 
 import json
-import os
 import string
-import tempfile
 
 import pytest
 from apache_beam.io.gcp.pubsub import PubsubMessage
@@ -16,13 +14,11 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from pipelines import launcher
-from storage.duckdb_files import DuckDBFiles
 from tests.conftest import PROJECT
 from tests.conftest import duckdb_dicts
 from tests.conftest import new_dataset
 from tests.conftest import run_main
-from tests.test_exact_properties import insert
+from tests.test_exact_properties import stored_in_duckdb
 from transforms import json_messages
 from transforms import json_rows
 from transforms import schemas
@@ -125,16 +121,9 @@ def test_a_udfs_nan_and_infinities_are_stored_or_named_dead_letters():
   finally:
     fn.teardown()
   assert [d['reason'] for d in dead if d['reason'] != 'bad_value'] == []
-  with tempfile.TemporaryDirectory() as tmp:
-    path = os.path.join(tmp, 'w.duckdb')
-    errors = schemas.error_records('t_error_records')
-    launcher.prepare_local_tables('--warehouse', path, (schema, errors))
-    assert insert(path, schema, rows) == []
-    assert insert(path, errors, dead) == []
-    DuckDBFiles.close_all()
-    stored = duckdb_dicts(path, 'SELECT * FROM t')
-    letters = duckdb_dicts(path, 'SELECT message_id, reason, field, '
-                           'errorMessage FROM t_error_records')
+  stored, letters = stored_in_duckdb(
+      schema, rows, dead, 'SELECT * FROM t', 'SELECT message_id, reason, '
+      'field, errorMessage FROM t_error_records')
   check_stored({int(r['message_id']): r for r in stored},
                {int(d['message_id']): (d['reason'], d['field'],
                                        d['errorMessage']) for d in letters},
