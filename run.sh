@@ -138,7 +138,7 @@ case "$cmd" in
   emulators)
     ensure_venv
     [ "${1:-status}" = start ] && ensure_bqemulator
-    emulators "${1:-status}"
+    emulators "${@:-status}"
     ;;
   publish)
     ensure_venv
