@@ -84,7 +84,7 @@ for word, count in con.sql(
 PYEOF
 }
 
-EMULATOR_STATE=$ROOT/.local/emulators
+EMULATOR_STATE=${EMULATOR_STATE:-$ROOT/.local/emulators}
 
 emulators() {
   "$PY" -m tools.emulators "$@" --state "$EMULATOR_STATE"

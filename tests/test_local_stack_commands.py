@@ -34,10 +34,12 @@ def test_a_dataset_made_by_a_command_then_used_and_queried(
   (state / 'emulators.json').write_text(json.dumps({'bigquery': {
       'pids': [os.getpid()], 'log': '', 'env': {
           'BIGQUERY_EMULATOR_HOST': os.environ['BIGQUERY_EMULATOR_HOST']}}}))
-  made = subprocess.run(
-      [sys.executable, '-m', 'tools.emulators', 'dataset',
-       '%s:%s' % (PROJECT, dataset), '--state', str(state)], cwd=ROOT,
-      capture_output=True, text=True, timeout=60)
+  made = subprocess.run(  # as the error says, through run.sh
+      [os.path.join(ROOT, 'run.sh'), 'emulators', 'dataset',
+       '%s:%s' % (PROJECT, dataset)], cwd=ROOT, capture_output=True,
+      text=True, timeout=300, env=dict(os.environ, EMULATOR_STATE=str(state),
+                                       VENV=os.path.dirname(os.path.dirname(
+                                           sys.executable))))
   assert made.returncode == 0, made.stderr
   assert dataset in [d.dataset_id for d in client.list_datasets()]
   stored = run_main(*replay)
