@@ -4,6 +4,7 @@ the Arrow schema used for local bulk inserts are all derived."""
 import base64
 import dataclasses
 import datetime
+import json
 import math
 from typing import Optional, Tuple
 
@@ -74,15 +75,26 @@ class Field:
       }[self.type]
     return pa.list_(base) if self.mode == 'REPEATED' else base
 
-  def to_bigquery_json(self, value):
-    """A Python value (datetime, bytes, dict) -> what BigQuery's JSON API takes."""
+  def to_bigquery_json(self, value, load_file=False):
+    """A Python value (datetime, bytes, dict) -> what BigQuery's JSON API takes.
+
+    ``load_file``: for a line of a load job's JSON file, where a JSON column
+    takes the raw JSON value ("Fields declared as JSON type load the raw JSON
+    value": https://cloud.google.com/bigquery/docs/loading-data-cloud-storage-json);
+    elsewhere (streaming inserts) it is the JSON text in a string.
+    """
     if value is None:
       return None
     if self.mode == 'REPEATED':
-      return [self._scalar_json(v) for v in value]
-    return self._scalar_json(value)
+      return [self._scalar_json(v, load_file) for v in value]
+    return self._scalar_json(value, load_file)
 
-  def _scalar_json(self, value):
+  def _scalar_json(self, value, load_file=False):
+    if self.type == 'JSON' and load_file:
+      # Our JSON text has only what BigQuery's JSON type holds exactly
+      # (INT64/UINT64 integers, doubles that round-trip): json.loads and the
+      # load file's json.dumps give the same JSON value back.
+      return json.loads(value)
     if self.type == 'TIMESTAMP':
       return timestamp_text(value)
     if self.type == 'BYTES':
@@ -94,7 +106,8 @@ class Field:
     if self.type == 'FLOAT' and not math.isfinite(value):
       return str(value).replace('inf', 'Infinity').replace('nan', 'NaN')
     if self.type == 'RECORD':
-      return {f.name: f.to_bigquery_json(value.get(f.name)) for f in self.fields}
+      return {f.name: f.to_bigquery_json(value.get(f.name), load_file)
+              for f in self.fields}
     return value
 
   @property
@@ -217,8 +230,9 @@ class TableSchema:
         for f in self.fields
     ])
 
-  def to_bigquery_json(self, row):
-    return {f.name: f.to_bigquery_json(row.get(f.name)) for f in self.fields}
+  def to_bigquery_json(self, row, load_file=False):
+    return {f.name: f.to_bigquery_json(row.get(f.name), load_file)
+            for f in self.fields}
 
   def to_arrow_row(self, row):
     return {f.name: f.to_arrow_value(row.get(f.name)) for f in self.fields}
