@@ -105,3 +105,34 @@ def test_the_first_steps_guide_runs_as_written(tmp_path):
                      'not_object']
   assert [l.strip() for l in out[5].splitlines()[2:5]] == [
       'A-1001', 'A-1002', 'A-1003']
+
+
+def test_the_local_stack_guide_runs_as_written(tmp_path):
+  """The whole bash block, in one shell from the repository as a user types
+  it (inside the venv), with emulators of its own: start, dataset, topic,
+  a stream in the background, a publish, a query on the BigQuery emulator,
+  the stream stopped, the emulators stopped."""
+  state = tmp_path / 'state'
+  env = dict(os.environ, EMULATOR_STATE=str(state),
+             PATH=os.path.dirname(sys.executable) + os.pathsep +
+             os.environ['PATH'],
+             VENV=os.path.dirname(os.path.dirname(sys.executable)))
+  for name in ('PUBSUB_EMULATOR_HOST', 'STORAGE_EMULATOR_HOST',
+               'BIGQUERY_EMULATOR_HOST'):
+    env.pop(name, None)  # the guide's own emulators, not the session's
+  shell = subprocess.Popen(['bash', '-e', '-c', guides()['local-stack']],
+                           cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+  try:
+    out, _ = shell.communicate(timeout=300)
+  finally:
+    if shell.poll() is None:
+      os.killpg(shell.pid, 9)
+    subprocess.run([sys.executable, '-m', 'tools.emulators', 'stop',
+                    '--state', str(state)], cwd=ROOT, capture_output=True)
+  assert shell.returncode == 0, out[-3000:]
+  assert re.search(r'^93234234 +2017-10-17 20:57:17\.338320\+00:00$', out,
+                   re.M), out[-3000:]
+  assert 'stored:       1' in out, out[-3000:]
+  assert out.count('stopped ') == 3, out[-3000:]
