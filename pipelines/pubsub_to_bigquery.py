@@ -24,6 +24,9 @@ from pipelines.tables import Table
 from pipelines.tables import bigquery_flags
 from pipelines.tables import flag_layout
 from transforms import json_messages
+from transforms import json_rows
+from transforms import payload_schemas
+from transforms import payloads
 from transforms import schemas
 from transforms import udf
 from transforms.read_messages import ReadMessages
@@ -75,6 +78,27 @@ class PubsubToBigQueryOptions(PipelineOptions):
     parser.add_argument(
         '--nomessage_id_column', dest='message_id_column',
         action='store_false', help='The same as --message_id_column false.')
+    parser.add_argument(
+        '--payload_format', default='json', choices=payloads.FORMATS,
+        help='What the payloads are: JSON, or Avro or Protocol Buffers under '
+        'a Pub/Sub topic schema (--payload_schema). docs/payloads.md has the '
+        'type mapping.')
+    parser.add_argument(
+        '--payload_schema', default=None,
+        help='The topic schema of avro or protobuf payloads: an .avsc, a '
+        '.proto with one top-level message, or a descriptor set (.pb, '
+        '.desc); or a local folder of them named by revision id, each '
+        'message decoded with the revision its googclient_schemarevisionid '
+        'attribute names. Without --schema the table is derived from it.')
+    parser.add_argument(
+        '--payload_encoding', default='binary', choices=payloads.ENCODINGS,
+        help='The encoding of messages without a googclient_schemaencoding '
+        'attribute (Pub/Sub sets it on messages of a topic with a schema).')
+    parser.add_argument(
+        '--write_metadata', action='store_true', default=False,
+        help='Add subscription_name, publish_time and attributes (JSON, with '
+        'the ordering key) columns beside message_id, as a BigQuery '
+        'subscription\'s write_metadata does.')
 
 
 OPTIONS = [PubsubToBigQueryOptions, pipeline_options.MessageSourceOptions,
@@ -145,7 +169,10 @@ def parse(messages, options, function=None, schema=None, blocks=False):
   return messages | 'ParseMessages' >> json_messages.ParseJsonMessages(
       schema, opts.unknown_fields, opts.event_time_field,
       opts.max_message_bytes, udf=function, blocks=blocks,
-      udf_timeout_seconds=getattr(opts, 'udf_timeout_seconds', None))
+      udf_timeout_seconds=getattr(opts, 'udf_timeout_seconds', None),
+      payloads=load_payloads(opts, options),
+      metadata=(opts.input_subscription or '') if getattr(
+          opts, 'write_metadata', False) else None)
 
 
 def check(options, opts):
@@ -191,11 +218,87 @@ def load_udf(opts, options):
     raise UsageError('--udf: %s' % e)
 
 
+_REVISIONS = {}  # (format, path) -> revisions: a .proto compiles once
+
+
+def load_revisions(opts, options):
+  """--payload_schema -> {revision id or None: revision}; UsageError."""
+  fmt = getattr(opts, 'payload_format', 'json')
+  if fmt == 'json':
+    if getattr(opts, 'payload_schema', None):
+      raise UsageError('--payload_schema: JSON payloads take no payload '
+                       'schema; give --payload_format avro or protobuf')
+    return None
+  if not opts.payload_schema:
+    raise UsageError('--payload_format %s needs --payload_schema (the topic '
+                     'schema: a file, or a folder of revisions)' % fmt)
+  key = (fmt, opts.payload_schema)
+  if key not in _REVISIONS:
+    from apache_beam.io.filesystems import FileSystems
+    checks.check_gcs_credentials('--payload_schema', opts.payload_schema)
+    FileSystems.set_options(options)
+
+    def read(path):
+      with FileSystems.open(path) as f:
+        return f.read()
+    try:
+      _REVISIONS[key] = payload_schemas.load(opts.payload_schema, fmt, read)
+    except (OSError, IOError) as e:
+      raise UsageError('--payload_schema: cannot read %r: %s' % (
+          opts.payload_schema, str(e).splitlines()[0]))
+    except ValueError as e:
+      raise UsageError('--payload_schema: %s' % str(e).splitlines()[0])
+  return _REVISIONS[key]
+
+
+def load_payloads(opts, options):
+  """The payload decoder the flags ask for."""
+  revisions = load_revisions(opts, options)
+  if revisions is None:
+    return payloads.JsonPayloads()
+  return payloads.SchemaPayloads(opts.payload_format, revisions,
+                                 opts.payload_encoding)
+
+
+def _with_metadata(fields, opts):
+  """The schema's fields with --write_metadata's columns."""
+  if not getattr(opts, 'write_metadata', False):
+    return fields
+  if isinstance(fields, dict):
+    fields = fields.get('fields') or []
+  taken = {json_rows.fold(str(f.get('name', ''))).replace('_', '')
+           for f in fields if isinstance(f, dict)}
+  for name, _, _ in json_messages.METADATA_FIELDS:
+    if name.replace('_', '') in taken:
+      raise UsageError('--write_metadata: the schema has a field named %s '
+                       '(or its camelCase), which the metadata columns take '
+                       'as a BigQuery subscription does' % name)
+  return list(fields) + [
+      {'name': name, 'type': kind, 'mode': 'NULLABLE', 'description': text}
+      for name, kind, text in json_messages.METADATA_FIELDS]
+
+
 def load_schema(opts, options):
-  """The --schema file -> TableSchema; one-line UsageError when it is wrong."""
+  """The --schema file -> TableSchema; one-line UsageError when it is wrong.
+  Without --schema, avro and protobuf payloads' table is derived from
+  --payload_schema."""
   from apache_beam.io.filesystems import FileSystems
+  revisions = load_revisions(opts, options)
+  if not opts.schema and revisions is not None:
+    if getattr(opts, 'write_metadata', False) and not opts.message_id_column:
+      raise UsageError('--write_metadata needs the message_id column')
+    name = opts.table or os.path.splitext(os.path.basename(
+        opts.payload_schema.rstrip('/')))[0]
+    try:
+      return schemas.table_from_bigquery_schema(
+          _with_metadata(payload_schemas.merged_fields(revisions), opts),
+          name, message_id_column=opts.message_id_column)
+    except ValueError as e:
+      raise UsageError('--payload_schema: %s' % e)
   if not opts.schema:
     raise UsageError('--schema is required (a BigQuery JSON schema file)')
+  if getattr(opts, 'write_metadata', False) and not opts.message_id_column:
+    raise UsageError('--write_metadata needs the message_id column')
   checks.check_gcs_credentials('--schema', opts.schema)
   FileSystems.set_options(options)
   try:
@@ -207,6 +310,7 @@ def load_schema(opts, options):
   name = opts.table or os.path.splitext(os.path.basename(opts.schema))[0]
   try:
     return schemas.table_from_bigquery_schema(
-        fields, name, message_id_column=opts.message_id_column)
+        _with_metadata(fields, opts), name,
+        message_id_column=opts.message_id_column)
   except ValueError as e:
     raise UsageError('--schema: %s' % e)

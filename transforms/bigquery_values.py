@@ -44,6 +44,18 @@ REASONS = ('missing_field', 'bad_value', 'out_of_range', 'unknown_field',
            'duplicate_field')
 
 
+class Symbol(str):
+  """An enum value of an Avro or Protocol Buffer payload: its name, which a
+  STRING column stores, and its ``number``, which an INTEGER column stores
+  (as a BigQuery subscription maps enums: INTEGER)."""
+  __slots__ = ('number',)
+
+  def __new__(cls, name, number):
+    self = super().__new__(cls, name)
+    self.number = number
+    return self
+
+
 class Refused(Exception):
   """A value that cannot be stored: ``reason`` is a stable code, ``path`` the
   field (``items[2].price``)."""
@@ -119,6 +131,8 @@ def _integer(value, path):
     if exact != exact.to_integral_value():
       raise _bad(path, value, 'an INTEGER')
     number = int(exact)
+  elif kind is Symbol:
+    number = value.number
   elif kind is str and _INTEGER_TEXT.fullmatch(value):
     if len(value.strip().lstrip('+-').lstrip('0')) > 19:
       raise _out_of_range(path, value, 'INT64')
@@ -208,8 +222,8 @@ def _string(value, path):
   kind = type(value)
   if kind is str:
     return value
-  if kind is Number:
-    return str(value)  # the number exactly as the message wrote it
+  if kind is Number or kind is Symbol:
+    return str(value)  # the number exactly as the message wrote it; a name
   if kind is bool:
     return 'true' if value else 'false'
   if kind is int:

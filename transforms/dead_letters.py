@@ -65,7 +65,7 @@ def json_kind(value):
           float: 'a number'}.get(type(value), type(value).__name__)
 
 
-def _check_given_up(message):
+def check_given_up(message):
   """A reader may deliver a message with ``given_up = (reason, error)``
   beside it (not in it): it gave up on it (delivered more than
   --max_delivery_attempts times without being stored, or a
@@ -81,7 +81,7 @@ def decode_object(message, max_bytes=MAX_MESSAGE_BYTES):
   (too_large, not_utf8, not_json, not_object, or why a reader gave it up).
   Numbers keep their text (``exact_json``); ``strings_checked`` is False
   when a string may hold a lone surrogate. Any message pipeline's first step."""
-  _check_given_up(message)
+  check_given_up(message)
   data = message.data or b''
   if len(data) > max_bytes:
     raise Invalid('too_large', 'payload is %d bytes, over the limit of %d'

@@ -19,11 +19,26 @@ from apache_beam.io.gcp.pubsub import PubsubMessage
 from transforms import blocks as blocks_lib
 from transforms import dead_letters
 from transforms import event_time
+from transforms import exact_json
 from transforms import json_rows
+from transforms import payloads as payloads_lib
 from transforms import udf
 
 DEAD_LETTERS = dead_letters.DEAD_LETTERS
-REASONS = dead_letters.reasons(*json_rows.REASONS, 'udf_error', 'udf_timeout')
+REASONS = dead_letters.reasons(*json_rows.REASONS, 'udf_error', 'udf_timeout',
+                               *payloads_lib.REASONS)
+# What --write_metadata adds, named and typed as a BigQuery subscription
+# writes them (https://cloud.google.com/pubsub/docs/create-bigquery-subscription):
+# message_id is the pipeline's own key column already.
+METADATA_FIELDS = (
+    ('subscription_name', 'STRING', 'The subscription the message was read '
+     'from (null for a file replay).'),
+    ('publish_time', 'TIMESTAMP', 'When Pub/Sub accepted the message (null '
+     'for a JSON-lines replay).'),
+    ('attributes', 'JSON', 'The message\'s attributes as a JSON object, with '
+     'its ordering_key when it has one.'),
+)
+METADATA_COLUMNS = frozenset(n for n, _, _ in METADATA_FIELDS)
 
 
 class ParseJsonMessageFn(dead_letters.ParseMessageFn):
@@ -31,15 +46,21 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
   def __init__(self, schema, unknown_fields='ignore', event_time_field=None,
                max_message_bytes=dead_letters.MAX_MESSAGE_BYTES,
                namespace='pubsub_to_bigquery', udf=None,
-               udf_timeout_seconds=None):
+               udf_timeout_seconds=None, payloads=None, metadata=None):
     super().__init__(namespace, REASONS)
+    # How payloads decode (JSON by default); ``metadata``: the subscription
+    # name, to write the metadata columns (--write_metadata), else None.
+    self._payloads = payloads or payloads_lib.JsonPayloads()
+    self._metadata = metadata
     self._udf = udf
     self._udf_timeout = udf_timeout_seconds  # None: the default
     self._schema = schema
     self._unknown = unknown_fields
     self._event_time_field = event_time_field
     self._max_bytes = max_message_bytes
-    self._data_fields = tuple(f for f in schema.fields if f.name != 'message_id')
+    skip = {'message_id'} | (set(METADATA_COLUMNS) if metadata is not None
+                             else set())
+    self._data_fields = tuple(f for f in schema.fields if f.name not in skip)
     self._with_id = 'message_id' in schema.column_names
 
   def setup(self):
@@ -71,8 +92,10 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
     """The row or the dead letter of one message (no UDF: exactly one)."""
     self._seen += 1
     try:
-      payload, checked = dead_letters.decode_object(message, self._max_bytes)
+      payload, checked = self._payloads.decode(message, self._max_bytes)
       row = self._row(payload, checked)
+      if self._metadata is not None:
+        self._add_metadata(row, message)
     except Exception as e:  # pylint: disable=broad-except
       return self._dead_for(message, e)
     if self._with_id:
@@ -89,6 +112,17 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
       if unencodable is not None:
         raise json_rows.surrogate_refusal(unencodable)
     return row
+
+  def _add_metadata(self, row, message):
+    """The metadata columns of --write_metadata (Refused when the attributes
+    are not Unicode text, as only a hostile replay file's can be)."""
+    attributes = dict(message.attributes or {})
+    ordering_key = getattr(message, 'ordering_key', None)
+    if ordering_key:
+      attributes['ordering_key'] = ordering_key
+    row['subscription_name'] = self._metadata or None
+    row['publish_time'] = dead_letters.publish_time(message)
+    row['attributes'] = _JSON(attributes, 'attributes')
 
   def _dead_for(self, message, error):
     """The dead letter for what reading ``message`` raised (called in the
@@ -132,6 +166,13 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
           len(data) > self._max_bytes):
         sent.append((message, self._undecodable(message)))
         continue
+      if self._payloads.format != 'json':
+        try:  # the UDF takes the decoded message as JSON
+          obj, _ = self._payloads.decode(message, self._max_bytes)
+          data = exact_json.dumps(obj).encode('utf-8')
+        except Exception as e:  # pylint: disable=broad-except
+          sent.append((message, self._dead_for(message, e)))
+          continue
       sent.append((message, None))
       datas.append(data)  # the worker parses it: bytes cross the pipe
     outcomes = self._udf_calls.outcomes(datas) if datas else iter(())
@@ -153,7 +194,7 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
     """The dead letter of a message the UDF cannot get (too large, not a
     JSON object, given up by its reader): what decode_object says."""
     try:
-      dead_letters.decode_object(message, self._max_bytes)
+      self._payloads.decode(message, self._max_bytes)
       raise AssertionError('the UDF\'s worker could not decode a message '
                            'that decodes')
     except Exception as e:  # pylint: disable=broad-except
@@ -165,6 +206,9 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
       return []
     try:
       rows = [self._row(obj, checked) for obj in objects]
+      if self._metadata is not None:
+        for row in rows:
+          self._add_metadata(row, message)
     except Exception as e:  # pylint: disable=broad-except
       return [self._dead_for(message, e)]
     out = []
@@ -176,6 +220,9 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
       self._rows += 1
       out.append(self._stamped(row, message, timestamp))
     return out
+
+
+_JSON = json_rows.bigquery_values.value_reader('JSON')
 
 
 class _ParseJsonBlocksFn(blocks_lib.ParseBlocksFn):
@@ -195,10 +242,12 @@ class ParseJsonMessages(dead_letters.ParseMessages):
   ``blocks``: MessageBlocks in, RowBlocks out (a bounded replay)."""
   def __init__(self, schema, unknown_fields='ignore', event_time_field=None,
                max_message_bytes=dead_letters.MAX_MESSAGE_BYTES, udf=None,
-               blocks=False, udf_timeout_seconds=None):
+               blocks=False, udf_timeout_seconds=None, payloads=None,
+               metadata=None):
     super().__init__(ParseJsonMessageFn(
         schema, unknown_fields, event_time_field, max_message_bytes,
-        udf=udf, udf_timeout_seconds=udf_timeout_seconds), blocks=blocks)
+        udf=udf, udf_timeout_seconds=udf_timeout_seconds, payloads=payloads,
+        metadata=metadata), blocks=blocks)
 
   def expand(self, messages):
     if not self._blocks:

@@ -1,0 +1,343 @@
+"""Avro and Protocol Buffer schemas -> payload decoders (``payloads``) and
+the BigQuery table they map to, as a BigQuery subscription with "use topic
+schema" maps them (https://cloud.google.com/pubsub/docs/bigquery, "Schema
+compatibility"; docs/payloads.md has the table and where we differ).
+
+``--payload_schema`` is one file (``.avsc``; ``.proto`` with one top-level
+message, as Pub/Sub requires; or a compiled descriptor set ``.pb``/``.desc``)
+or a folder of them named by revision id (``1a2b3c4d.avsc``), one per
+revision a message may carry in ``googclient_schemarevisionid``.
+"""
+
+import json
+import os
+import tempfile
+
+from transforms import payloads
+
+AVRO_SUFFIXES = ('.avsc',)
+PROTOBUF_SUFFIXES = ('.proto', '.pb', '.desc')
+
+
+class SchemaError(ValueError):
+  """A payload schema that cannot be read or mapped onto a table."""
+
+
+_PRIMITIVE_NAMES = {'null', 'boolean', 'int', 'long', 'float', 'double',
+                    'bytes', 'string'}
+
+
+def _mode(nullable):
+  return 'NULLABLE' if nullable else 'REQUIRED'
+
+
+# ------------------------------------------------------------------- Avro
+
+def avro_fields(schema):
+  """An Avro record schema -> BigQuery fields (dicts)."""
+  if not isinstance(schema, dict) or schema.get('type') != 'record':
+    raise SchemaError('a Pub/Sub Avro schema is one record; this is %s'
+                      % json.dumps(schema)[:80])
+  named = {}
+  return _avro_record_fields(schema, named, '', '', ())
+
+
+def _avro_record_fields(schema, named, namespace, path, seen):
+  name = schema['name']
+  if name in seen:
+    raise SchemaError('%s: a recursive type (%s) has no BigQuery type' % (
+        path, name))
+  named[name] = schema
+  namespace = schema.get('namespace', namespace)
+  if namespace:
+    named['%s.%s' % (namespace, name)] = schema
+  return [_avro_field(f['name'], f['type'], named, namespace,
+                      '%s.%s' % (path, f['name']) if path else f['name'],
+                      seen=seen + (name,))
+          for f in schema['fields']]
+
+
+def _avro_field(name, schema, named, namespace, path, nullable=False,
+                seen=()):
+  if isinstance(schema, list):
+    others = [b for b in schema if b != 'null']
+    if len(others) != 1:
+      raise SchemaError('%s: a union of %s has no BigQuery type (only a '
+                        'union of null and one type maps, to NULLABLE)' % (
+                            path, json.dumps(schema)[:80]))
+    return _avro_field(name, others[0], named, namespace, path,
+                       nullable=len(others) < len(schema), seen=seen)
+  if isinstance(schema, str) and schema not in _PRIMITIVE_NAMES:
+    full = schema if schema in named else '%s.%s' % (namespace, schema)
+    if full not in named:
+      raise SchemaError('%s: Avro type %r is unknown' % (path, schema))
+    schema = named[full]
+  kind = schema if isinstance(schema, str) else schema['type']
+  if isinstance(kind, (dict, list)):
+    return _avro_field(name, kind, named, namespace, path, nullable, seen)
+  mode = _mode(nullable)
+  logical = schema.get('logicalType') if isinstance(schema, dict) else None
+  if isinstance(schema, dict) and schema.get('name') and kind in (
+      'record', 'enum', 'fixed'):
+    named[schema['name']] = schema
+  if logical == 'decimal' and kind in ('bytes', 'fixed'):
+    precision = int(schema['precision'])
+    scale = int(schema.get('scale', 0))
+    if precision - scale <= 29 and scale <= 9:
+      bq = 'NUMERIC'
+    elif precision - scale <= 38 and scale <= 38:
+      bq = 'BIGNUMERIC'
+    else:
+      raise SchemaError('%s: decimal(%d, %d) does not fit NUMERIC or '
+                        'BIGNUMERIC' % (path, precision, scale))
+    return {'name': name, 'type': bq, 'mode': mode}
+  if kind in ('int', 'long'):
+    bq = {'timestamp-millis': 'TIMESTAMP', 'timestamp-micros': 'TIMESTAMP',
+          'date': 'DATE', 'time-millis': 'TIME',
+          'time-micros': 'TIME'}.get(logical, 'INTEGER')
+    return {'name': name, 'type': bq, 'mode': mode}
+  simple = {'boolean': 'BOOLEAN', 'float': 'FLOAT', 'double': 'FLOAT',
+            'bytes': 'BYTES', 'string': 'STRING', 'fixed': 'BYTES',
+            'enum': 'STRING'}
+  if kind in simple:
+    return {'name': name, 'type': simple[kind], 'mode': mode}
+  if kind == 'record':
+    return {'name': name, 'type': 'RECORD', 'mode': mode,
+            'fields': _avro_record_fields(schema, named, namespace, path,
+                                          seen)}
+  if kind == 'array':
+    item = _avro_field(name, schema['items'], named, namespace, path,
+                       seen=seen)
+    if item['mode'] == 'REPEATED':
+      raise SchemaError('%s: an array of arrays has no BigQuery type' % path)
+    return dict(item, mode='REPEATED')
+  if kind == 'map':
+    value = _avro_field('value', schema['values'], named, namespace,
+                        path + '.value', seen=seen)
+    if value['mode'] == 'REQUIRED':
+      value['mode'] = 'NULLABLE'
+    return {'name': name, 'type': 'RECORD', 'mode': 'REPEATED', 'fields': [
+        {'name': 'key', 'type': 'STRING', 'mode': 'NULLABLE'}, value]}
+  if kind == 'null':
+    raise SchemaError('%s: a null-only field has no BigQuery type' % path)
+  raise SchemaError('%s: Avro type %r is unknown' % (path, kind))
+
+
+def read_avro(text, where):
+  try:
+    schema = json.loads(text)
+    import fastavro
+    fastavro.parse_schema(schema)
+  except Exception as e:  # pylint: disable=broad-except
+    raise SchemaError('%s is not an Avro schema: %s' % (
+        where, str(e).splitlines()[0] if str(e) else type(e).__name__))
+  avro_fields(schema)  # refuses what no table holds, now
+  return payloads.AvroRevision(schema)
+
+
+# -------------------------------------------------------- Protocol Buffers
+
+_WELL_KNOWN = {
+    'google.protobuf.Timestamp': 'TIMESTAMP',
+    'google.protobuf.Duration': 'NUMERIC',  # seconds, exact to the nano
+    'google.protobuf.Struct': 'JSON', 'google.protobuf.Value': 'JSON',
+    'google.protobuf.ListValue': 'JSON',
+}
+_WRAPPED = {'DoubleValue': 'FLOAT', 'FloatValue': 'FLOAT',
+            'Int64Value': 'INTEGER', 'UInt64Value': 'NUMERIC',
+            'Int32Value': 'INTEGER', 'UInt32Value': 'INTEGER',
+            'BoolValue': 'BOOLEAN', 'StringValue': 'STRING',
+            'BytesValue': 'BYTES'}
+
+
+def protobuf_fields(descriptor):
+  """A message descriptor -> BigQuery fields (dicts)."""
+  return [_protobuf_field(f, f.name, (descriptor.full_name,))
+          for f in descriptor.fields]
+
+
+def _protobuf_type(field, path, seen):
+  from google.protobuf.descriptor import FieldDescriptor as F
+  if field.type in (F.TYPE_MESSAGE, F.TYPE_GROUP):
+    full = field.message_type.full_name
+    if full in _WELL_KNOWN:
+      return _WELL_KNOWN[full], None
+    if full.startswith('google.protobuf.') and full.split('.')[-1] in _WRAPPED:
+      return _WRAPPED[full.split('.')[-1]], None
+    if full in seen:
+      raise SchemaError('%s: a recursive message has no BigQuery type' % path)
+    return 'RECORD', [_protobuf_field(f, '%s.%s' % (path, f.name),
+                                      seen + (full,))
+                      for f in field.message_type.fields]
+  if field.type in (F.TYPE_UINT64, F.TYPE_FIXED64):
+    return 'NUMERIC', None  # past INT64: the page maps them to NUMERIC only
+  return {
+      F.TYPE_DOUBLE: 'FLOAT', F.TYPE_FLOAT: 'FLOAT', F.TYPE_BOOL: 'BOOLEAN',
+      F.TYPE_STRING: 'STRING', F.TYPE_BYTES: 'BYTES', F.TYPE_ENUM: 'STRING',
+  }.get(field.type, 'INTEGER'), None
+
+
+def _protobuf_field(field, path, seen):
+  name = field.name
+  if payloads._is_map(field):  # pylint: disable=protected-access
+    entry = field.message_type
+    key_type, _ = _protobuf_type(entry.fields_by_name['key'], path, seen)
+    value_type, value_fields = _protobuf_type(
+        entry.fields_by_name['value'], path + '.value', seen)
+    value = {'name': 'value', 'type': value_type, 'mode': 'NULLABLE'}
+    if value_fields is not None:
+      value['fields'] = value_fields
+    return {'name': name, 'type': 'RECORD', 'mode': 'REPEATED', 'fields': [
+        {'name': 'key', 'type': key_type, 'mode': 'NULLABLE'}, value]}
+  kind, fields = _protobuf_type(field, path, seen)
+  if payloads._is_repeated(field):  # pylint: disable=protected-access
+    mode = 'REPEATED'
+  elif getattr(field, 'is_required', False):
+    mode = 'REQUIRED'
+  else:
+    mode = 'NULLABLE'
+  out = {'name': name, 'type': kind, 'mode': mode}
+  if fields is not None:
+    out['fields'] = fields
+  return out
+
+
+def compile_proto(path):
+  """A .proto file -> (FileDescriptorSet bytes, its one top-level message's
+  full name), with the protoc that grpcio-tools ships (imports of Google's
+  well-known types resolve from its bundled include folder)."""
+  try:
+    from grpc_tools import protoc
+  except ImportError:
+    raise SchemaError('%s: compiling a .proto needs grpcio-tools (pip '
+                      'install -r requirements.txt), or give a descriptor '
+                      'set (protoc --include_imports --descriptor_set_out)'
+                      % path)
+  import importlib.resources
+  include = str(importlib.resources.files('grpc_tools') / '_proto')
+  folder = os.path.dirname(os.path.abspath(path))
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, 'set.pb')
+    import contextlib
+    import io
+    errors = io.StringIO()
+    with contextlib.redirect_stderr(errors):
+      code = protoc.main(['protoc', '-I', folder, '-I', include,
+                          '--include_imports', '--descriptor_set_out=' + out,
+                          os.path.basename(path)])
+    if code != 0 or not os.path.exists(out):
+      raise SchemaError('%s does not compile: %s' % (
+          path, (errors.getvalue().strip() or 'protoc failed').splitlines()[0]))
+    with open(out, 'rb') as f:
+      data = f.read()
+  return data, _top_message(data, os.path.basename(path), path)
+
+
+def _top_message(data, file_name, where):
+  from google.protobuf import descriptor_pb2
+  files = descriptor_pb2.FileDescriptorSet.FromString(data)
+  mains = [f for f in files.file if f.name == file_name] or files.file[-1:]
+  if not mains or len(mains[-1].message_type) != 1:
+    raise SchemaError('%s: a Pub/Sub Protocol Buffer schema has exactly one '
+                      'top-level message; this has %d' % (
+                          where, len(mains[-1].message_type) if mains else 0))
+  main = mains[-1]
+  return '.'.join(p for p in (main.package, main.message_type[0].name) if p)
+
+
+def read_protobuf(path, data):
+  """A .proto file's path, or a descriptor set's bytes -> ProtobufRevision."""
+  if path.endswith('.proto'):
+    if data is not None:  # not a local file (gs://): compile a local copy
+      with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, os.path.basename(path))
+        with open(local, 'wb') as f:
+          f.write(data)
+        descriptor_set, name = compile_proto(local)
+    else:
+      descriptor_set, name = compile_proto(path)
+  else:
+    try:
+      name = _top_message(data, None, path)
+    except SchemaError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise SchemaError('%s is not a descriptor set: %s' % (path, e))
+    descriptor_set = data
+  try:
+    revision = payloads.ProtobufRevision(descriptor_set, name)
+  except Exception as e:  # pylint: disable=broad-except
+    raise SchemaError('%s: %s' % (path, str(e).splitlines()[0]))
+  protobuf_fields(revision.descriptor)  # refuses what no table holds, now
+  return revision
+
+
+# ------------------------------------------------------------------ files
+
+def fields_of(revision):
+  if isinstance(revision, payloads.AvroRevision):
+    return avro_fields(revision.schema)
+  return protobuf_fields(revision.descriptor)
+
+
+def merged_fields(revisions):
+  """One table for every revision: each field any revision has (in the
+  order first seen), NULLABLE unless REQUIRED in all; types must agree."""
+  merged = None
+  for rid in sorted(revisions, key=lambda r: (r is None, r or '')):
+    fields = fields_of(revisions[rid])
+    merged = fields if merged is None else _merge(merged, fields, rid)
+  return merged
+
+
+def _merge(left, right, rid, path=''):
+  by_name = {f['name']: f for f in right}
+  out = []
+  for f in left:
+    g = by_name.pop(f['name'], None)
+    where = '%s.%s' % (path, f['name']) if path else f['name']
+    if g is None:
+      out.append(dict(f, mode='NULLABLE') if f['mode'] == 'REQUIRED' else f)
+      continue
+    if f['type'] != g['type'] or (f['mode'] == 'REPEATED') != (
+        g['mode'] == 'REPEATED'):
+      raise SchemaError('revision %s: field %s is %s %s, another revision '
+                        'has %s %s: one table cannot hold both' % (
+                            rid, where, g['mode'], g['type'], f['mode'],
+                            f['type']))
+    merged = dict(f)
+    if f['mode'] != g['mode']:
+      merged['mode'] = 'NULLABLE'
+    if 'fields' in f:
+      merged['fields'] = _merge(f['fields'], g['fields'], rid, where)
+    out.append(merged)
+  out += [dict(g, mode='NULLABLE') if g['mode'] == 'REQUIRED' else g
+          for g in by_name.values()]
+  return out
+
+
+def load(path, format_name, read):
+  """--payload_schema -> {revision id or None: revision}. ``read(path)``
+  gives a file's bytes (local or gs://); a local folder holds revisions."""
+  suffixes = AVRO_SUFFIXES if format_name == 'avro' else PROTOBUF_SUFFIXES
+  if os.path.isdir(path):
+    names = sorted(n for n in os.listdir(path) if n.endswith(suffixes))
+    if not names:
+      raise SchemaError('%s holds no %s file (one per revision, named by its '
+                        'revision id)' % (path, ' or '.join(suffixes)))
+    files = {os.path.splitext(n)[0]: os.path.join(path, n) for n in names}
+  else:
+    if not path.endswith(suffixes):
+      raise SchemaError('%s: a %s schema is a %s file, or a folder of them' % (
+          path, format_name, ' or '.join(suffixes)))
+    files = {None: path}
+  revisions = {}
+  for rid, file_path in files.items():
+    if format_name == 'avro':
+      revisions[rid] = read_avro(read(file_path).decode('utf-8'), file_path)
+    elif file_path.endswith('.proto') and os.path.exists(file_path):
+      revisions[rid] = read_protobuf(file_path, None)
+    else:
+      revisions[rid] = read_protobuf(file_path, read(file_path))
+  merged_fields(revisions)  # one table holds them all, or say why now
+  return revisions
