@@ -109,6 +109,22 @@ def window_seconds(options, pipeline):
   return view.window_seconds
 
 
+class MessageKeyOptions(PipelineOptions):
+  """What keys a message in the pipelines that store rows (the archive
+  keeps messages as published)."""
+  TITLE = 'message key'
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument(
+        '--id_attribute', default=None,
+        help='An attribute holding the event\'s own id (a publisher that '
+        'retries publishes one event under new message ids): rows, dead '
+        'letters and counts are keyed by it, so a repeat is a no-op, live '
+        'and in replays; on Dataflow it is also ReadFromPubSub\'s id_label. '
+        'A message without it keeps its message id (said once in the log).')
+
+
 class MessageSourceOptions(PipelineOptions):
   """Flags every message pipeline takes: sources, the local warehouse, dead
   letters and local runs (one class, so that pipelines imported together,

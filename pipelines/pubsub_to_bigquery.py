@@ -102,6 +102,7 @@ class PubsubToBigQueryOptions(PipelineOptions):
 
 
 OPTIONS = [PubsubToBigQueryOptions, pipeline_options.MessageSourceOptions,
+           pipeline_options.MessageKeyOptions,
            pipeline_options.BigQueryOutputOptions,
            pipeline_options.TableLayoutOptions]
 

@@ -70,6 +70,7 @@ class SigninOptions(PipelineOptions):
 
 OPTIONS = [SigninOptions, pipeline_options.WindowOptions,
            pipeline_options.MessageSourceOptions,
+           pipeline_options.MessageKeyOptions,
            pipeline_options.BigQueryOutputOptions,
            pipeline_options.TableLayoutOptions]
 

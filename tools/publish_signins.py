@@ -2,6 +2,12 @@
 
     python -m tools.publish_signins [--count N] [--bad-fraction F] [--topic T]
         [--project P] [--rate R] [--date ISO] [--subscription S]
+        [--format json|avro|protobuf] [--encoding binary|json]
+
+--format avro or protobuf encodes each sign-in under data/signin.avsc or
+data/signin.proto, with the attributes Pub/Sub sets on a message of a topic
+with a schema (googclient_schemaname, googclient_schemaencoding,
+googclient_schemarevisionid); bad messages are then bytes that do not decode.
 
 Talks to the emulator when PUBSUB_EMULATOR_HOST is set, else to real Pub/Sub
 with your default credentials. Creates the topic (and --subscription) when
@@ -67,6 +73,68 @@ def messages(count, bad_fraction, date, max_message_bytes, seed=7, users=50):
       yield json.dumps(good_payload(rng, when, users)).encode(), None
 
 
+SCHEMA_FILES = {'avro': 'signin.avsc', 'protobuf': 'signin.proto'}
+DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))), 'data')
+
+
+class SchemaEncoder(object):
+  """Sign-ins -> payloads under the shipped topic schema, and the schema
+  attributes Pub/Sub would set on them."""
+  def __init__(self, fmt, encoding, project, revision='signin01'):
+    from transforms import payload_schemas
+    self.format, self.encoding = fmt, encoding.upper()
+    path = os.path.join(DATA, SCHEMA_FILES[fmt])
+    self.attributes = {
+        'googclient_schemaname': 'projects/%s/schemas/signin' % project,
+        'googclient_schemaencoding': self.encoding,
+        'googclient_schemarevisionid': revision}
+    if fmt == 'avro':
+      import fastavro
+      with open(path) as f:
+        self._avro = fastavro.parse_schema(json.load(f))
+    else:
+      self._class = payload_schemas.read_protobuf(path, None)._class  # pylint: disable=protected-access
+
+  def encode(self, signin):
+    """{'userid', 'date' (ISO text)} -> payload bytes."""
+    import io
+    from dateutil import parser as date_parser
+    when = date_parser.isoparse(signin['date'])
+    if when.tzinfo is None:
+      when = when.replace(tzinfo=datetime.timezone.utc)
+    if self.format == 'avro':
+      import fastavro
+      record = {'userid': signin['userid'], 'date': when, 'device': 'WEB'}
+      if self.encoding == 'BINARY':
+        out = io.BytesIO()
+        fastavro.schemaless_writer(out, self._avro, record)
+        return out.getvalue()
+      out = io.StringIO()
+      fastavro.json_writer(out, self._avro, [record])
+      return out.getvalue().strip().encode('utf-8')
+    message = self._class(userid=signin['userid'], device=1)
+    message.date.FromDatetime(when)
+    if self.encoding == 'BINARY':
+      return message.SerializeToString()
+    from google.protobuf import json_format
+    return json_format.MessageToJson(message).encode('utf-8')
+
+
+def schema_messages(encoder, count, bad_fraction, date, users=50):
+  """(payload, expected reason or None) under ``encoder``'s schema; a bad
+  message is a valid one cut short (not_avro or not_protobuf)."""
+  for data, kind in messages(count, bad_fraction, date, 1 << 20, users=users):
+    signin = json.loads(data) if kind is None else None
+    if signin is None:
+      good = encoder.encode(good_payload(random.Random(len(data)), date if (
+          isinstance(date, str)) else datetime.datetime.now(
+              datetime.timezone.utc).isoformat()))
+      yield good[:max(1, len(good) // 2)] + b'\x80', 'not_' + encoder.format
+    else:
+      yield encoder.encode(signin), None
+
+
 def ensure_topic(publisher, topic_path, subscription_path=None):
   from google.api_core import exceptions
   try:
@@ -84,8 +152,11 @@ def ensure_topic(publisher, topic_path, subscription_path=None):
 
 
 def publish(project, topic, count, bad_fraction=0.1, rate=None, date=None,
-            subscription=None, max_message_bytes=1 << 20, users=50):
+            subscription=None, max_message_bytes=1 << 20, users=50,
+            fmt='json', encoding='binary', revision='signin01'):
   """Publishes and returns (number published, message ids, reasons by kind)."""
+  encoder = None if fmt == 'json' else SchemaEncoder(fmt, encoding, project,
+                                                     revision)
   from google.cloud import pubsub_v1
   publisher = pubsub_v1.PublisherClient(
       batch_settings=pubsub_v1.types.BatchSettings(
@@ -95,9 +166,13 @@ def publish(project, topic, count, bad_fraction=0.1, rate=None, date=None,
                pubsub_v1.SubscriberClient.subscription_path(project, subscription))
   futures, ids, kinds = collections.deque(), [], {}
   started = time.monotonic()
-  for i, (data, kind) in enumerate(messages(count, bad_fraction, date,
-                                            max_message_bytes, users=users)):
-    futures.append(publisher.publish(topic_path, data, sample_index=str(i)))
+  generated = messages(count, bad_fraction, date, max_message_bytes,
+                       users=users) if encoder is None else schema_messages(
+                           encoder, count, bad_fraction, date, users)
+  attributes = encoder.attributes if encoder is not None else {}
+  for i, (data, kind) in enumerate(generated):
+    futures.append(publisher.publish(topic_path, data, sample_index=str(i),
+                                     **attributes))
     # A long run keeps ids, not a million futures holding their messages.
     while len(futures) > MAX_PENDING or (futures and futures[0].done()):
       ids.append(futures.popleft().result(timeout=60))
@@ -130,6 +205,15 @@ def main(argv=None):
                       help='how many distinct user ids the valid sign-ins use')
   parser.add_argument('--max-message-bytes', type=int, default=1 << 20,
                       help='the pipeline\'s limit; too_large messages exceed it')
+  parser.add_argument('--format', default='json',
+                      choices=['json', 'avro', 'protobuf'],
+                      help='payloads as JSON, or under data/signin.avsc or '
+                      'data/signin.proto with the schema attributes')
+  parser.add_argument('--encoding', default='binary',
+                      choices=['binary', 'json'],
+                      help='Pub/Sub\'s encoding of avro and protobuf payloads')
+  parser.add_argument('--schema-revision', default='signin01',
+                      help='the googclient_schemarevisionid to set')
   args = parser.parse_args(argv)
   if not 0 <= args.bad_fraction <= 1:
     parser.error('--bad-fraction must be between 0 and 1')
@@ -143,7 +227,8 @@ def main(argv=None):
     n, ids, kinds = publish(args.project, args.topic, args.count,
                             args.bad_fraction, args.rate, args.date,
                             args.subscription, args.max_message_bytes,
-                            args.users)
+                            args.users, args.format, args.encoding,
+                            args.schema_revision)
   except (exceptions.GoogleAPIError, ValueError) as e:
     print('publish: error: %s' % str(e).splitlines()[0], file=sys.stderr)
     return 1
