@@ -121,7 +121,7 @@ usage: ./run.sh COMMAND
                              dataset makes a BigQuery dataset on the emulator
   publish [ARGS]             publish sample sign-ins (see ./run.sh publish --help);
                              to the running emulator, else to real Pub/Sub
-  bench [wordcount|streaming|live|parse|pull|replay|archive] [ARGS]
+  bench [wordcount|streaming|live|parse|payload|pull|replay|archive] [ARGS]
                              the benchmarks (see benchmarks/README.md)
 USAGE
 }
@@ -159,8 +159,8 @@ case "$cmd" in
     which=${1:-wordcount}
     [ $# -gt 0 ] && shift
     case "$which" in
-      wordcount|streaming|live|parse|pull|replay|archive) exec "$PY" "benchmarks/${which}_bench.py" "$@" ;;
-      *) echo "usage: ./run.sh bench [wordcount|streaming|live|parse|pull|replay|archive] [ARGS]" >&2; exit 2 ;;
+      wordcount|streaming|live|parse|payload|pull|replay|archive) exec "$PY" "benchmarks/${which}_bench.py" "$@" ;;
+      *) echo "usage: ./run.sh bench [wordcount|streaming|live|parse|payload|pull|replay|archive] [ARGS]" >&2; exit 2 ;;
     esac
     ;;
   help|-h|--help) usage ;;

@@ -113,7 +113,11 @@ def _timestamp(value, path):
 
 def _fast_timestamp(value, path):
   """The common RFC 3339 shapes through the standard library, else the
-  general reader (the same value either way; a test holds them equal)."""
+  general reader (the same value either way; a test holds them equal). An
+  aware UTC datetime (an Avro or Protocol Buffer timestamp, decoded) is
+  the value already."""
+  if type(value) is datetime.datetime and value.tzinfo is UTC:  # pylint: disable=unidiomatic-typecheck
+    return value
   if type(value) is str and _COMMON_TIMESTAMP.fullmatch(value):  # pylint: disable=unidiomatic-typecheck
     try:
       parsed = datetime.datetime.fromisoformat(value)
@@ -139,6 +143,8 @@ def _datetime(value, path):
 
 
 def _date_value(value, path):
+  if type(value) is datetime.date:  # pylint: disable=unidiomatic-typecheck
+    return value  # a decoded Avro date
   if type(value) is str:  # pylint: disable=unidiomatic-typecheck
     if _COMMON_DATE.fullmatch(value):
       try:
@@ -152,6 +158,8 @@ def _date_value(value, path):
 
 
 def _time_value(value, path):
+  if type(value) is datetime.time and value.tzinfo is None:  # pylint: disable=unidiomatic-typecheck
+    return value  # a decoded Avro time
   match = type(value) is str and _TIME_TEXT.fullmatch(value.strip())  # pylint: disable=unidiomatic-typecheck
   if not match:
     raise _bad(path, value, 'a TIME')

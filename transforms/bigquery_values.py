@@ -185,7 +185,9 @@ def _decimal(value, path, kind_name):
         and value[point + 1:].isdigit()):
       return decimal.Decimal(value)
   try:
-    if kind is Number or kind is int:
+    if kind is decimal.Decimal:  # a decoded Avro decimal or Duration
+      number = value
+    elif kind is Number or kind is int:
       number = decimal.Decimal(value)
     elif kind is str and value.isascii() and '_' not in value:
       number = decimal.Decimal(value)  # surrounding blanks allowed, as BigQuery
@@ -236,6 +238,8 @@ def _string(value, path):
 
 
 def _bytes(value, path):
+  if type(value) is bytes:  # pylint: disable=unidiomatic-typecheck
+    return value  # decoded Avro or Protocol Buffer bytes
   if type(value) is str:  # pylint: disable=unidiomatic-typecheck
     try:
       return base64.b64decode(value, validate=True)

@@ -3,17 +3,17 @@
 Pub/Sub's BINARY or JSON encoding, each message under its own schema
 revision (https://cloud.google.com/pubsub/docs/schemas).
 
-A decoded message is a dict of ints, floats, strings, bools, None, lists
-and dicts, with every value of a logical type as the text BigQuery's JSON
-API takes (decimals as exact number text, timestamps as ISO text, bytes as
-base64): the same converter then checks it against the table, so values
-refused or kept follow the same rules whatever the payload's format.
+A decoded message is a dict of what the decoder gives (ints, floats,
+strings, bools, bytes, None, lists, dicts), with logical types as the
+column's Python value (aware datetimes, dates, times, exact Decimals) and
+enums as ``Symbol`` (name and number): the same row converter then checks
+it against the table, so values refused or kept follow the same rules
+whatever the payload's format.
 Decoding never raises anything but ``dead_letters.Invalid`` (``not_avro``,
 ``not_protobuf``, ``unknown_schema_revision``) or ``Refused`` (a value its
 logical type cannot hold: ``out_of_range``, with its field's path).
 """
 
-import base64
 import datetime
 import decimal
 import io
@@ -21,7 +21,6 @@ import io
 from transforms import dead_letters
 from transforms.bigquery_values import Refused
 from transforms.bigquery_values import Symbol
-from transforms.exact_json import Number
 
 FORMATS = ('json', 'avro', 'protobuf')
 ENCODINGS = ('binary', 'json')
@@ -32,8 +31,6 @@ REASONS = ('not_avro', 'not_protobuf', 'unknown_schema_revision')
 UTC = datetime.timezone.utc
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_DATE = datetime.date(1970, 1, 1)
-_MIN_TIME = datetime.datetime(1, 1, 1, tzinfo=UTC)
-_MAX_TIME = datetime.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 
 
 class JsonPayloads(object):
@@ -99,47 +96,45 @@ class SchemaPayloads(object):
                                          e).__name__, 200)))
 
 
-def _b64(value):
-  return base64.b64encode(value).decode('ascii')
+def _where(at):
+  """A lazy path -> its text: ``at`` is None (the top), or (parent, name)
+  for a field, (parent, index) for an item; built on every call, rendered
+  only for a refusal."""
+  parts = []
+  while at is not None:
+    at, step = at
+    parts.append('[%r]' % step if isinstance(step, int) or (
+        parts and parts[-1] == '#key') else step)
+  out = ''
+  for step in reversed(parts):
+    out += step if step.startswith('[') or not out else '.' + step
+  return out
 
 
-def _in_range(when, path):
-  if not _MIN_TIME <= when <= _MAX_TIME:
-    raise Refused('out_of_range', path, '%s is outside TIMESTAMP\'s range'
-                  % when)
-  return when
-
-
-# ------------------------------------------------------------------- Avro
-
-_AVRO_PRIMITIVES = {'null', 'boolean', 'int', 'long', 'float', 'double',
-                    'bytes', 'string'}
-
-
-def _micros_text(micros, path):
+def _timestamp_of(micros, at):
+  """Microseconds since 1970 -> an aware datetime (what TIMESTAMP stores:
+  Python's datetime range is BigQuery's, years 1 to 9999)."""
   try:
-    when = _EPOCH + datetime.timedelta(microseconds=micros)
+    return _EPOCH + datetime.timedelta(microseconds=micros)
   except OverflowError:
-    raise Refused('out_of_range', path, '%d microseconds since 1970 is '
-                  'outside TIMESTAMP\'s range' % micros)
-  return _in_range(when, path).isoformat()
+    raise Refused('out_of_range', _where(at), '%d microseconds since 1970 '
+                  'is outside TIMESTAMP\'s range' % micros)
 
 
-def _date_text(days, path):
+def _date_of(days, at):
   try:
-    return (_EPOCH_DATE + datetime.timedelta(days=days)).isoformat()
+    return _EPOCH_DATE + datetime.timedelta(days=days)
   except OverflowError:
-    raise Refused('out_of_range', path, '%d days since 1970 is outside '
+    raise Refused('out_of_range', _where(at), '%d days since 1970 is outside '
                   'DATE\'s range' % days)
 
 
-def _time_text(micros, path):
+def _time_of(micros, at):
   if not 0 <= micros < 86400 * 10**6:
-    raise Refused('out_of_range', path, '%d microseconds is not a time of '
-                  'day' % micros)
+    raise Refused('out_of_range', _where(at), '%d microseconds is not a time '
+                  'of day' % micros)
   seconds, us = divmod(micros, 10**6)
-  return '%02d:%02d:%02d.%06d' % (seconds // 3600, seconds // 60 % 60,
-                                  seconds % 60, us)
+  return datetime.time(seconds // 3600, seconds // 60 % 60, seconds % 60, us)
 
 
 # Exact: Decimal's default context rounds to 28 digits, and a decimal(76, 38)
@@ -148,94 +143,113 @@ _EXACT = decimal.Context(prec=200, Emax=decimal.MAX_EMAX,
                          Emin=decimal.MIN_EMIN)
 
 
-def _decimal_text(unscaled, scale):
-  return Number(str(decimal.Decimal(unscaled).scaleb(-scale, _EXACT)))
+def _decimal_of(unscaled, scale):
+  return decimal.Decimal(unscaled).scaleb(-scale, _EXACT)
+
+
+# ------------------------------------------------------------------- Avro
+
+_AVRO_PRIMITIVES = {'null', 'boolean', 'int', 'long', 'float', 'double',
+                    'bytes', 'string'}
+# A converter that leaves fastavro's value as it is: skipped (bytes stay
+# bytes, which BYTES columns take; ints, floats, strings, bools as read).
+SAME = None
 
 
 def _logical(schema):
-  """An Avro schema's logical type converter (value, path) -> JSON-like, or
-  None for a type without one (read as its underlying type)."""
+  """An Avro schema's logical type converter (value, at) -> the column's
+  Python value, or SAME for a type without one (its underlying type)."""
   logical = schema.get('logicalType')
   base = schema.get('type')
   if logical == 'decimal' and base in ('bytes', 'fixed'):
     scale = int(schema.get('scale', 0))
-    return lambda v, path: _decimal_text(
-        int.from_bytes(v, 'big', signed=True), scale)
+    return lambda v, at: _decimal_of(int.from_bytes(v, 'big', signed=True),
+                                     scale)
   if base in ('int', 'long'):
     # local-timestamp-*: not in the subscription's table, so read as the
     # long it annotates ("Any logical types not listed only match the
     # equivalent Avro type that they annotate").
-    factor = {'timestamp-millis': 1000, 'timestamp-micros': 1}.get(logical)
-    if factor:
-      return lambda v, path: _micros_text(v * factor, path)
+    if logical == 'timestamp-micros':
+      return _timestamp_of
+    if logical == 'timestamp-millis':
+      return lambda v, at: _timestamp_of(v * 1000, at)
     if logical == 'date':
-      return _date_text
-    if logical in ('time-millis', 'time-micros'):
-      factor = 1000 if logical == 'time-millis' else 1
-      return lambda v, path: _time_text(v * factor, path)
-  return None
-
-
-def _path(path, name):
-  return '%s.%s' % (path, name) if path else name
+      return _date_of
+    if logical == 'time-micros':
+      return _time_of
+    if logical == 'time-millis':
+      return lambda v, at: _time_of(v * 1000, at)
+  return SAME
 
 
 class AvroConverters(object):
   """An Avro schema -> a converter of fastavro's decoded value (read with
   logical types stripped, so that every range is checked here and named)
-  to the JSON-like object of the row converter."""
+  to the row converter's input: logical types as the column's Python value
+  (datetime, date, time, Decimal), enums as Symbols, maps as key/value
+  records; every other value as fastavro gives it, untouched. A record is
+  converted in place (fastavro makes a new dict each time), only in the
+  fields that need it."""
   def __init__(self, schema):
     self._named = {}
-    self.convert = self._of(schema, '')
+    convert = self._of(schema, '')
+    self.convert = convert if convert is not SAME else (lambda v, at: v)
 
   def _of(self, schema, namespace):
     if isinstance(schema, str):
       if schema in _AVRO_PRIMITIVES:
-        return _b64_at if schema == 'bytes' else _same
+        return SAME
       name = schema if '.' in schema or not namespace else (
           '%s.%s' % (namespace, schema))
       target = self._named.get(name) or self._named.get(schema)
       if target is None:
         raise ValueError('unknown Avro type %r' % schema)
-      return lambda v, path: target[0](v, path)  # resolved when called
+      return target[0]
     if isinstance(schema, list):
       return self._union(schema, namespace)
     kind = schema['type']
     logical = _logical(schema)
-    if logical is not None:
+    if logical is not SAME:
       if kind == 'fixed':
         self._name(schema, namespace, [logical])
       return logical
     if kind in _AVRO_PRIMITIVES:
       return self._of(kind, namespace)
     if kind == 'record':
-      slot = self._name(schema, namespace, [None])
+      slot = self._name(schema, namespace, [SAME])
       inner = schema.get('namespace', namespace)
       fields = [(f['name'], self._of(f['type'], inner))
                 for f in schema['fields']]
+      fields = [(n, c) for n, c in fields if c is not SAME]
+      if not fields:
+        return SAME
 
-      def record(v, path):
-        return {name: convert(v[name], _path(path, name))
-                for name, convert in fields}
+      def record(v, at):
+        for name, convert in fields:
+          v[name] = convert(v[name], (at, name))
+        return v
       slot[0] = record
       return record
     if kind == 'enum':
-      index = {name: i for i, name in enumerate(schema['symbols'])}
-      symbol = lambda v, path: Symbol(v, index[v])  # noqa: E731
+      symbols = {name: Symbol(name, i)
+                 for i, name in enumerate(schema['symbols'])}
+      symbol = lambda v, at: symbols[v]  # noqa: E731
       self._name(schema, namespace, [symbol])
       return symbol
     if kind == 'fixed':
-      self._name(schema, namespace, [_b64_at])
-      return _b64_at
+      self._name(schema, namespace, [SAME])
+      return SAME
     if kind == 'array':
       item = self._of(schema['items'], namespace)
-      return lambda v, path: [item(x, '%s[%d]' % (path, i))
-                              for i, x in enumerate(v)]
+      if item is SAME:
+        return SAME
+      return lambda v, at: [item(x, (at, i)) for i, x in enumerate(v)]
     if kind == 'map':
       value = self._of(schema['values'], namespace)
-      return lambda v, path: [
-          {'key': k, 'value': value(x, '%s[%r]' % (path, k))}
-          for k, x in sorted(v.items())]
+      if value is SAME:
+        return lambda v, at: [{'key': k, 'value': v[k]} for k in sorted(v)]
+      return lambda v, at: [{'key': k, 'value': value(v[k], (at, k))}
+                            for k in sorted(v)]
     if isinstance(kind, (dict, list)) or kind not in _AVRO_PRIMITIVES:
       return self._of(kind, namespace)
     raise ValueError('unknown Avro type %r' % kind)
@@ -252,29 +266,12 @@ class AvroConverters(object):
     others = [c for b, c in zip(branches, converters) if b != 'null']
     if len(others) == 1:
       only = others[0]
-      return lambda v, path: None if v is None else only(v, path)
-    # fastavro gives (branch name, value) with return_record_name: not
-    # used; a several-type union's value is converted by its Python type.
-    return lambda v, path: _plain(v)
-
-
-def _same(v, _):
-  return v
-
-
-def _b64_at(v, _):
-  return _b64(v)
-
-
-def _plain(value):
-  """A decoded value of a several-type union -> JSON-like, by its type."""
-  if isinstance(value, bytes):
-    return _b64(value)
-  if isinstance(value, dict):
-    return {k: _plain(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return [_plain(v) for v in value]
-  return value
+      if only is SAME:
+        return SAME
+      return lambda v, at: None if v is None else only(v, at)
+    # A several-type union (only with --schema: no derived table has one):
+    # its value as fastavro gives it.
+    return SAME
 
 
 def _strip_logical(schema):
@@ -327,7 +324,7 @@ class AvroRevision(object):
       checked = False  # JSON escapes may spell lone surrogates
     if not isinstance(value, dict):
       raise ValueError('not a record')
-    return self._convert(value, ''), checked
+    return self._convert(value, None), checked
 
 
 # -------------------------------------------------------- Protocol Buffers
@@ -339,38 +336,38 @@ _JSON_TYPES = {'google.protobuf.Struct', 'google.protobuf.Value',
                'google.protobuf.ListValue'}
 
 
-def _duration_text(message, path):
-  """A Duration -> its seconds as exact number text (FLOAT or NUMERIC)."""
-  del path
-  return Number(str(_EXACT.add(decimal.Decimal(message.seconds),
-                              decimal.Decimal(message.nanos).scaleb(-9,
-                                                                    _EXACT))))
+def _duration_of(message, at):
+  """A Duration -> its seconds, exact to the nanosecond (a Decimal)."""
+  del at
+  return _EXACT.add(decimal.Decimal(message.seconds),
+                    decimal.Decimal(message.nanos).scaleb(-9, _EXACT))
 
 
-def _timestamp_text(message, path):
+def _timestamp_message(message, at):
+  """A Timestamp -> an aware datetime. TIMESTAMP keeps microseconds: the
+  nanoseconds below them are dropped (floored: the instant they name has
+  begun), where a JSON message's text with more than six digits is
+  refused; a Timestamp set from a clock (GetCurrentTime) has them on nearly
+  every message."""
   seconds, nanos = message.seconds, message.nanos
   if not 0 <= nanos < 10**9:
-    raise Refused('bad_value', path, 'Timestamp nanos %d is not in '
+    raise Refused('bad_value', _where(at), 'Timestamp nanos %d is not in '
                   '[0, 999999999]' % nanos)
   try:
-    when = _EPOCH + datetime.timedelta(seconds=seconds)
+    return _EPOCH + datetime.timedelta(seconds=seconds,
+                                       microseconds=nanos // 1000)
   except OverflowError:
-    raise Refused('out_of_range', path, 'Timestamp of %d seconds is outside '
-                  'TIMESTAMP\'s range' % seconds)
-  # TIMESTAMP keeps microseconds: the nanoseconds below them are dropped
-  # (floored, as the instant they name has begun), where a JSON message's
-  # text with more than six digits is refused. A Timestamp set from a clock
-  # (Timestamp.GetCurrentTime) has them on nearly every message.
-  when = _in_range(when, path)
-  return '%s.%06dZ' % (when.replace(tzinfo=None).isoformat(
-      timespec='seconds'), nanos // 1000)
+    raise Refused('out_of_range', _where(at), 'Timestamp of %d seconds is '
+                  'outside TIMESTAMP\'s range' % seconds)
 
 
 class ProtobufConverters(object):
-  """A message descriptor -> a converter of a parsed message to the
-  JSON-like object of the row converter: every field, unset fields with
-  presence as None; int64s as Python ints (a uint64 past INT64 is then
-  out_of_range, named), enums by name, maps as key/value records."""
+  """A message descriptor -> a converter of a parsed message to the row
+  converter's input: a dict of every field (unset ones with presence None,
+  the others their default), ints as Python ints (a uint64 past INT64 is
+  then out_of_range in an INTEGER column, named), bytes as bytes, enums as
+  Symbols, maps as key/value records, Timestamps as datetimes. Only the
+  fields set are visited (``ListFields``, in C)."""
   def __init__(self, descriptor):
     self._cache = {}
     self.convert = self._message(descriptor)
@@ -380,28 +377,38 @@ class ProtobufConverters(object):
     if full in self._cache:
       return self._cache[full]
     slot = []
-    self._cache[full] = lambda m, path: slot[0](m, path)
+    self._cache[full] = lambda m, at: slot[0](m, at)
     if full == 'google.protobuf.Timestamp':
-      convert = _timestamp_text
+      convert = _timestamp_message
     elif full == 'google.protobuf.Duration':
-      convert = _duration_text
+      convert = _duration_of
     elif full in _WRAPPERS:
       inner = self._scalar(descriptor.fields_by_name['value'])
-      convert = lambda m, path: inner(m.value, path)  # noqa: E731
+      if inner is SAME:
+        convert = lambda m, at: m.value  # noqa: E731
+      else:
+        convert = lambda m, at: inner(m.value, at)  # noqa: E731
     elif full in _JSON_TYPES:
       from google.protobuf import json_format
-      convert = lambda m, path: json_format.MessageToDict(m)  # noqa: E731
+      convert = lambda m, at: json_format.MessageToDict(m)  # noqa: E731
     else:
-      fields = [(f.name, self._field(f), _has_presence(f))
-                for f in descriptor.fields]
+      defaults, by_field = {}, {}
+      for f in descriptor.fields:
+        read = self._field(f)
+        by_field[f] = (f.name, read)
+        if _is_repeated(f):
+          defaults[f.name] = []
+        elif f.has_presence:
+          defaults[f.name] = None
+        else:
+          default = f.default_value
+          defaults[f.name] = default if read is SAME else read(default, None)
 
-      def convert(m, path):
-        out = {}
-        for name, read, presence in fields:
-          if presence and not m.HasField(name):
-            out[name] = None
-          else:
-            out[name] = read(getattr(m, name), _path(path, name))
+      def convert(m, at):
+        out = dict(defaults)
+        for field, value in m.ListFields():
+          name, read = by_field[field]
+          out[name] = value if read is SAME else read(value, (at, name))
         return out
     slot.append(convert)
     self._cache[full] = convert
@@ -410,29 +417,28 @@ class ProtobufConverters(object):
   def _field(self, field):
     if _is_map(field):
       entry = field.message_type
-      key = self._scalar(entry.fields_by_name['key'])
       value = self._scalar(entry.fields_by_name['value'])
-      return lambda v, path: [
-          {'key': key(k, path), 'value': value(v[k], '%s[%r]' % (path, k))}
-          for k in sorted(v)]
+      if value is SAME:
+        return lambda v, at: [{'key': k, 'value': v[k]} for k in sorted(v)]
+      return lambda v, at: [{'key': k, 'value': value(v[k], (at, k))}
+                            for k in sorted(v)]
     scalar = self._scalar(field)
     if _is_repeated(field):
-      return lambda v, path: [scalar(x, '%s[%d]' % (path, i))
-                              for i, x in enumerate(v)]
+      if scalar is SAME:
+        return lambda v, at: list(v)
+      return lambda v, at: [scalar(x, (at, i)) for i, x in enumerate(v)]
     return scalar
 
   def _scalar(self, field):
     from google.protobuf.descriptor import FieldDescriptor as F
     if field.type in (F.TYPE_MESSAGE, F.TYPE_GROUP):
       return self._message(field.message_type)
-    if field.type == F.TYPE_BYTES:
-      return _b64_at
     if field.type == F.TYPE_ENUM:
-      enum = field.enum_type
-      names = {n: v.name for n, v in enum.values_by_number.items()}
+      symbols = {n: Symbol(v.name, n)
+                 for n, v in field.enum_type.values_by_number.items()}
       # An open (proto3) enum's unknown number has no name: its number.
-      return lambda v, path: Symbol(names.get(v, str(v)), v)
-    return _same
+      return lambda v, at: symbols.get(v) or Symbol(str(v), v)
+    return SAME
 
 
 def _is_repeated(field):
@@ -481,4 +487,4 @@ class ProtobufRevision(object):
     else:
       from google.protobuf import json_format
       json_format.Parse(data.decode('utf-8'), message)
-    return self._convert(message, ''), True
+    return self._convert(message, None), True
