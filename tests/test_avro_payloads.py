@@ -360,3 +360,47 @@ def test_schemas_no_table_holds_are_one_line_errors():
     else:
       raise AssertionError('accepted %s' % avro)
   assert math.isnan(float32(float('nan')))
+
+
+def test_a_udf_gets_the_decoded_message_as_json():
+  """With a UDF, a decoded Avro message reaches it as the JSON object
+  BigQuery's JSON API would take (times as ISO text, decimals as exact
+  text, bytes as base64, enums as names, NaN spelled out), and its output
+  is checked against the table as usual."""
+  from transforms import udf
+  avro = {'type': 'record', 'name': 'R', 'fields': [
+      {'name': 'when', 'type': {'type': 'long',
+                                'logicalType': 'timestamp-micros'}},
+      {'name': 'price', 'type': {'type': 'bytes', 'logicalType': 'decimal',
+                                 'precision': 30, 'scale': 9}},
+      {'name': 'raw', 'type': 'bytes'},
+      {'name': 'kind', 'type': {'type': 'enum', 'name': 'K',
+                                'symbols': ['A', 'B']}},
+      {'name': 'x', 'type': 'double'},
+      {'name': 'seen', 'type': ['null', 'string'], 'default': None}]}
+  revision = payload_schemas.read_avro(json.dumps(avro), 'r.avsc')
+  schema = schemas.table_from_bigquery_schema(
+      payload_schemas.merged_fields({None: revision}), 't')
+  source = ('import json\n'
+            'def mark(o):\n'
+            '  o["seen"] = json.dumps(o, sort_keys=True)\n'
+            '  return o\n')
+  fn = json_messages.ParseJsonMessageFn(
+      schema, payloads=payloads.SchemaPayloads('avro', {None: revision}),
+      udf=udf.Udf('mark.py:mark', source))
+  fn.setup()
+  value = {'when': 1, 'price': D('123456789012345678901.123456789'),
+           'raw': b'\x00\xff', 'kind': 'B', 'x': float('nan'), 'seen': None}
+  try:
+    rows, dead = parse_all(fn, [PubsubMessage(
+        encode(avro, value, 'BINARY'), {}, message_id='1')])
+  finally:
+    fn.teardown()
+  assert dead == [], dead
+  row = rows[0]
+  assert json.loads(row['seen']) == {
+      'when': '1970-01-01T00:00:00.000001+00:00',
+      'price': '123456789012345678901.123456789', 'raw': 'AP8=', 'kind': 'B',
+      'x': 'NaN', 'seen': None}
+  assert row['price'] == value['price'] and math.isnan(row['x'])
+  assert row['raw'] == b'\x00\xff' and row['kind'] == 'B'

@@ -169,7 +169,8 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
       if self._payloads.format != 'json':
         try:  # the UDF takes the decoded message as JSON
           obj, _ = self._payloads.decode(message, self._max_bytes)
-          data = exact_json.dumps(obj).encode('utf-8')
+          data = exact_json.dumps(payloads_lib.json_object(obj)).encode(
+              'utf-8')
         except Exception as e:  # pylint: disable=broad-except
           sent.append((message, self._dead_for(message, e)))
           continue

@@ -14,6 +14,7 @@ Decoding never raises anything but ``dead_letters.Invalid`` (``not_avro``,
 logical type cannot hold: ``out_of_range``, with its field's path).
 """
 
+import base64
 import datetime
 import decimal
 import io
@@ -21,6 +22,7 @@ import io
 from transforms import dead_letters
 from transforms.bigquery_values import Refused
 from transforms.bigquery_values import Symbol
+from transforms.exact_json import Number
 
 FORMATS = ('json', 'avro', 'protobuf')
 ENCODINGS = ('binary', 'json')
@@ -31,6 +33,33 @@ REASONS = ('not_avro', 'not_protobuf', 'unknown_schema_revision')
 UTC = datetime.timezone.utc
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_DATE = datetime.date(1970, 1, 1)
+
+
+def json_object(value):
+  """A decoded message -> the JSON object a UDF gets: each value in the
+  form BigQuery's JSON API takes (ISO text for times, exact number text for
+  decimals, base64 for bytes, names for enums)."""
+  kind = type(value)
+  if kind is dict:
+    return {k: json_object(v) for k, v in value.items()}
+  if kind is list:
+    return [json_object(v) for v in value]
+  if kind is bytes:
+    return base64.b64encode(value).decode('ascii')
+  if kind is float and (value != value or value in (_INF, -_INF)):
+    # JSON has no NaN: BigQuery's JSON API spells them so (FLOAT64 reads it).
+    return 'NaN' if value != value else (
+        'Infinity' if value > 0 else '-Infinity')
+  if kind is decimal.Decimal:
+    return Number(str(value))
+  if kind is Symbol:
+    return str(value)
+  if kind in (datetime.datetime, datetime.date, datetime.time):
+    return value.isoformat()
+  return value
+
+
+_INF = float('inf')
 
 
 class JsonPayloads(object):
