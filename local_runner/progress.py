@@ -215,9 +215,9 @@ def summary(name, status, warehouse, tables, output_table=None):
     dead_added = status.get('dead_letters_added', sum(dead.values()))
     lines.append('  rows:         %d  new this run (%s, table %s: %d)' % (
         rows_added, warehouse, tables['rows'], status['rows']))
-    lines.append('  dead letters: %d  new this run (table: %d  %s)' % (
-        dead_added, sum(dead.values()), ', '.join(
-            '%s=%d' % kv for kv in sorted(dead.items()))))
+    reasons = ', '.join('%s=%d' % kv for kv in sorted(dead.items()))
+    lines.append('  dead letters: %d  new this run (table: %d%s)' % (
+        dead_added, sum(dead.values()), '  ' + reasons if reasons else ''))
     if 'count_rows' in status:
       lines.append('  count rows:   %d  (table %s)' % (
           status['count_rows'], tables['counts']))

@@ -5,7 +5,9 @@ emulator (the graph Dataflow runs, with Beam's WriteToBigQuery): a topic and
 subscription made, main.py user_signin started on the local runner, messages
 published (some of every bad kind), the tables queried while the stream runs
 until rows + dead letters account for all of them, SIGTERM, then counts per
-table and three dead letters.
+table and three dead letters. Then a short stream of Avro sign-ins under
+the shipped topic schema (data/signin.avsc), in both of Pub/Sub's
+encodings, into a table derived from the schema.
 """
 
 import argparse
@@ -206,6 +208,49 @@ def run_stream(tables, project, topic, sub, count, timeout, status_path,
   return ok
 
 
+def run_avro_stream(project, warehouse, status_path, count=20, timeout=60):
+  """Avro sign-ins under the shipped data/signin.avsc, half in Pub/Sub's
+  binary and half in its JSON encoding, with the schema attributes Pub/Sub
+  sets, through pubsub_to_bigquery into a DuckDB table derived from the
+  schema; returns True when every message is a row."""
+  topic, sub = 'signins-avro', 'signins-avro-demo'
+  publish_signins.publish(project, topic, 0, subscription=sub)
+  for path in (warehouse, warehouse + '.wal', status_path):
+    if os.path.exists(path):
+      os.remove(path)
+  proc = subprocess.Popen(
+      [sys.executable, os.path.join(ROOT, 'main.py'), 'pubsub_to_bigquery',
+       '--payload_format', 'avro', '--payload_schema',
+       os.path.join(ROOT, 'data', 'signin.avsc'), '--write_metadata',
+       '--input_subscription', 'projects/%s/subscriptions/%s' % (project, sub),
+       '--warehouse', warehouse, '--status_file', status_path,
+       '--progress_seconds', '1'], cwd=ROOT)
+  try:
+    status_file.wait_for(status_path, lambda s: 'messages_in' in s,
+                         lambda: proc.poll() is None, 60)
+    n = 0
+    for encoding in ('binary', 'json'):
+      n += publish_signins.publish(project, topic, count // 2, bad_fraction=0,
+                                   fmt='avro', encoding=encoding)[0]
+    print('published %d Avro sign-ins (half binary, half JSON encoding)' % n,
+          flush=True)
+    status_file.wait_for(status_path, lambda s: s.get('stored_total', 0) >= n,
+                         lambda: proc.poll() is None, timeout)
+  finally:
+    if proc.poll() is None:
+      proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+  table = DuckDBTables(warehouse)
+  rows = table.query('SELECT count(*) FROM signin')[0][0]
+  print('\n%s, table signin (its columns from data/signin.avsc):' % warehouse)
+  for userid, date, device, attributes in table.query(
+      'SELECT userid, date, device, attributes FROM signin ORDER BY '
+      'publish_time LIMIT 2'):
+    print('  %s  %s  %s  %s' % (userid, date, device, attributes))
+  print('  ... %d rows' % rows)
+  return rows == n and proc.returncode == 0
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--count', type=int, default=1000)
@@ -231,6 +276,10 @@ def main(argv=None):
     ok &= run_stream(DuckDBTables(args.warehouse), project, 'signins',
                      'signins-demo', args.count, args.timeout, status_path,
                      archive_to=archive_to)
+    print('\n-- Avro payloads under a topic schema, into a table derived from '
+          'it')
+    ok &= run_avro_stream(project, os.path.join(
+        os.path.dirname(args.warehouse), 'avro.duckdb'), status_path)
   if args.only in (None, 'bigquery'):
     print('\n-- into local BigQuery (bqemulator at %s), through Beam\'s '
           'WriteToBigQuery' % os.environ.get('BIGQUERY_EMULATOR_HOST'))
