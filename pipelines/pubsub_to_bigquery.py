@@ -87,8 +87,10 @@ class PubsubToBigQueryOptions(PipelineOptions):
         '--payload_schema', default=None,
         help='The topic schema of avro or protobuf payloads: an .avsc, a '
         '.proto with one top-level message, or a descriptor set (.pb, '
-        '.desc); or a local folder of them named by revision id, each '
-        'message decoded with the revision its googclient_schemarevisionid '
+        '.desc); a local folder of them named by revision id; or '
+        'projects/P/schemas/S in Pub/Sub\'s schema service (every revision, '
+        'and one committed later when a message names it). Each message is '
+        'decoded with the revision its googclient_schemarevisionid '
         'attribute names. Without --schema the table is derived from it.')
     parser.add_argument(
         '--payload_encoding', default='binary', choices=payloads.ENCODINGS,
@@ -237,6 +239,9 @@ def load_revisions(opts, options):
   if key not in _REVISIONS:
     from apache_beam.io.filesystems import FileSystems
     checks.check_gcs_credentials('--payload_schema', opts.payload_schema)
+    if payload_schemas.SERVICE_SCHEMA.fullmatch(opts.payload_schema) and (
+        not os.environ.get('PUBSUB_EMULATOR_HOST')):
+      checks.check_credentials('--payload_schema %s' % opts.payload_schema)
     FileSystems.set_options(options)
 
     def read(path):
@@ -257,8 +262,12 @@ def load_payloads(opts, options):
   revisions = load_revisions(opts, options)
   if revisions is None:
     return payloads.JsonPayloads()
+  service = payload_schemas.SchemaService(
+      opts.payload_schema, opts.payload_format) if (
+          payload_schemas.SERVICE_SCHEMA.fullmatch(opts.payload_schema)) else (
+              None)
   return payloads.SchemaPayloads(opts.payload_format, revisions,
-                                 opts.payload_encoding)
+                                 opts.payload_encoding, service)
 
 
 def _with_metadata(fields, opts):

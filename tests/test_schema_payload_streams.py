@@ -43,25 +43,61 @@ def avro(schema, record, encoding):
   return out.getvalue().strip().encode('utf-8')
 
 
-def test_two_revisions_live_and_from_the_archive(pubsub_emulator, tmp_path):
-  project = pubsub_emulator.project
-  topic = 'avro-%s' % uuid.uuid4().hex[:8]
-  live_sub, archive_sub = topic + '-live', topic + '-archive'
-  publish_signins.publish(project, topic, 0, subscription=live_sub)
+def schema_topic(project, name, definitions):
+  """A schema in the emulator's schema service with a revision per
+  definition, and a topic validated by it (BINARY): Pub/Sub itself checks
+  each publish and sets the googclient_* attributes. Returns (schema name,
+  revision ids, topic path)."""
   from google.cloud import pubsub_v1
+  from google.pubsub_v1.services.schema_service import SchemaServiceClient
+  from google.pubsub_v1.types import Encoding
+  from google.pubsub_v1.types import Schema
+  service = SchemaServiceClient()
+  path = service.schema_path(project, name)
+  ids = [service.create_schema(request={
+      'parent': 'projects/%s' % project, 'schema_id': name,
+      'schema': Schema(name=path, type_=Schema.Type.AVRO,
+                       definition=json.dumps(definitions[0]))}).revision_id]
+  for definition in definitions[1:]:
+    ids.append(commit(path, definition))
   publisher = pubsub_v1.PublisherClient()
+  topic = publisher.topic_path(project, name + '-topic')
+  publisher.create_topic(request={'name': topic, 'schema_settings': {
+      'schema': path, 'encoding': Encoding.BINARY}})
+  return path, ids, topic
+
+
+def commit(path, definition):
+  from google.pubsub_v1.services.schema_service import SchemaServiceClient
+  from google.pubsub_v1.types import Schema
+  return SchemaServiceClient().commit_schema(request={
+      'name': path, 'schema': Schema(name=path, type_=Schema.Type.AVRO,
+                                     definition=json.dumps(definition))
+  }).revision_id
+
+
+def test_revisions_from_pubsubs_schema_service_live_and_from_the_archive(
+    pubsub_emulator, tmp_path):
+  """A topic with a schema on the emulator (two revisions, a field added;
+  a third committed while the stream runs): the stream reads the revisions
+  from the schema service, fetches the third when a message names it, keys
+  a publisher's retries by --id_attribute and writes the metadata columns.
+  The same subscription's twin is archived; the archive replayed with the
+  revisions as files gives the same rows; without the third revision's
+  file its message is unknown_schema_revision, and the redrive makes it a
+  row once the file is there."""
+  project = pubsub_emulator.project
+  name = 'signin-%s' % uuid.uuid4().hex[:8]
+  schema, (rev1, rev2), topic_path = schema_topic(project, name, [V1, V2])
+  from google.cloud import pubsub_v1
   subscriber = pubsub_v1.SubscriberClient()
-  topic_path = publisher.topic_path(project, topic)
-  subscriber.create_subscription(
-      name=subscriber.subscription_path(project, archive_sub), topic=topic_path)
+  live_sub, archive_sub = name + '-live', name + '-archive'
+  for sub in (live_sub, archive_sub):
+    subscriber.create_subscription(
+        name=subscriber.subscription_path(project, sub), topic=topic_path)
   path = lambda s: 'projects/%s/subscriptions/%s' % (project, s)  # noqa: E731
-  revisions = tmp_path / 'revisions'
-  revisions.mkdir()
-  (revisions / 'rev00001.avsc').write_text(json.dumps(V1))
-  (revisions / 'rev00002.avsc').write_text(json.dumps(V2))
-  flags = ('--payload_format', 'avro', '--payload_schema', revisions,
-           '--id_attribute', 'event_id', '--write_metadata', '--table',
-           'signins')
+  keys = ('--payload_format', 'avro', '--id_attribute', 'event_id',
+          '--write_metadata', '--table', 'signins')
   (tmp_path / 'a').mkdir()
   (tmp_path / 'l').mkdir()
   arch, arch_status = archive_run(tmp_path / 'a', path(archive_sub),
@@ -69,35 +105,39 @@ def test_two_revisions_live_and_from_the_archive(pubsub_emulator, tmp_path):
   live_db, live_status = tmp_path / 'live.duckdb', tmp_path / 'live.json'
   live = start_pipeline(tmp_path / 'l', '--input_subscription', path(live_sub),
                         '--warehouse', live_db, '--progress_seconds', 0.3,
-                        '--status_file', live_status, *flags,
-                        name='pubsub_to_bigquery')
+                        '--status_file', live_status, '--payload_schema',
+                        schema, *keys, name='pubsub_to_bigquery')
   wait_for_status(arch_status, lambda s: 'messages_in' in s, arch)
   wait_for_status(live_status, lambda s: 'messages_in' in s, live)
+  # A field added after the launch: the table (made at the launch) does
+  # not have it; the message is still a row. (Pub/Sub stamps a message with
+  # the newest revision that parses it: V2's bytes do not parse under v3.)
+  v3 = dict(V2, fields=V2['fields'] + [
+      {'name': 'app', 'type': ['null', 'string'], 'default': None}])
+  rev3 = commit(schema, v3)
   when = datetime.datetime(2026, 12, 1, 9, 30, 0, 123456, tzinfo=UTC)
-  sent = []  # (payload, attributes)
-  for i in range(40):
-    rev, schema = (('rev00001', V1) if i % 2 else ('rev00002', V2))
-    encoding = 'JSON' if i % 3 == 0 else 'BINARY'
-    record = {'userid': 'u%d' % i, 'date': when, 'device': 'IOS'}
-    if schema is V2:
-      record['country'] = 'NO' if i % 4 else None
-    sent.append((avro(schema, record, encoding), {
-        'googclient_schemarevisionid': rev,
-        'googclient_schemaencoding': encoding, 'event_id': 'e%d' % i}))
-  retries = [sent[5], sent[6], sent[6]]  # new message ids, same events
-  unknown = (avro(V1, {'userid': 'x', 'date': when, 'device': None},
-                  'BINARY'), {'googclient_schemarevisionid': 'rev99999',
-                              'event_id': 'e-unknown'})
-  cut = (sent[1][0][:3], dict(sent[1][1], event_id='e-cut'))
-  no_id = (avro(V1, {'userid': 'no-id', 'date': when, 'device': 'WEB'},
-                'BINARY'), {'googclient_schemarevisionid': 'rev00001'})
-  ordered = pubsub_v1.PublisherClient(
+  publisher = pubsub_v1.PublisherClient(
       publisher_options=pubsub_v1.types.PublisherOptions(
           enable_message_ordering=True))
+  sent = []
+  for i in range(30):
+    if i % 2:
+      record = {'userid': 'u%d' % i, 'date': when, 'device': 'IOS'}
+      data = avro(V1, record, 'BINARY')
+    else:
+      record = {'userid': 'u%d' % i, 'date': when, 'device': 'IOS',
+                'country': 'NO' if i % 4 else None}
+      data = avro(V2, record, 'BINARY')
+    sent.append((data, {'event_id': 'e%d' % i}))
+  sent.append((avro(v3, {'userid': 'tv', 'date': when, 'device': 'WEB',
+                         'country': None, 'app': '1.0'}, 'BINARY'),
+               {'event_id': 'e-tv'}))
+  retries = [sent[5], sent[6], sent[6]]  # new message ids, the same events
+  no_id = (avro(V1, {'userid': 'no-id', 'date': when, 'device': 'WEB'},
+                'BINARY'), {})
   futures = [publisher.publish(topic_path, data, **attrs)
-             for data, attrs in sent + retries + [unknown, cut]]
-  futures.append(ordered.publish(topic_path, no_id[0], ordering_key='k1',
-                                 **no_id[1]))
+             for data, attrs in sent + retries]
+  futures.append(publisher.publish(topic_path, no_id[0], ordering_key='k1'))
   ids = [f.result(timeout=60) for f in futures]
   for proc, status in ((arch, arch_status), (live, live_status)):
     # Every message read and settled (the retries store nothing new).
@@ -106,31 +146,39 @@ def test_two_revisions_live_and_from_the_archive(pubsub_emulator, tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-3000:]
+  assert 'fetched (committed after the launch)' in err, err[-3000:]
   rows = duckdb_dicts(live_db, 'SELECT * FROM signins ORDER BY message_id')
-  # 40 events (the retries are no-ops) and the message without event_id.
-  assert len(rows) == 41
+  assert len(rows) == 32  # 31 events (retries are no-ops) + the one without
   by_id = {r['message_id']: r for r in rows}
+  attributes = json.loads(by_id['e2']['attributes'])
+  assert attributes == {'event_id': 'e2', 'googclient_schemaencoding': 'BINARY',
+                        'googclient_schemaname': schema,
+                        'googclient_schemarevisionid': rev2}
   assert by_id['e2'] == {
       'userid': 'u2', 'date': when, 'device': 'IOS', 'country': 'NO',
       'subscription_name': path(live_sub),
       'publish_time': by_id['e2']['publish_time'],
-      'attributes': json.dumps({
-          'event_id': 'e2', 'googclient_schemaencoding': 'BINARY',
-          'googclient_schemarevisionid': 'rev00002'}, separators=(',', ':'),
-          sort_keys=True), 'message_id': 'e2'}
-  assert by_id['e1']['country'] is None  # revision 1 has no country
-  assert by_id['e0']['attributes'].count('"JSON"') == 1
+      'attributes': by_id['e2']['attributes'], 'message_id': 'e2'}
+  assert json.loads(by_id['e1']['attributes'])[
+      'googclient_schemarevisionid'] == rev1
+  assert by_id['e1']['country'] is None
+  assert by_id['e-tv']['userid'] == 'tv'  # decoded with the third revision
+  assert json.loads(by_id['e-tv']['attributes'])[
+      'googclient_schemarevisionid'] == rev3
   assert by_id[ids[-1]]['userid'] == 'no-id'  # its message id, as said
-  assert '"ordering_key":"k1"' in by_id[ids[-1]]['attributes']
+  assert json.loads(by_id[ids[-1]]['attributes'])['ordering_key'] == 'k1'
   assert isinstance(by_id['e2']['publish_time'], datetime.datetime)
-  dead = duckdb_dicts(live_db, 'SELECT message_id, reason FROM '
-                      'signins_error_records ORDER BY message_id')
-  assert dead == [{'message_id': 'e-cut', 'reason': 'not_avro'},
-                  {'message_id': 'e-unknown',
-                   'reason': 'unknown_schema_revision'}]
-  assert 'no \'event_id\' attribute' in err
+  assert duckdb_dicts(live_db, 'SELECT count(*) AS n FROM '
+                      'signins_error_records') == [{'n': 0}]
+  assert "no 'event_id' attribute" in err
   # The archive keeps every message as published (ids, attributes, bytes);
-  # replayed with the same flags it gives the same rows and dead letters.
+  # replayed with the revisions as files, it gives the same rows; the file
+  # of the third revision missing, its message waits as a dead letter.
+  revisions = tmp_path / 'revisions'
+  revisions.mkdir()
+  (revisions / ('%s.avsc' % rev1)).write_text(json.dumps(V1))
+  (revisions / ('%s.avsc' % rev2)).write_text(json.dumps(V2))
+  flags = ('--payload_schema', revisions) + keys
   replay_db = tmp_path / 'replay.duckdb'
   for _ in range(2):
     result = run_main('pubsub_to_bigquery', '--input_file',
@@ -138,17 +186,63 @@ def test_two_revisions_live_and_from_the_archive(pubsub_emulator, tmp_path):
                       replay_db, *flags)
     assert result.returncode == 0, result.stderr[-3000:]
   columns = 'message_id, userid, date, device, country, publish_time, attributes'
-  sql = 'SELECT %s FROM signins ORDER BY message_id' % columns
+  sql = ("SELECT %s FROM signins WHERE message_id <> 'e-tv' ORDER BY "
+         "message_id" % columns)
   assert duckdb_dicts(replay_db, sql) == duckdb_dicts(live_db, sql)
-  dead_sql = ('SELECT message_id, reason FROM signins_error_records '
-              'ORDER BY message_id')
-  assert duckdb_dicts(replay_db, dead_sql) == dead
-  # With the revision given, the redrive makes the unknown one a row.
-  (revisions / 'rev99999.avsc').write_text(json.dumps(V1))
-  result = run_main('redrive', '--warehouse', live_db, *flags)
+  dead = duckdb_dicts(replay_db, 'SELECT message_id, reason FROM '
+                      'signins_error_records')
+  assert dead == [{'message_id': 'e-tv', 'reason': 'unknown_schema_revision'}]
+  (revisions / ('%s.avsc' % rev3)).write_text(json.dumps(v3))
+  result = run_main('redrive', '--warehouse', replay_db, *flags)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert duckdb_dicts(live_db, "SELECT userid FROM signins WHERE message_id "
-                      "= 'e-unknown'") == [{'userid': 'x'}]
+  # The same row, but for its publish time: a dead letter does not keep it.
+  sql = ('SELECT %s FROM signins ORDER BY message_id' % columns).replace(
+      'publish_time', "CASE WHEN message_id = 'e-tv' THEN NULL ELSE "
+      "publish_time END AS publish_time")
+  assert duckdb_dicts(replay_db, sql) == duckdb_dicts(live_db, sql)
+  assert duckdb_dicts(replay_db, "SELECT publish_time FROM signins WHERE "
+                      "message_id = 'e-tv'") == [{'publish_time': None}]
+
+
+def test_hostile_and_unknown_revisions_in_an_archive_are_named_dead_letters(
+    tmp_path):
+  """Messages Pub/Sub's validation would have stopped, as an archive or a
+  foreign producer may still hold them: cut bytes, a revision nobody gave,
+  an encoding attribute that is neither BINARY nor JSON."""
+  from apache_beam.io.gcp.pubsub import PubsubMessage
+  from transforms import archive
+  when = datetime.datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+  good = avro(V1, {'userid': 'u', 'date': when, 'device': None}, 'BINARY')
+  rid = 'googclient_schemarevisionid'
+  messages = [
+      PubsubMessage(good, {rid: 'r1'}, message_id='ok', publish_time=when),
+      PubsubMessage(good[:3], {rid: 'r1'}, message_id='cut',
+                    publish_time=when),
+      PubsubMessage(good, {rid: 'r9'}, message_id='unknown',
+                    publish_time=when),
+      PubsubMessage(good, {}, message_id='none', publish_time=when),
+      PubsubMessage(good, {rid: 'r1', 'googclient_schemaencoding': 'XML'},
+                    message_id='xml', publish_time=when)]
+  path = tmp_path / archive.file_path('archive', 's-', 0, 60, 'b', 'avro')
+  path.parent.mkdir(parents=True)
+  path.write_bytes(archive.encode([archive.record(m) for m in messages],
+                                  'avro'))
+  revisions = tmp_path / 'revisions'
+  revisions.mkdir()
+  (revisions / 'r1.avsc').write_text(json.dumps(V1))
+  db = tmp_path / 'w.duckdb'
+  result = run_main('pubsub_to_bigquery', '--input_file',
+                    str(tmp_path / 'archive') + '/**', '--warehouse', db,
+                    '--payload_format', 'avro', '--payload_schema', revisions)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert duckdb_dicts(db, 'SELECT message_id FROM revisions') == [
+      {'message_id': 'ok'}]
+  assert duckdb_dicts(db, 'SELECT message_id, reason FROM '
+                      'revisions_error_records ORDER BY 1') == [
+      {'message_id': 'cut', 'reason': 'not_avro'},
+      {'message_id': 'none', 'reason': 'unknown_schema_revision'},
+      {'message_id': 'unknown', 'reason': 'unknown_schema_revision'},
+      {'message_id': 'xml', 'reason': 'not_avro'}]
 
 
 def test_a_proto_derived_table_reads_back_equal_from_bigquery_and_duckdb(

@@ -4,14 +4,21 @@ schema" maps them (https://cloud.google.com/pubsub/docs/bigquery, "Schema
 compatibility"; docs/payloads.md has the table and where we differ).
 
 ``--payload_schema`` is one file (``.avsc``; ``.proto`` with one top-level
-message, as Pub/Sub requires; or a compiled descriptor set ``.pb``/``.desc``)
-or a folder of them named by revision id (``1a2b3c4d.avsc``), one per
-revision a message may carry in ``googclient_schemarevisionid``.
+message, as Pub/Sub requires; or a compiled descriptor set ``.pb``/``.desc``),
+a folder of them named by revision id (``1a2b3c4d.avsc``), one per revision
+a message may carry in ``googclient_schemarevisionid``, or a schema of
+Pub/Sub's schema service (``projects/P/schemas/S``): every revision it
+holds at launch, and a revision committed later fetched when a message
+first names it (``SchemaService``).
 """
 
 import json
+import logging
 import os
+import re
 import tempfile
+import threading
+import time
 
 from transforms import payloads
 
@@ -264,10 +271,14 @@ def read_protobuf(path, data):
     except Exception as e:  # pylint: disable=broad-except
       raise SchemaError('%s is not a descriptor set: %s' % (path, e))
     descriptor_set = data
+  return read_protobuf_set(descriptor_set, name, path)
+
+
+def read_protobuf_set(descriptor_set, name, where):
   try:
     revision = payloads.ProtobufRevision(descriptor_set, name)
   except Exception as e:  # pylint: disable=broad-except
-    raise SchemaError('%s: %s' % (path, str(e).splitlines()[0]))
+    raise SchemaError('%s: %s' % (where, str(e).splitlines()[0]))
   protobuf_fields(revision.descriptor)  # refuses what no table holds, now
   return revision
 
@@ -316,9 +327,104 @@ def _merge(left, right, rid, path=''):
   return out
 
 
+SERVICE_SCHEMA = re.compile(r'projects/[^/@]+/schemas/[^/@]+')
+_SERVICE_TYPES = {'avro': 'AVRO', 'protobuf': 'PROTOCOL_BUFFER'}
+
+
+def revision_from_definition(format_name, definition, where):
+  """A schema service revision's definition text -> its revision."""
+  if format_name == 'avro':
+    return read_avro(definition, where)
+  with tempfile.TemporaryDirectory() as tmp:
+    local = os.path.join(tmp, 'schema.proto')
+    with open(local, 'w', encoding='utf-8') as f:
+      f.write(definition)
+    descriptor_set, name = compile_proto(local)
+  return read_protobuf_set(descriptor_set, name, where)
+
+
+class SchemaService(object):
+  """Revisions of a schema in Pub/Sub's schema service: ``revisions()``
+  lists them (at launch); ``revision(rid)`` fetches one a message names
+  that the run did not know (committed since), once per id, a failure
+  remembered for a minute. Pickled by name: each worker makes its client."""
+  RETRY_SECONDS = 60
+
+  def __init__(self, name, format_name):
+    self.name = name
+    self.format = format_name
+    self._client = None
+    self._lock = threading.Lock()
+    self._failed = {}
+
+  def __getstate__(self):
+    return {'name': self.name, 'format': self.format}
+
+  def __setstate__(self, state):
+    self.__init__(state['name'], state['format'])
+
+  def client(self):
+    if self._client is None:
+      from google.pubsub_v1.services.schema_service import SchemaServiceClient
+      self._client = SchemaServiceClient()
+    return self._client
+
+  def _checked(self, schema):
+    kind = schema.type_.name
+    if kind != _SERVICE_TYPES[self.format]:
+      raise SchemaError('%s is a %s schema, not %s (--payload_format)' % (
+          self.name, kind, self.format))
+    return revision_from_definition(
+        self.format, schema.definition, '%s@%s' % (self.name,
+                                                   schema.revision_id))
+
+  def revisions(self):
+    """{revision id: revision} of every revision the service holds."""
+    from google.api_core import exceptions
+    from google.pubsub_v1.types import SchemaView
+    try:
+      listed = list(self.client().list_schema_revisions(
+          request={'name': self.name, 'view': SchemaView.FULL}))
+    except exceptions.NotFound:
+      raise SchemaError('%s: no such schema in Pub/Sub' % self.name)
+    except exceptions.GoogleAPIError as e:
+      raise SchemaError('%s: Pub/Sub\'s schema service: %s' % (
+          self.name, str(e).splitlines()[0]))
+    return {s.revision_id: self._checked(s) for s in listed}
+
+  def revision(self, rid):
+    """The revision ``rid`` of this schema, or None (not there, or the
+    service did not answer: tried again after RETRY_SECONDS)."""
+    with self._lock:
+      failed = self._failed.get(rid)
+      if failed is not None and time.monotonic() - failed < self.RETRY_SECONDS:
+        return None
+      try:
+        from google.pubsub_v1.types import SchemaView
+        schema = self.client().get_schema(
+            request={'name': '%s@%s' % (self.name, rid),
+                     'view': SchemaView.FULL})
+        revision = self._checked(schema)
+      except Exception as e:  # pylint: disable=broad-except
+        logging.getLogger(__name__).warning(
+            'schema revision %s@%s: %s', self.name, rid,
+            str(e).splitlines()[0] if str(e) else type(e).__name__)
+        self._failed[rid] = time.monotonic()
+        return None
+      logging.getLogger(__name__).info(
+          'schema revision %s@%s fetched (committed after the launch)',
+          self.name, rid)
+      return revision
+
+
 def load(path, format_name, read):
   """--payload_schema -> {revision id or None: revision}. ``read(path)``
-  gives a file's bytes (local or gs://); a local folder holds revisions."""
+  gives a file's bytes (local or gs://); a local folder holds revisions; a
+  schema service name gives its revisions."""
+  if SERVICE_SCHEMA.fullmatch(path):
+    revisions = SchemaService(path, format_name).revisions()
+    merged_fields(revisions)
+    return revisions
   suffixes = AVRO_SUFFIXES if format_name == 'avro' else PROTOBUF_SUFFIXES
   if os.path.isdir(path):
     names = sorted(n for n in os.listdir(path) if n.endswith(suffixes))

@@ -77,11 +77,13 @@ class SchemaPayloads(object):
   None is the schema for messages whatever their revision (one schema file
   given). ``encoding``: for messages without Pub/Sub's encoding attribute.
   """
-  def __init__(self, format_name, revisions, encoding='binary'):
+  def __init__(self, format_name, revisions, encoding='binary', service=None):
     self.format = format_name
     self._revisions = dict(revisions)
     self._any = self._revisions.get(None)
     self._encoding = encoding.upper()
+    # Pub/Sub's schema service, for a revision committed after the launch.
+    self._service = service
 
   def revision_of(self, message):
     """The revision that decodes ``message``; Invalid when it is not given."""
@@ -89,6 +91,10 @@ class SchemaPayloads(object):
       return self._any
     rid = (message.attributes or {}).get(REVISION_ATTRIBUTE)
     revision = self._revisions.get(rid)
+    if revision is None and self._service is not None and rid:
+      revision = self._service.revision(rid)
+      if revision is not None:
+        self._revisions[rid] = revision
     if revision is None:
       raise dead_letters.Invalid(
           'unknown_schema_revision',
