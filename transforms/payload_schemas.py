@@ -113,6 +113,11 @@ def _avro_field(name, schema, named, namespace, path, nullable=False,
             'fields': _avro_record_fields(schema, named, namespace, path,
                                           seen)}
   if kind == 'array':
+    if _takes_no_bytes(schema['items'], named, namespace):
+      raise SchemaError('%s: an array of items that take no bytes (null, a '
+                        'fixed of size 0, a record with no fields) would let '
+                        'a message of a few bytes declare a billion items' %
+                        path)
     item = _avro_field(name, schema['items'], named, namespace, path,
                        seen=seen)
     if item['mode'] == 'REPEATED':
@@ -128,6 +133,32 @@ def _avro_field(name, schema, named, namespace, path, nullable=False,
   if kind == 'null':
     raise SchemaError('%s: a null-only field has no BigQuery type' % path)
   raise SchemaError('%s: Avro type %r is unknown' % (path, kind))
+
+
+def _takes_no_bytes(schema, named, namespace, seen=()):
+  """Whether a value of this Avro type can be encoded in zero bytes."""
+  if isinstance(schema, list):
+    return False  # a union writes its branch's index
+  if isinstance(schema, str):
+    if schema == 'null':
+      return True
+    if schema in _PRIMITIVE_NAMES:
+      return False
+    full = schema if schema in named else '%s.%s' % (namespace, schema)
+    if full in seen or full not in named:
+      return False
+    return _takes_no_bytes(named[full], named, namespace, seen + (full,))
+  kind = schema.get('type')
+  if isinstance(kind, (dict, list)):
+    return _takes_no_bytes(kind, named, namespace, seen)
+  if kind == 'fixed':
+    return int(schema.get('size', 0)) == 0
+  if kind == 'record':
+    if schema.get('name'):
+      named.setdefault(schema['name'], schema)
+    return all(_takes_no_bytes(f['type'], named, schema.get(
+        'namespace', namespace), seen) for f in schema.get('fields', ()))
+  return kind == 'null'
 
 
 def read_avro(text, where):
