@@ -97,6 +97,18 @@ def check_local_warehouse(flag, path):
     raise UsageError('%s: %r: %s' % (flag, path, problem))
 
 
+def check_id_attribute(options, opts):
+  """--id_attribute with --input_topic runs on Dataflow only: locally a
+  topic is read by Beam's own read, which refuses an id_label."""
+  if getattr(opts, 'id_attribute', None) is not None:
+    if not opts.id_attribute.strip():
+      raise UsageError('--id_attribute: give an attribute name')
+    if opts.input_topic and not is_dataflow(options):
+      raise UsageError('--id_attribute with --input_topic runs on Dataflow '
+                       'only (locally Beam\'s topic read refuses an '
+                       'id_label): read a subscription, --input_subscription')
+
+
 def check_message_flags(opts, bigquery_flags):
   """One-line errors, before any work, for the flags every message pipeline
   takes; ``bigquery_flags`` name its tables' flags, --output_table first."""

@@ -120,9 +120,10 @@ class MessageKeyOptions(PipelineOptions):
         '--id_attribute', default=None,
         help='An attribute holding the event\'s own id (a publisher that '
         'retries publishes one event under new message ids): rows, dead '
-        'letters and counts are keyed by it, so a repeat is a no-op, live '
-        'and in replays; on Dataflow it is also ReadFromPubSub\'s id_label. '
-        'A message without it keeps its message id (said once in the log).')
+        'letters and counts are keyed by it (message_id NAME=VALUE), so a '
+        'repeat is a no-op, live and in replays; on Dataflow it is also '
+        'ReadFromPubSub\'s id_label. A message without it keeps its message '
+        'id (said once in the log).')
 
 
 class MessageSourceOptions(PipelineOptions):

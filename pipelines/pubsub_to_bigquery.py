@@ -182,6 +182,7 @@ def check(options, opts):
   """One-line errors, before any work; returns the table's schema, the UDF
   (or None) and the files a local replay matched."""
   checks.check_message_flags(opts, TABLE_FLAGS)
+  checks.check_id_attribute(options, opts)
   if not 0 < opts.udf_timeout_seconds < float('inf'):
     raise UsageError('--udf_timeout_seconds: %g is not a positive number of '
                      'seconds' % opts.udf_timeout_seconds)
@@ -276,10 +277,12 @@ def _with_metadata(fields, opts):
     return fields
   if isinstance(fields, dict):
     fields = fields.get('fields') or []
-  taken = {json_rows.fold(str(f.get('name', ''))).replace('_', '')
+  taken = {json_rows.fold(str(f.get('name', '')))
            for f in fields if isinstance(f, dict)}
   for name, _, _ in json_messages.METADATA_FIELDS:
-    if name.replace('_', '') in taken:
+    camel = name.split('_')[0] + ''.join(
+        p.capitalize() for p in name.split('_')[1:])
+    if {name, json_rows.fold(camel)} & taken:
       raise UsageError('--write_metadata: the schema has a field named %s '
                        '(or its camelCase), which the metadata columns take '
                        'as a BigQuery subscription does' % name)

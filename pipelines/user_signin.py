@@ -143,6 +143,7 @@ def check(options, opts):
   """One-line errors, before any work, for flags that cannot work; returns
   the files a local replay matched."""
   checks.check_message_flags(opts, bigquery_flags(TABLES))
+  checks.check_id_attribute(options, opts)
   checks.check_range('--window_seconds', opts.window_seconds, 1,
                      checks.MAX_WINDOW_SECONDS)
   checks.check_range('--allowed_lateness_seconds',

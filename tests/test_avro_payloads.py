@@ -422,3 +422,100 @@ def test_an_array_of_items_that_take_no_bytes_is_refused_at_launch():
       assert 'take no bytes' in str(e), e
     else:
       raise AssertionError('accepted %s' % items)
+
+
+def test_what_an_attacker_review_found_is_named_or_refused():
+  """Issue 30's review: a huge decimal is out_of_range at once (it took 98
+  s of CPU), an enum index fastavro would take from the end is not_avro,
+  a pretty-printed JSON record is a row, an Avro float is the same float32
+  from either encoding, and a short name resolves in its namespace."""
+  import time
+  avro = {'type': 'record', 'name': 'R', 'fields': [
+      {'name': 'd', 'type': {'type': 'bytes', 'logicalType': 'decimal',
+                             'precision': 10, 'scale': 2}},
+      {'name': 'e', 'type': {'type': 'enum', 'name': 'E',
+                             'symbols': ['LOW', 'HIGH']}},
+      {'name': 'f', 'type': 'float'}]}
+  revision = payload_schemas.read_avro(json.dumps(avro), 'r.avsc')
+  _, fn = parse_fn({None: revision})
+
+  def zigzag(n):
+    n, out = (n << 1) ^ (n >> 63), b''
+    while n > 0x7f:
+      out, n = out + bytes([n & 0x7f | 0x80]), n >> 7
+    return out + bytes([n])
+  huge = zigzag(500000) + b'\x7f' * 500000 + zigzag(0) + b'\x00' * 4
+  started = time.process_time()
+  _, dead = parse_all(fn, [PubsubMessage(huge, {}, message_id='huge')])
+  assert time.process_time() - started < 1
+  assert [(d['reason'], d['field']) for d in dead] == [('out_of_range', 'd')]
+  negative = zigzag(2) + b'\x01\x02' + zigzag(-1) + b'\x00' * 4
+  _, dead = parse_all(fn, [PubsubMessage(negative, {}, message_id='neg')])
+  assert [d['reason'] for d in dead] == ['not_avro'], dead
+  pretty = json.dumps({'d': '\u0001\u0002', 'e': 'HIGH', 'f': 0.1},
+                      indent=2).encode()
+  binary = encode(avro, {'d': D('2.58'), 'e': 'HIGH', 'f': 0.1}, 'BINARY')
+  rows, dead = parse_all(fn, [
+      PubsubMessage(pretty, {payloads.ENCODING_ATTRIBUTE: 'JSON'},
+                    message_id='j'),
+      PubsubMessage(binary, {}, message_id='b')])
+  assert dead == [] and rows[0]['f'] == rows[1]['f'] == float32(0.1)
+  assert rows[0]['d'] == rows[1]['d'] == D('2.58')
+  clash = {'type': 'record', 'name': 'R', 'namespace': 'a', 'fields': [
+      {'name': 'f1', 'type': {'type': 'record', 'name': 'X', 'fields': [
+          {'name': 's', 'type': ['null', 'string']}]}},
+      {'name': 'f2', 'type': {'type': 'record', 'name': 'b.X', 'fields': [
+          {'name': 'n', 'type': ['null', 'long']}]}},
+      {'name': 'f3', 'type': 'X'}]}
+  revision = payload_schemas.read_avro(json.dumps(clash), 'c.avsc')
+  fields = payload_schemas.merged_fields({None: revision})
+  assert [c['name'] for c in fields[2]['fields']] == ['s']
+  _, fn = parse_fn({None: revision})
+  rows, _ = parse_all(fn, [PubsubMessage(encode(clash, {
+      'f1': {'s': 'one'}, 'f2': {'n': 2}, 'f3': {'s': 'three'}}, 'BINARY'),
+      {}, message_id='c')])
+  assert rows[0]['f3'] == {'s': 'three'}
+  for bad, words in [
+      ({'type': 'record', 'name': 'R', 'fields': [
+          {'name': 'd', 'type': {'type': 'bytes', 'logicalType': 'decimal'}}]},
+       'needs an integer precision'),
+      ({'type': 'record', 'name': 'R', 'fields': [{'name': '_PARTITIONTIME',
+                                                   'type': 'long'}]},
+       'reserves')]:
+    try:
+      payload_schemas.merged_fields({None: payload_schemas.read_avro(
+          json.dumps(bad), 'x.avsc')})
+      schemas.table_from_bigquery_schema(payload_schemas.merged_fields(
+          {None: payload_schemas.read_avro(json.dumps(bad), 'x.avsc')}), 't')
+    except (payload_schemas.SchemaError, ValueError) as e:
+      assert words in str(e), e
+    else:
+      raise AssertionError('accepted %s' % bad)
+
+
+def test_logical_values_into_string_float_and_integer_columns():
+  """With --schema, a decoded timestamp, decimal or bytes into a STRING
+  column is its JSON API text (as a JSON payload's text would be stored);
+  a decimal into FLOAT is the nearest double, an integral one into
+  INTEGER its integer."""
+  avro = {'type': 'record', 'name': 'R', 'fields': [
+      {'name': 't', 'type': {'type': 'long', 'logicalType': 'timestamp-micros'}},
+      {'name': 'd', 'type': {'type': 'bytes', 'logicalType': 'decimal',
+                             'precision': 10, 'scale': 2}},
+      {'name': 'b', 'type': 'bytes'},
+      {'name': 'x', 'type': {'type': 'bytes', 'logicalType': 'decimal',
+                             'precision': 10, 'scale': 2}},
+      {'name': 'i', 'type': {'type': 'bytes', 'logicalType': 'decimal',
+                             'precision': 10, 'scale': 2}}]}
+  revision = payload_schemas.read_avro(json.dumps(avro), 'r.avsc')
+  _, fn = parse_fn({None: revision}, fields=[
+      {'name': 't', 'type': 'STRING'}, {'name': 'd', 'type': 'STRING'},
+      {'name': 'b', 'type': 'STRING'}, {'name': 'x', 'type': 'FLOAT'},
+      {'name': 'i', 'type': 'INTEGER'}])
+  rows, dead = parse_all(fn, [PubsubMessage(encode(avro, {
+      't': 1, 'd': D('1.50'), 'b': b'\x00\xff', 'x': D('0.10'),
+      'i': D('7.00')}, 'BINARY'), {}, message_id='m')])
+  assert dead == [], dead
+  assert rows[0]['t'] == '1970-01-01T00:00:00.000001+00:00'
+  assert (rows[0]['d'], rows[0]['b'], rows[0]['x'], rows[0]['i']) == (
+      '1.50', 'AP8=', 0.1, 7)

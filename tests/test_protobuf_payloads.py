@@ -434,5 +434,36 @@ def test_a_proto_file_compiles_and_a_uint64_past_int64_names_its_field(
     payload_schemas.load(str(broken), 'protobuf', None)
   except payload_schemas.SchemaError as e:
     assert 'does not compile' in str(e) and '\n' not in str(e)
+    assert '"strin" is not defined' in str(e), e  # protoc's own reason
   else:
     raise AssertionError('a broken .proto accepted')
+
+
+def test_a_folder_of_proto_revisions_and_invalid_durations(tmp_path):
+  """In a folder of .proto revisions, a file another imports is not a
+  revision (its message adds no column); a Duration the type refuses
+  (nanos of the other sign) is a bad_value naming the field."""
+  folder = tmp_path / 'revisions'
+  folder.mkdir()
+  (folder / 'common.proto').write_text(
+      'syntax = "proto3"; package shop; message Common { int64 n = 1; }')
+  (folder / '1a2b3c4d.proto').write_text(
+      'syntax = "proto3"; package shop; import "common.proto";\n'
+      'import "google/protobuf/duration.proto";\n'
+      'message Order { string id = 1; shop.Common c = 2; '
+      'google.protobuf.Duration took = 3; }')
+  revisions = payload_schemas.load(str(folder), 'protobuf', None)
+  assert sorted(revisions) == ['1a2b3c4d']
+  assert [f['name'] for f in payload_schemas.merged_fields(revisions)] == [
+      'id', 'c', 'took']
+  revision = revisions['1a2b3c4d']
+  _, fn = parse_fn(revisions)
+  message = revision._class(id='a')  # pylint: disable=protected-access
+  message.took.seconds, message.took.nanos = 1, -5
+  _, dead = parse_all(fn, [PubsubMessage(message.SerializeToString(), {
+      payloads.REVISION_ATTRIBUTE: '1a2b3c4d'}, message_id='1')])
+  assert [(d['reason'], d['field']) for d in dead] == [('bad_value', 'took')]
+  message.took.nanos = 5
+  rows, _ = parse_all(fn, [PubsubMessage(message.SerializeToString(), {
+      payloads.REVISION_ATTRIBUTE: '1a2b3c4d'}, message_id='2')])
+  assert rows[0]['took'] == D('1.000000005') and rows[0]['c'] is None

@@ -150,24 +150,25 @@ def test_revisions_from_pubsubs_schema_service_live_and_from_the_archive(
   rows = duckdb_dicts(live_db, 'SELECT * FROM signins ORDER BY message_id')
   assert len(rows) == 32  # 31 events (retries are no-ops) + the one without
   by_id = {r['message_id']: r for r in rows}
-  attributes = json.loads(by_id['e2']['attributes'])
+  attributes = json.loads(by_id['event_id=e2']['attributes'])
   assert attributes == {'event_id': 'e2', 'googclient_schemaencoding': 'BINARY',
                         'googclient_schemaname': schema,
                         'googclient_schemarevisionid': rev2}
-  assert by_id['e2'] == {
+  assert by_id['event_id=e2'] == {
       'userid': 'u2', 'date': when, 'device': 'IOS', 'country': 'NO',
       'subscription_name': path(live_sub),
-      'publish_time': by_id['e2']['publish_time'],
-      'attributes': by_id['e2']['attributes'], 'message_id': 'e2'}
-  assert json.loads(by_id['e1']['attributes'])[
+      'publish_time': by_id['event_id=e2']['publish_time'],
+      'attributes': by_id['event_id=e2']['attributes'],
+      'message_id': 'event_id=e2'}
+  assert json.loads(by_id['event_id=e1']['attributes'])[
       'googclient_schemarevisionid'] == rev1
-  assert by_id['e1']['country'] is None
-  assert by_id['e-tv']['userid'] == 'tv'  # decoded with the third revision
-  assert json.loads(by_id['e-tv']['attributes'])[
+  assert by_id['event_id=e1']['country'] is None
+  assert by_id['event_id=e-tv']['userid'] == 'tv'  # decoded with the third revision
+  assert json.loads(by_id['event_id=e-tv']['attributes'])[
       'googclient_schemarevisionid'] == rev3
   assert by_id[ids[-1]]['userid'] == 'no-id'  # its message id, as said
   assert json.loads(by_id[ids[-1]]['attributes'])['ordering_key'] == 'k1'
-  assert isinstance(by_id['e2']['publish_time'], datetime.datetime)
+  assert isinstance(by_id['event_id=e2']['publish_time'], datetime.datetime)
   assert duckdb_dicts(live_db, 'SELECT count(*) AS n FROM '
                       'signins_error_records') == [{'n': 0}]
   assert "no 'event_id' attribute" in err
@@ -186,22 +187,24 @@ def test_revisions_from_pubsubs_schema_service_live_and_from_the_archive(
                       replay_db, *flags)
     assert result.returncode == 0, result.stderr[-3000:]
   columns = 'message_id, userid, date, device, country, publish_time, attributes'
-  sql = ("SELECT %s FROM signins WHERE message_id <> 'e-tv' ORDER BY "
+  sql = ("SELECT %s FROM signins WHERE message_id <> 'event_id=e-tv' ORDER BY "
          "message_id" % columns)
   assert duckdb_dicts(replay_db, sql) == duckdb_dicts(live_db, sql)
   dead = duckdb_dicts(replay_db, 'SELECT message_id, reason FROM '
                       'signins_error_records')
-  assert dead == [{'message_id': 'e-tv', 'reason': 'unknown_schema_revision'}]
+  assert dead == [{'message_id': 'event_id=e-tv',
+                   'reason': 'unknown_schema_revision'}]
   (revisions / ('%s.avsc' % rev3)).write_text(json.dumps(v3))
   result = run_main('redrive', '--warehouse', replay_db, *flags)
   assert result.returncode == 0, result.stderr[-3000:]
   # The same row, but for its publish time: a dead letter does not keep it.
   sql = ('SELECT %s FROM signins ORDER BY message_id' % columns).replace(
-      'publish_time', "CASE WHEN message_id = 'e-tv' THEN NULL ELSE "
+      'publish_time', "CASE WHEN message_id = 'event_id=e-tv' THEN NULL ELSE "
       "publish_time END AS publish_time")
   assert duckdb_dicts(replay_db, sql) == duckdb_dicts(live_db, sql)
   assert duckdb_dicts(replay_db, "SELECT publish_time FROM signins WHERE "
-                      "message_id = 'e-tv'") == [{'publish_time': None}]
+                      "message_id = 'event_id=e-tv'") == [
+                          {'publish_time': None}]
 
 
 def test_hostile_and_unknown_revisions_in_an_archive_are_named_dead_letters(
@@ -301,6 +304,9 @@ def test_a_publishers_retries_are_one_sign_in_with_id_attribute(tmp_path,
       'userid': '9323423%d' % (i % 2), 'date': '2026-12-01T09:30:00Z'}
   ).encode(), {'event_id': 'e%d' % (i // 3)}, message_id=str(100 + i),
                             publish_time=when) for i in range(6)]
+  messages.append(PubsubMessage(json.dumps({
+      'userid': '93234239', 'date': '2026-12-01T09:30:00Z'}).encode(),
+      {'event_id': '100'}, message_id='200', publish_time=when))
   path = tmp_path / archive.file_path('archive', 's-', 0, 60, 'b', 'jsonl')
   path.parent.mkdir(parents=True)
   path.write_bytes(archive.encode([archive.record(m) for m in messages],
@@ -314,8 +320,21 @@ def test_a_publishers_retries_are_one_sign_in_with_id_attribute(tmp_path,
     assert result.returncode == 0, result.stderr[-3000:]
   ids = [r['message_id'] for r in duckdb_dicts(
       db, 'SELECT message_id FROM signins ORDER BY 1')]
-  assert ids == (['e0', 'e1'] if keyed else [str(100 + i) for i in range(6)])
+  # Keyed as NAME=VALUE: an attribute equal to another message's id
+  # (here '100') cannot take that message's place.
+  assert ids == (['event_id=100', 'event_id=e0', 'event_id=e1'] if keyed
+                 else [str(100 + i) for i in range(6)] + ['200'])
   assert counts_that_differ_from_the_rows(db, 60) == []
+
+
+def test_a_local_topic_read_with_id_attribute_is_a_one_line_error():
+  result = run_main('pubsub_to_bigquery', '--input_topic',
+                    'projects/my-project/topics/signins', '--id_attribute', 'event_id',
+                    '--schema', os.path.join(ROOT, 'data', 'orders.json'))
+  assert result.returncode == 2 and result.stderr.count('\n') == 1, (
+      result.stderr)
+  assert '--id_attribute with --input_topic runs on Dataflow only' in (
+      result.stderr)
 
 
 def test_on_dataflow_the_id_attribute_is_the_reads_id_label():

@@ -133,6 +133,10 @@ def _integer(value, path):
     number = int(exact)
   elif kind is Symbol:
     number = value.number
+  elif kind is decimal.Decimal:  # a decoded Avro decimal or Duration
+    if not value.is_finite() or value != value.to_integral_value():
+      raise _bad(path, value, 'an INTEGER')
+    number = int(value)
   elif kind is str and _INTEGER_TEXT.fullmatch(value):
     if len(value.strip().lstrip('+-').lstrip('0')) > 19:
       raise _out_of_range(path, value, 'INT64')
@@ -165,6 +169,11 @@ def _float(value, path):
     return number
   if kind is str and value.strip().lower() in _FLOAT_WORDS:
     return _FLOAT_WORDS[value.strip().lower()]
+  if kind is decimal.Decimal and value.is_finite():  # a decoded Duration
+    number = float(value)  # the nearest double
+    if math.isinf(number):
+      raise _out_of_range(path, value, 'FLOAT64')
+    return number
   raise _bad(path, value, 'a FLOAT64')
 
 
@@ -234,6 +243,15 @@ def _string(value, path):
     if _non_finite(value):
       raise _not_json_number(path, value)
     return repr(value)
+  # A decoded Avro or Protocol Buffer value into a STRING column (--schema):
+  # the text BigQuery's JSON API gives it, as a JSON payload's would be.
+  if kind is decimal.Decimal:
+    return str(value)
+  if kind is bytes:
+    return base64.b64encode(value).decode('ascii')
+  if kind is datetime.datetime or kind is datetime.date or (
+      kind is datetime.time):
+    return value.isoformat()
   raise _bad(path, value, 'a STRING')
 
 

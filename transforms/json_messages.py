@@ -168,7 +168,11 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
         continue
       if self._payloads.format != 'json':
         try:  # the UDF takes the decoded message as JSON
-          obj, _ = self._payloads.decode(message, self._max_bytes)
+          obj, checked = self._payloads.decode(message, self._max_bytes)
+          if not checked:  # a lone surrogate: named, as without a UDF
+            unencodable = json_rows.first_unencodable(obj)
+            if unencodable is not None:
+              raise json_rows.surrogate_refusal(unencodable)
           data = exact_json.dumps(payloads_lib.json_object(obj)).encode(
               'utf-8')
         except Exception as e:  # pylint: disable=broad-except

@@ -50,18 +50,25 @@ def avro_fields(schema):
 
 
 def _avro_record_fields(schema, named, namespace, path, seen):
-  name = schema['name']
+  name = payloads.full_name(schema['name'], schema.get('namespace', namespace))
   if name in seen:
     raise SchemaError('%s: a recursive type (%s) has no BigQuery type' % (
-        path, name))
+        path or name, name))
   named[name] = schema
-  namespace = schema.get('namespace', namespace)
-  if namespace:
-    named['%s.%s' % (namespace, name)] = schema
+  namespace = payloads.namespace_of(schema, namespace)
   return [_avro_field(f['name'], f['type'], named, namespace,
                       '%s.%s' % (path, f['name']) if path else f['name'],
                       seen=seen + (name,))
           for f in schema['fields']]
+
+
+def _resolve(reference, named, namespace):
+  """A named type's reference -> its full name, as the Avro spec resolves
+  it (the enclosing namespace first), or None."""
+  full = payloads.full_name(reference, namespace)
+  if full in named:
+    return full
+  return reference if reference in named else None
 
 
 def _avro_field(name, schema, named, namespace, path, nullable=False,
@@ -75,21 +82,30 @@ def _avro_field(name, schema, named, namespace, path, nullable=False,
     return _avro_field(name, others[0], named, namespace, path,
                        nullable=len(others) < len(schema), seen=seen)
   if isinstance(schema, str) and schema not in _PRIMITIVE_NAMES:
-    full = schema if schema in named else '%s.%s' % (namespace, schema)
-    if full not in named:
+    full = _resolve(schema, named, namespace)
+    if full is None:
       raise SchemaError('%s: Avro type %r is unknown' % (path, schema))
+    if full in seen:
+      raise SchemaError('%s: a recursive type (%s) has no BigQuery type' % (
+          path, full))
     schema = named[full]
+    namespace = full.rsplit('.', 1)[0] if '.' in full else ''
   kind = schema if isinstance(schema, str) else schema['type']
   if isinstance(kind, (dict, list)):
     return _avro_field(name, kind, named, namespace, path, nullable, seen)
   mode = _mode(nullable)
   logical = schema.get('logicalType') if isinstance(schema, dict) else None
   if isinstance(schema, dict) and schema.get('name') and kind in (
-      'record', 'enum', 'fixed'):
-    named[schema['name']] = schema
+      'enum', 'fixed'):
+    named[payloads.full_name(schema['name'], schema.get(
+        'namespace', namespace))] = schema
   if logical == 'decimal' and kind in ('bytes', 'fixed'):
-    precision = int(schema['precision'])
-    scale = int(schema.get('scale', 0))
+    try:
+      precision = int(schema['precision'])
+      scale = int(schema.get('scale', 0))
+    except (KeyError, TypeError, ValueError):
+      raise SchemaError('%s: a decimal needs an integer precision (and '
+                        'scale)' % path)
     if precision - scale <= 29 and scale <= 9:
       bq = 'NUMERIC'
     elif precision - scale <= 38 and scale <= 38:
@@ -144,10 +160,11 @@ def _takes_no_bytes(schema, named, namespace, seen=()):
       return True
     if schema in _PRIMITIVE_NAMES:
       return False
-    full = schema if schema in named else '%s.%s' % (namespace, schema)
-    if full in seen or full not in named:
+    full = _resolve(schema, named, namespace)
+    if full is None or full in seen:
       return False
-    return _takes_no_bytes(named[full], named, namespace, seen + (full,))
+    return _takes_no_bytes(named[full], named, full.rsplit('.', 1)[0] if (
+        '.' in full) else '', seen + (full,))
   kind = schema.get('type')
   if isinstance(kind, (dict, list)):
     return _takes_no_bytes(kind, named, namespace, seen)
@@ -155,9 +172,10 @@ def _takes_no_bytes(schema, named, namespace, seen=()):
     return int(schema.get('size', 0)) == 0
   if kind == 'record':
     if schema.get('name'):
-      named.setdefault(schema['name'], schema)
-    return all(_takes_no_bytes(f['type'], named, schema.get(
-        'namespace', namespace), seen) for f in schema.get('fields', ()))
+      named.setdefault(payloads.full_name(schema['name'], schema.get(
+          'namespace', namespace)), schema)
+    return all(_takes_no_bytes(f['type'], named, payloads.namespace_of(
+        schema, namespace), seen) for f in schema.get('fields', ()))
   return kind == 'null'
 
 
@@ -244,28 +262,32 @@ def compile_proto(path):
   """A .proto file -> (FileDescriptorSet bytes, its one top-level message's
   full name), with the protoc that grpcio-tools ships (imports of Google's
   well-known types resolve from its bundled include folder)."""
-  try:
-    from grpc_tools import protoc
-  except ImportError:
+  import importlib.util
+  if importlib.util.find_spec('grpc_tools') is None:  # a child runs protoc
     raise SchemaError('%s: compiling a .proto needs grpcio-tools (pip '
                       'install -r requirements.txt), or give a descriptor '
                       'set (protoc --include_imports --descriptor_set_out)'
                       % path)
   import importlib.resources
+  import subprocess
+  import sys
   include = str(importlib.resources.files('grpc_tools') / '_proto')
   folder = os.path.dirname(os.path.abspath(path))
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, 'set.pb')
-    import contextlib
-    import io
-    errors = io.StringIO()
-    with contextlib.redirect_stderr(errors):
-      code = protoc.main(['protoc', '-I', folder, '-I', include,
-                          '--include_imports', '--descriptor_set_out=' + out,
-                          os.path.basename(path)])
-    if code != 0 or not os.path.exists(out):
+    # In a child process: protoc writes its errors to file descriptor 2 from
+    # C++, which no Python redirect catches; here they are read, and the
+    # first becomes the one-line error.
+    done = subprocess.run(
+        [sys.executable, '-m', 'grpc_tools.protoc', '-I', folder, '-I',
+         include, '--include_imports', '--descriptor_set_out=' + out,
+         os.path.basename(path)], capture_output=True, text=True,
+        timeout=120)
+    if done.returncode != 0 or not os.path.exists(out):
+      said = [l.strip() for l in (done.stderr + done.stdout).splitlines()
+              if l.strip()]
       raise SchemaError('%s does not compile: %s' % (
-          path, (errors.getvalue().strip() or 'protoc failed').splitlines()[0]))
+          path, said[0] if said else 'protoc failed'))
     with open(out, 'rb') as f:
       data = f.read()
   return data, _top_message(data, os.path.basename(path), path)
@@ -374,12 +396,21 @@ def revision_from_definition(format_name, definition, where):
   return read_protobuf_set(descriptor_set, name, where)
 
 
+REVISION_ID = re.compile(r'[0-9a-f]{8}')  # Pub/Sub's: eight hex characters
+
+
 class SchemaService(object):
   """Revisions of a schema in Pub/Sub's schema service: ``revisions()``
   lists them (at launch); ``revision(rid)`` fetches one a message names
-  that the run did not know (committed since), once per id, a failure
-  remembered for a minute. Pickled by name: each worker makes its client."""
+  that the run did not know (committed since). Messages cannot drive it:
+  an id not shaped as Pub/Sub's is not looked up, at most one lookup runs
+  every FETCH_SECONDS (others wait for the next message), a failure is
+  remembered for RETRY_SECONDS (at most MAX_REMEMBERED of them), and a
+  failure is logged at most once a minute. Pickled by name: each worker
+  makes its client."""
   RETRY_SECONDS = 60
+  FETCH_SECONDS = 1.0
+  MAX_REMEMBERED = 1000
 
   def __init__(self, name, format_name):
     self.name = name
@@ -387,6 +418,8 @@ class SchemaService(object):
     self._client = None
     self._lock = threading.Lock()
     self._failed = {}
+    self._last_fetch = self._last_warning = float('-inf')
+    self._unsaid = 0
 
   def __getstate__(self):
     return {'name': self.name, 'format': self.format}
@@ -424,12 +457,18 @@ class SchemaService(object):
     return {s.revision_id: self._checked(s) for s in listed}
 
   def revision(self, rid):
-    """The revision ``rid`` of this schema, or None (not there, or the
-    service did not answer: tried again after RETRY_SECONDS)."""
+    """The revision ``rid`` of this schema, or None (not there, not shaped
+    as an id, not asked now, or the service did not answer)."""
+    if not isinstance(rid, str) or not REVISION_ID.fullmatch(rid):
+      return None
     with self._lock:
+      now = time.monotonic()
       failed = self._failed.get(rid)
-      if failed is not None and time.monotonic() - failed < self.RETRY_SECONDS:
+      if failed is not None and now - failed < self.RETRY_SECONDS:
         return None
+      if now - self._last_fetch < self.FETCH_SECONDS:
+        return None
+      self._last_fetch = now
       try:
         from google.pubsub_v1.types import SchemaView
         schema = self.client().get_schema(
@@ -437,10 +476,17 @@ class SchemaService(object):
                      'view': SchemaView.FULL})
         revision = self._checked(schema)
       except Exception as e:  # pylint: disable=broad-except
-        logging.getLogger(__name__).warning(
-            'schema revision %s@%s: %s', self.name, rid,
-            str(e).splitlines()[0] if str(e) else type(e).__name__)
-        self._failed[rid] = time.monotonic()
+        if len(self._failed) >= self.MAX_REMEMBERED:
+          self._failed.clear()
+        self._failed[rid] = now
+        self._unsaid += 1
+        if now - self._last_warning >= 60:
+          logging.getLogger(__name__).warning(
+              'schema revision %s@%s: %s (%d failed lookups since the last '
+              'such line)', self.name, rid,
+              str(e).splitlines()[0] if str(e) else type(e).__name__,
+              self._unsaid)
+          self._last_warning, self._unsaid = now, 0
         return None
       logging.getLogger(__name__).info(
           'schema revision %s@%s fetched (committed after the launch)',
@@ -459,6 +505,15 @@ def load(path, format_name, read):
   suffixes = AVRO_SUFFIXES if format_name == 'avro' else PROTOBUF_SUFFIXES
   if os.path.isdir(path):
     names = sorted(n for n in os.listdir(path) if n.endswith(suffixes))
+    if format_name == 'protobuf':  # a file another imports is not a revision
+      imported = set()
+      for n in names:
+        if n.endswith('.proto'):
+          with open(os.path.join(path, n), encoding='utf-8',
+                    errors='replace') as f:
+            imported.update(re.findall(
+                r'\bimport\s+(?:public\s+|weak\s+)?"([^"]+)"', f.read()))
+      names = [n for n in names if n not in imported]
     if not names:
       raise SchemaError('%s holds no %s file (one per revision, named by its '
                         'revision id)' % (path, ' or '.join(suffixes)))

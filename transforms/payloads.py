@@ -18,6 +18,8 @@ import base64
 import datetime
 import decimal
 import io
+import json
+import struct
 
 from transforms import dead_letters
 from transforms.bigquery_values import Refused
@@ -198,8 +200,19 @@ def _logical(schema):
   base = schema.get('type')
   if logical == 'decimal' and base in ('bytes', 'fixed'):
     scale = int(schema.get('scale', 0))
-    return lambda v, at: _decimal_of(int.from_bytes(v, 'big', signed=True),
-                                     scale)
+    # |unscaled| < 10^precision: at most this many bytes once the sign's
+    # repeated leading bytes are set aside. Longer is out of range, and is
+    # said before converting it (Decimal of a huge int is quadratic: a 1 MB
+    # decimal took 98 s of CPU).
+    most = int(schema.get('precision', 76)) * 0.4153 + 2
+
+    def decimal_value(v, at):
+      if len(v) > most and len(v.lstrip(
+          b'\xff' if v[:1] >= b'\x80' else b'\x00')) > most:
+        raise Refused('out_of_range', _where(at), 'a decimal of %d bytes has '
+                      'more digits than its precision' % len(v))
+      return _decimal_of(int.from_bytes(v, 'big', signed=True), scale)
+    return decimal_value
   if base in ('int', 'long'):
     # local-timestamp-*: not in the subscription's table, so read as the
     # long it annotates ("Any logical types not listed only match the
@@ -217,6 +230,20 @@ def _logical(schema):
   return SAME
 
 
+def full_name(name, namespace):
+  """An Avro name as the spec resolves it: a dotted name is full; another
+  is in the enclosing namespace."""
+  return name if '.' in name or not namespace else '%s.%s' % (namespace, name)
+
+
+def namespace_of(schema, namespace):
+  """The namespace a named type's fields resolve names in."""
+  name = schema.get('name', '')
+  if '.' in name:
+    return name.rsplit('.', 1)[0]
+  return schema.get('namespace', namespace)
+
+
 class AvroConverters(object):
   """An Avro schema -> a converter of fastavro's decoded value (read with
   logical types stripped, so that every range is checked here and named)
@@ -232,11 +259,12 @@ class AvroConverters(object):
 
   def _of(self, schema, namespace):
     if isinstance(schema, str):
+      if schema == 'float':
+        return _float32
       if schema in _AVRO_PRIMITIVES:
         return SAME
-      name = schema if '.' in schema or not namespace else (
-          '%s.%s' % (namespace, schema))
-      target = self._named.get(name) or self._named.get(schema)
+      target = self._named.get(full_name(schema, namespace)) or (
+          self._named.get(schema))
       if target is None:
         raise ValueError('unknown Avro type %r' % schema)
       return target[0]
@@ -252,7 +280,7 @@ class AvroConverters(object):
       return self._of(kind, namespace)
     if kind == 'record':
       slot = self._name(schema, namespace, [SAME])
-      inner = schema.get('namespace', namespace)
+      inner = namespace_of(schema, namespace)
       fields = [(f['name'], self._of(f['type'], inner))
                 for f in schema['fields']]
       fields = [(n, c) for n, c in fields if c is not SAME]
@@ -266,9 +294,18 @@ class AvroConverters(object):
       slot[0] = record
       return record
     if kind == 'enum':
-      symbols = {name: Symbol(name, i)
-                 for i, name in enumerate(schema['symbols'])}
-      symbol = lambda v, at: symbols[v]  # noqa: E731
+      names = list(schema['symbols'])
+      symbols = {name: Symbol(name, i) for i, name in enumerate(names)}
+      by_index = [symbols[name] for name in names]
+
+      def symbol(v, at):
+        if type(v) is int:  # binary: the index (fastavro would take -1 as  # pylint: disable=unidiomatic-typecheck
+          if 0 <= v < len(by_index):  # the last symbol)
+            return by_index[v]
+          raise dead_letters.Invalid('not_avro', '%s: enum index %d is not '
+                                     'one of its %d symbols' % (
+                                         _where(at), v, len(by_index)))
+        return symbols[v]
       self._name(schema, namespace, [symbol])
       return symbol
     if kind == 'fixed':
@@ -290,10 +327,8 @@ class AvroConverters(object):
     raise ValueError('unknown Avro type %r' % kind)
 
   def _name(self, schema, namespace, slot):
-    name = schema['name']
-    full = name if '.' in name else '.'.join(
-        p for p in (schema.get('namespace', namespace), name) if p)
-    self._named[full] = self._named[name] = slot
+    self._named[full_name(schema['name'], schema.get('namespace',
+                                                     namespace))] = slot
     return slot
 
   def _union(self, branches, namespace):
@@ -309,17 +344,45 @@ class AvroConverters(object):
     return SAME
 
 
-def _strip_logical(schema):
+_FLOAT32 = struct.Struct('<f')
+
+
+def _float32(v, at):
+  """An Avro float as a float32 holds it: the same value from either
+  encoding (JSON's 0.1 is the float32 nearest 0.1, as binary's is)."""
+  try:
+    return _FLOAT32.unpack(_FLOAT32.pack(v))[0]
+  except (OverflowError, struct.error):
+    raise Refused('out_of_range', _where(at), '%r is beyond an Avro float' % (
+        v,))
+
+
+def _no_constant(name):
+  raise ValueError('%s is not JSON' % name)
+
+
+def _strip_logical(schema, enums=None, namespace=''):
   """The schema fastavro reads with: no logicalType (this module converts
-  them, with ranges checked and named)."""
+  them, with ranges checked and named); with ``enums`` (a set, for binary),
+  every enum read as the long its index is, so that this module checks it
+  (fastavro takes index -1 as the last symbol)."""
   if isinstance(schema, list):
-    return [_strip_logical(s) for s in schema]
+    return [_strip_logical(s, enums, namespace) for s in schema]
+  if isinstance(schema, str):
+    if enums is not None and full_name(schema, namespace) in enums:
+      return 'long'
+    return schema
   if not isinstance(schema, dict):
     return schema
-  out = {k: _strip_logical(v) for k, v in schema.items()
-         if k != 'logicalType'}
+  if enums is not None and schema.get('type') == 'enum':
+    enums.add(full_name(schema['name'], schema.get('namespace', namespace)))
+    return 'long'
+  inner = namespace_of(schema, namespace) if schema.get('type') in (
+      'record', 'error') else namespace
+  out = {k: _strip_logical(v, enums, inner) for k, v in schema.items()
+         if k not in ('logicalType', 'fields')}
   if 'fields' in schema:
-    out['fields'] = [dict(f, type=_strip_logical(f['type']))
+    out['fields'] = [dict(f, type=_strip_logical(f['type'], enums, inner))
                      for f in schema['fields']]
   return out
 
@@ -333,6 +396,7 @@ class AvroRevision(object):
     import fastavro
     self.schema = schema
     self._parsed = fastavro.parse_schema(_strip_logical(schema))
+    self._binary = fastavro.parse_schema(_strip_logical(schema, set()))
     self._convert = AvroConverters(schema).convert
 
   def __getstate__(self):
@@ -345,17 +409,18 @@ class AvroRevision(object):
     import fastavro
     if encoding == 'BINARY':
       stream = io.BytesIO(data)
-      value = fastavro.schemaless_reader(stream, self._parsed, None)
+      value = fastavro.schemaless_reader(stream, self._binary, None)
       if stream.tell() != len(data):
         raise dead_letters.Invalid('not_avro', '%d bytes after the record' % (
             len(data) - stream.tell()))
       checked = True
     else:
       from fastavro import json_read
-      text = data.decode('utf-8')
-      if '\n' in text.strip():
-        raise ValueError('more than one JSON record')
-      value, = list(json_read.json_reader(io.StringIO(text), self._parsed))
+      # One JSON value, on any number of lines (fastavro's reader takes a
+      # record a line): read whole, handed over on one line.
+      line = json.dumps(json.loads(data.decode('utf-8'),
+                                   parse_constant=_no_constant))
+      value, = list(json_read.json_reader(io.StringIO(line), self._parsed))
       checked = False  # JSON escapes may spell lone surrogates
     if not isinstance(value, dict):
       raise ValueError('not a record')
@@ -372,8 +437,14 @@ _JSON_TYPES = {'google.protobuf.Struct', 'google.protobuf.Value',
 
 
 def _duration_of(message, at):
-  """A Duration -> its seconds, exact to the nanosecond (a Decimal)."""
-  del at
+  """A Duration -> its seconds, exact to the nanosecond (a Decimal); one
+  the Duration type refuses (nanos of another sign than seconds, or a
+  second or more of them) is a bad_value."""
+  seconds, nanos = message.seconds, message.nanos
+  if abs(nanos) >= 10**9 or (seconds and nanos and (seconds < 0) != (
+      nanos < 0)):
+    raise Refused('bad_value', _where(at), 'Duration of %d s and %d ns is not '
+                  'a valid Duration' % (seconds, nanos))
   return _EXACT.add(decimal.Decimal(message.seconds),
                     decimal.Decimal(message.nanos).scaleb(-9, _EXACT))
 

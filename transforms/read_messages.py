@@ -59,11 +59,14 @@ class ReadMessages(beam.PTransform):
 
 
 class KeyedByAttribute(object):
-  """A message with its ``name`` attribute as its message id (--id_attribute):
-  the event's own id, which a publisher's retry keeps under a new message
-  id; everything downstream keys by it. A copy: what the reader set beside
-  the message (``given_up``, ``batch``) stays. Without the attribute (or
-  with an empty one) the message keeps its id, said once in the log."""
+  """A message with its ``name`` attribute as its message id (--id_attribute),
+  as ``NAME=VALUE``: the event's own id, which a publisher's retry keeps
+  under a new message id; everything downstream keys by it. The name keeps
+  these keys apart from message ids (which never hold '='), so an attribute
+  equal to another message's id cannot take that message's place. A copy:
+  what the reader set beside the message (``given_up``, ``batch``) stays.
+  Without the attribute (or with an empty one) the message keeps its id,
+  said once in the log."""
   def __init__(self, name):
     self._name = name
     self._said = False
@@ -78,7 +81,7 @@ class KeyedByAttribute(object):
             'message id %r (said once)', self._name, message.message_id)
       return message
     keyed = copy.copy(message)
-    keyed.message_id = key
+    keyed.message_id = '%s=%s' % (self._name, key)
     return keyed
 
   def block(self, block):

@@ -151,6 +151,27 @@ def decimal_text(value):
   return format(value, 'f')
 
 
+# Column names BigQuery refuses, from
+# https://cloud.google.com/bigquery/docs/schemas#column_names (case ignored).
+RESERVED_PREFIXES = ('_table_', '_file_', '_partition', '_row_timestamp',
+                     '__root__', '_colidentifier', '_change_sequence_number',
+                     '_change_type', '_change_timestamp')
+MAX_NAME_LENGTH = 300
+
+
+def column_name_problem(name):
+  """Why BigQuery refuses ``name`` as a column name, or None."""
+  if not name:
+    return 'an empty name is not a BigQuery column name'
+  if len(name) > MAX_NAME_LENGTH:
+    return 'a column name has at most %d characters; this has %d' % (
+        MAX_NAME_LENGTH, len(name))
+  if name.lower().startswith(RESERVED_PREFIXES):
+    return ('%r starts with a prefix BigQuery reserves (%s)' % (
+        name, ', '.join(p.upper() for p in RESERVED_PREFIXES)))
+  return None
+
+
 def field_from_bigquery(spec, path=''):
   """One field of a BigQuery JSON schema -> Field; ValueError naming it."""
   from transforms import json_rows
@@ -158,6 +179,9 @@ def field_from_bigquery(spec, path=''):
     raise ValueError('%s: a field needs a "name"' % (path or 'schema'))
   name = spec['name']
   where = '%s.%s' % (path, name) if path else name
+  problem = column_name_problem(name)
+  if problem:
+    raise ValueError('%s: %s' % (where or repr(name), problem))
   kind = str(spec.get('type', '')).upper()
   kind = json_rows.ALIASES.get(kind, kind)
   if kind not in json_rows.TYPES:
