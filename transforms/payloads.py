@@ -357,10 +357,6 @@ def _float32(v, at):
         v,))
 
 
-def _no_constant(name):
-  raise ValueError('%s is not JSON' % name)
-
-
 def _strip_logical(schema, enums=None, namespace=''):
   """The schema fastavro reads with: no logicalType (this module converts
   them, with ranges checked and named); with ``enums`` (a set, for binary),
@@ -417,9 +413,9 @@ class AvroRevision(object):
     else:
       from fastavro import json_read
       # One JSON value, on any number of lines (fastavro's reader takes a
-      # record a line): read whole, handed over on one line.
-      line = json.dumps(json.loads(data.decode('utf-8'),
-                                   parse_constant=_no_constant))
+      # record a line): read whole, handed over on one line. NaN and
+      # Infinity are taken as Avro's JSON writers write them, bare.
+      line = json.dumps(json.loads(data.decode('utf-8')))
       value, = list(json_read.json_reader(io.StringIO(line), self._parsed))
       checked = False  # JSON escapes may spell lone surrogates
     if not isinstance(value, dict):
