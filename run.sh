@@ -114,7 +114,8 @@ usage() {
   cat <<'USAGE'
 usage: ./run.sh COMMAND
   demo                       both pipelines on bundled sample data and local emulators
-  test [ARGS]                the test suite (ARGS go to pytest)
+  test [ARGS]                the test suite, in 2 processes (TEST_WORKERS);
+                             ARGS go to pytest instead
   emulators start|stop|status|env|dataset P:D
                              the local Pub/Sub, GCS and BigQuery emulators
                              (.local/emulators); env prints the exports;
@@ -151,6 +152,12 @@ case "$cmd" in
     ensure_venv
     ensure_bqemulator
     ensure_graphviz
+    # The whole suite in TEST_WORKERS processes (pytest-xdist; a file's tests
+    # stay together, each process starts the emulators it needs): most of
+    # its time is waiting on streams and emulators. With arguments, as given.
+    if [ $# -eq 0 ]; then
+      set -- -n "${TEST_WORKERS:-2}" --dist loadfile
+    fi
     exec "$PY" -m pytest "$@"
     ;;
   bench)

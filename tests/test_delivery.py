@@ -395,15 +395,19 @@ def test_kill_9_amid_drops_and_fan_outs_then_a_restart_accounts_for_each_once(
   letters = con.execute(
       'SELECT message_id, reason FROM orders_error_records').fetchall()
   con.close()
-  assert len(stored) == len({r[0] for r in stored}) == rows
-  assert len(letters) == len({r[0] for r in letters}) == dead
-  assert 'too_many_attempts' not in {r[1] for r in letters}
   by_id = dict(zip(ids, kinds))
   made = {}
   for (message_id,) in stored:
     made.setdefault(message_id.split('#')[0], []).append('row')
   for message_id, _ in letters:
     made.setdefault(message_id, []).append('dead')
+  # What went missing, or where, says what failed (a failure on a loaded
+  # machine once gave only the counts).
+  missing = {i: k for i, k in by_id.items() if k != 'drop' and i not in made}
+  assert not missing, (missing, sorted(set(r[1] for r in letters)))
+  assert len(stored) == len({r[0] for r in stored}) == rows, letters
+  assert len(letters) == len({r[0] for r in letters}) == dead
+  assert 'too_many_attempts' not in {r[1] for r in letters}
   assert {i: by_id[i] for i in made} == {i: k for i, k in by_id.items()
                                          if k != 'drop'}
 

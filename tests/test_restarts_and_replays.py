@@ -375,13 +375,13 @@ def test_a_full_disk_is_waited_out_and_the_stream_resumes_by_itself(
         proc.proc.kill()
 
 
-def _reader_sockets():
+def _reader_sockets(tmpdir=None):
   """The unix sockets a process listens on in its private reader folder."""
   import glob
   import stat
   found = []
-  for folder in glob.glob(os.path.join(os.environ.get('TMPDIR', '/tmp'),
-                                       'beam-reader-*')):
+  for folder in glob.glob(os.path.join(
+      tmpdir or os.environ.get('TMPDIR', '/tmp'), 'beam-reader-*')):
     st = os.stat(folder)
     assert stat.S_IMODE(st.st_mode) == 0o700, oct(st.st_mode)
     found.extend(glob.glob(os.path.join(folder, 'events')))
@@ -401,12 +401,17 @@ def test_another_process_gets_nothing_from_the_readers_channel(
   from tests.test_user_signin_stream import wait_for_status
   project = pubsub_emulator.project
   topic, sub = _topic_and_subscription(project, 'spy-%s' % uuid.uuid4().hex[:8])
-  before = set(_reader_sockets())
+  # A TMPDIR of its own: other streams (tests run side by side) make
+  # reader folders too. Short, for the socket's path.
+  import tempfile
+  tmpdir = tempfile.mkdtemp(prefix='spy', dir='/tmp')
+  before = set(_reader_sockets(tmpdir))
   db, status = tmp_path / 'w.duckdb', tmp_path / 'status.json'
   proc = start_pipeline(tmp_path, '--input_subscription', sub, '--warehouse', db,
-                        '--progress_seconds', 0.3, '--status_file', status)
+                        '--progress_seconds', 0.3, '--status_file', status,
+                        env=dict(os.environ, TMPDIR=tmpdir))
   wait_for_status(status, lambda s: 'in_flight' in s, proc)
-  sockets = set(_reader_sockets()) - before
+  sockets = set(_reader_sockets(tmpdir)) - before
   assert len(sockets) == 1, sockets
   spy = subprocess.run(
       [sys.executable, '-c', SPY, 'unix:' + sockets.pop()],
@@ -420,7 +425,8 @@ def test_another_process_gets_nothing_from_the_readers_channel(
   assert spy.stdout.strip() == 'refused, 0 events', (spy.stdout, spy.stderr)
   assert 'refused a second client' in err
   assert done['stored_total'] == len(ids) and count(db, 'signins') == len(ids)
-  assert not [s for s in _reader_sockets() if s not in before]  # removed
+  assert not [s for s in _reader_sockets(tmpdir) if s not in before]  # removed
+  os.rmdir(tmpdir)
 
 
 SPY = '''

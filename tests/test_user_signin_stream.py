@@ -24,12 +24,13 @@ FIXED_DATE = '2017-10-17T20:57:17.338320'
 class Pipeline(object):
   """main.py user_signin in the background, its output in files (an unread
   pipe would fill up with progress lines and block it)."""
-  def __init__(self, log_dir, *args, name='user_signin'):
+  def __init__(self, log_dir, *args, name='user_signin', env=None):
     self._out = open(os.path.join(log_dir, 'stdout-%d.txt' % id(self)), 'w+')
     self._err = open(os.path.join(log_dir, 'stderr-%d.txt' % id(self)), 'w+')
     self.proc = subprocess.Popen(
         [sys.executable, os.path.join(ROOT, 'main.py'), name] +
-        [str(a) for a in args], stdout=self._out, stderr=self._err, cwd=ROOT)
+        [str(a) for a in args], stdout=self._out, stderr=self._err, cwd=ROOT,
+        env=env)
 
   def poll(self):
     return self.proc.poll()
@@ -52,8 +53,8 @@ class Pipeline(object):
     return tuple(outputs)
 
 
-def start_pipeline(log_dir, *args, name='user_signin'):
-  return Pipeline(log_dir, *args, name=name)
+def start_pipeline(log_dir, *args, name='user_signin', env=None):
+  return Pipeline(log_dir, *args, name=name, env=env)
 
 
 def wait_for_status(path, done, proc, timeout=120):
