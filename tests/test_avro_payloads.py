@@ -180,6 +180,22 @@ def parse_all(fn, messages):
   return rows, dead
 
 
+def assert_stored_exactly(fn, schema, messages, expected, same_value):
+  """``messages`` through the parse step ``fn`` are all rows, and DuckDB
+  gives back each ``expected`` {message id: {column: value}} exactly
+  (``same_value(field, stored, expected)``)."""
+  rows, dead = parse_all(fn, messages)
+  assert dead == [], dead
+  found, = stored_in_duckdb(schema, rows, dead, 'SELECT * FROM t')
+  stored = {r['message_id']: r for r in found}
+  assert sorted(stored) == sorted(expected)
+  by_name = {f.name: f for f in schema.fields}
+  for i, want in expected.items():
+    for name, value in want.items():
+      assert same_value(by_name[name], stored[i][name], value), (
+          name, stored[i][name], value)
+
+
 def parse_fn(revisions, fields=None, name='t'):
   schema = schemas.table_from_bigquery_schema(
       fields or payload_schemas.merged_fields(revisions), name)
@@ -203,16 +219,7 @@ def test_random_avro_schemas_and_values_are_stored_exactly(data):
     messages.append(PubsubMessage(encode(avro, value, encoding), {
         payloads.ENCODING_ATTRIBUTE: encoding}, message_id=str(i)))
     expected[str(i)] = expected_of(value)
-  rows, dead = parse_all(fn, messages)
-  assert dead == [], dead
-  found, = stored_in_duckdb(schema, rows, dead, 'SELECT * FROM t')
-  stored = {r['message_id']: r for r in found}
-  assert sorted(stored) == sorted(expected)
-  by_name = {f.name: f for f in schema.fields}
-  for i, want in expected.items():
-    for name, value in want.items():
-      assert same(by_name[name], stored[i][name], value), (
-          name, stored[i][name], value)
+  assert_stored_exactly(fn, schema, messages, expected, same)
 
 
 def hostile(data, good):

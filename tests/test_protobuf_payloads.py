@@ -23,9 +23,9 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from tests.test_avro_payloads import assert_stored_exactly
 from tests.test_avro_payloads import parse_all
 from tests.test_exact_properties import same
-from tests.test_exact_properties import stored_in_duckdb
 from transforms import json_messages
 from transforms import payload_schemas
 from transforms import payloads
@@ -325,16 +325,7 @@ def test_random_protobuf_types_and_values_are_stored_exactly(data):
     messages.append(PubsubMessage(encode(revision, parts, value, encoding), {
         payloads.ENCODING_ATTRIBUTE: encoding}, message_id=str(i)))
     expected[str(i)] = expected_of(value)
-  rows, dead = parse_all(fn, messages)
-  assert dead == [], dead
-  found, = stored_in_duckdb(schema, rows, dead, 'SELECT * FROM t')
-  stored = {r['message_id']: r for r in found}
-  assert sorted(stored) == sorted(expected)
-  by_name = {f.name: f for f in schema.fields}
-  for i, want in expected.items():
-    for name, value in want.items():
-      assert same_row_value(by_name[name], stored[i][name], value), (
-          name, stored[i][name], value)
+  assert_stored_exactly(fn, schema, messages, expected, same_row_value)
 
 
 @settings(max_examples=60, deadline=None,

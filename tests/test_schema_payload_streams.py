@@ -6,13 +6,11 @@ replayed gives the same rows and dead letters. And the table derived from a
 .proto, on the BigQuery emulator and in DuckDB, read back equal."""
 
 import datetime
-import io
 import json
 import os
 import signal
 import uuid
 
-import fastavro
 import pytest
 
 from tests.conftest import PROJECT
@@ -20,6 +18,7 @@ from tests.conftest import ROOT
 from tests.conftest import duckdb_dicts
 from tests.conftest import new_dataset
 from tests.conftest import run_main
+from tests.test_avro_payloads import encode as avro
 from tests.test_archive import archive_run
 from tests.test_user_signin_stream import start_pipeline
 from tests.test_user_signin_stream import wait_for_status
@@ -30,17 +29,6 @@ UTC = datetime.timezone.utc
 V1 = json.load(open(os.path.join(ROOT, 'data', 'signin.avsc')))
 V2 = dict(V1, fields=V1['fields'] + [
     {'name': 'country', 'type': ['null', 'string'], 'default': None}])
-
-
-def avro(schema, record, encoding):
-  parsed = fastavro.parse_schema(schema)
-  if encoding == 'BINARY':
-    out = io.BytesIO()
-    fastavro.schemaless_writer(out, parsed, record)
-    return out.getvalue()
-  out = io.StringIO()
-  fastavro.json_writer(out, parsed, [record])
-  return out.getvalue().strip().encode('utf-8')
 
 
 def schema_topic(project, name, definitions):
