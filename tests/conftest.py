@@ -31,6 +31,20 @@ GCS_BUCKET = 'test-bucket'
 PROJECT = 'test-project'
 
 
+@pytest.fixture(autouse=True)
+def no_pipeline_left_running():
+  """After each test, any pipeline it started in the background and left
+  running (a test that failed before stopping it) is killed: an orphaned
+  stream would run on, and load the machine, for the rest of the session."""
+  yield
+  from tests.test_user_signin_stream import Pipeline
+  while Pipeline.started:
+    proc = Pipeline.started.pop()
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait(30)
+
+
 @pytest.fixture(scope='session')
 def gcs_root(tmp_path_factory):
   """Where the GCS emulator keeps objects (and BigQuery load jobs read them)."""

@@ -23,7 +23,11 @@ FIXED_DATE = '2017-10-17T20:57:17.338320'
 
 class Pipeline(object):
   """main.py user_signin in the background, its output in files (an unread
-  pipe would fill up with progress lines and block it)."""
+  pipe would fill up with progress lines and block it). Every one started
+  is killed at its test's end if still running (conftest): a test that
+  failed before stopping its stream must not leave it running."""
+  started = []
+
   def __init__(self, log_dir, *args, name='user_signin', env=None):
     self._out = open(os.path.join(log_dir, 'stdout-%d.txt' % id(self)), 'w+')
     self._err = open(os.path.join(log_dir, 'stderr-%d.txt' % id(self)), 'w+')
@@ -31,6 +35,7 @@ class Pipeline(object):
         [sys.executable, os.path.join(ROOT, 'main.py'), name] +
         [str(a) for a in args], stdout=self._out, stderr=self._err, cwd=ROOT,
         env=env)
+    Pipeline.started.append(self.proc)
 
   def poll(self):
     return self.proc.poll()
