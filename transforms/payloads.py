@@ -30,9 +30,9 @@ FORMATS = ('json', 'avro', 'protobuf')
 ENCODINGS = ('binary', 'json')
 ENCODING_ATTRIBUTE = 'googclient_schemaencoding'
 REVISION_ATTRIBUTE = 'googclient_schemarevisionid'
-NAME_ATTRIBUTE = 'googclient_schemaname'
 REASONS = ('not_avro', 'not_protobuf', 'unknown_schema_revision')
 UTC = datetime.timezone.utc
+_INF = float('inf')
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_DATE = datetime.date(1970, 1, 1)
 
@@ -59,9 +59,6 @@ def json_object(value):
   if kind in (datetime.datetime, datetime.date, datetime.time):
     return value.isoformat()
   return value
-
-
-_INF = float('inf')
 
 
 class JsonPayloads(object):
@@ -134,17 +131,21 @@ class SchemaPayloads(object):
 
 
 def _where(at):
-  """A lazy path -> its text: ``at`` is None (the top), or (parent, name)
-  for a field, (parent, index) for an item; built on every call, rendered
-  only for a refusal."""
-  parts = []
+  """A lazy path -> its text: ``at`` is None (the top), or (parent, step)
+  where a step is a field's name, an item's index, or ``(key,)`` for a map
+  entry; built on every call, rendered only for a refusal."""
+  steps = []
   while at is not None:
     at, step = at
-    parts.append('[%r]' % step if isinstance(step, int) or (
-        parts and parts[-1] == '#key') else step)
+    steps.append(step)
   out = ''
-  for step in reversed(parts):
-    out += step if step.startswith('[') or not out else '.' + step
+  for step in reversed(steps):
+    if isinstance(step, int):
+      out += '[%d]' % step
+    elif isinstance(step, tuple):
+      out += '[%r]' % (step[0],)
+    else:
+      out += '.' + step if out else step
   return out
 
 
@@ -320,7 +321,7 @@ class AvroConverters(object):
       value = self._of(schema['values'], namespace)
       if value is SAME:
         return lambda v, at: [{'key': k, 'value': v[k]} for k in sorted(v)]
-      return lambda v, at: [{'key': k, 'value': value(v[k], (at, k))}
+      return lambda v, at: [{'key': k, 'value': value(v[k], (at, (k,)))}
                             for k in sorted(v)]
     if isinstance(kind, (dict, list)) or kind not in _AVRO_PRIMITIVES:
       return self._of(kind, namespace)
@@ -522,7 +523,7 @@ class ProtobufConverters(object):
       value = self._scalar(entry.fields_by_name['value'])
       if value is SAME:
         return lambda v, at: [{'key': k, 'value': v[k]} for k in sorted(v)]
-      return lambda v, at: [{'key': k, 'value': value(v[k], (at, k))}
+      return lambda v, at: [{'key': k, 'value': value(v[k], (at, (k,)))}
                             for k in sorted(v)]
     scalar = self._scalar(field)
     if _is_repeated(field):
