@@ -256,3 +256,31 @@ def test_event_timestamp_is_beams_own_conversion(when):
   from apache_beam.utils.timestamp import Timestamp
   when = when.replace(tzinfo=datetime.timezone.utc)
   assert event_time.utc_timestamp(when) == Timestamp.from_utc_datetime(when)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(
+    st.integers(0, (1 << 31) * 10**6 - 1),  # the range timestamp() takes
+    st.integers(-62135596800 * 10**6, 253402300799999999),
+    st.integers(0, 10**6).map(lambda f: (1 << 31) * 10**6 - f),  # its edge
+    st.integers(0, 2**31 - 1).map(lambda s: s * 10**6 + 999999)),
+       st.sampled_from([datetime.timezone.utc, datetime.timezone(
+           datetime.timedelta(hours=5, minutes=30)), None]))
+def test_a_stamp_is_the_exact_microsecond_of_its_time(micros, zone):
+  """``stamped`` reads 1970-2038 through ``timestamp()`` (one rounding,
+  whose integer part is the second): the same stamp as exact arithmetic,
+  every microsecond, whatever the zone of the datetime."""
+  from apache_beam.transforms.window import TimestampedValue
+  from apache_beam.utils.timestamp import Timestamp
+  when = event_time.calendar_datetime(micros)
+  if zone is not None:
+    if micros < 253402200000 * 10**6:  # +05:30 of the last hours is year 10000
+      when = when.astimezone(zone)
+  else:
+    when = when.replace(tzinfo=None)  # naive: refused, never guessed
+    with pytest.raises(TypeError):
+      event_time.stamped('v', when)
+    return
+  got = event_time.stamped('v', when)
+  assert got == TimestampedValue('v', Timestamp(micros=micros))
+  assert vars(got.timestamp) == vars(Timestamp(micros=micros))

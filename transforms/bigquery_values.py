@@ -183,16 +183,20 @@ _QUANTUM = {kind: decimal.Decimal(1).scaleb(-scale)
 _SAFE_DIGITS = {'NUMERIC': 28, 'BIGNUMERIC': 37}
 
 
+# The common text, stored as written (no rounding, inside the range): at
+# most 27 digits before the point (26 after a minus sign), at least one, and
+# one to the type's scale after it.
+_PLAIN_DECIMAL = {
+    kind: re.compile(r'(?:[0-9]{1,27}|-[0-9]{1,26})\.[0-9]{1,%d}' % scale
+                     ).fullmatch
+    for kind, (scale, _, _) in _DECIMAL_TYPES.items()}
+
+
 def _decimal(value, path, kind_name):
   scale, smallest, largest = _DECIMAL_TYPES[kind_name]
   kind = type(value)
-  if kind is str or kind is Number:  # the common text: no rounding, in range
-    point = value.find('.')
-    whole = value[1:point] if value[:1] == '-' else value[:point]
-    if (0 < point < 28 and len(value) - point - 1 <= scale
-        and value.isascii() and whole.isdigit()
-        and value[point + 1:].isdigit()):
-      return decimal.Decimal(value)
+  if (kind is str or kind is Number) and _PLAIN_DECIMAL[kind_name](value):
+    return decimal.Decimal(value)  # the common text: no rounding, in range
   try:
     if kind is decimal.Decimal:  # a decoded Avro decimal or Duration
       number = value
