@@ -17,6 +17,7 @@ import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage
 
 from transforms import blocks as blocks_lib
+from transforms import compiled_rows
 from transforms import dead_letters
 from transforms import event_time
 from transforms import exact_json
@@ -66,16 +67,19 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
   def setup(self):
     super().setup()
     self._convert = json_rows.RowConverter(self._data_fields, self._unknown)
+    # The common JSON message in one C call; the rest on the exact path.
+    self._compiled = compiled_rows.compile_rows(self._data_fields) if (
+        self._payloads.format == 'json') else None
     # The UDF's calls, in worker processes started at the first call.
     self._udf_calls = udf.Calls(self._udf, self._udf_timeout) if (
         self._udf) else None
 
   def process(self, message: PubsubMessage,
               timestamp=beam.DoFn.TimestampParam) -> Iterable[dead_letters.Row]:
+    """A sequence of outputs (not a generator: ~0.3 us less a message)."""
     if self._udf_calls is not None:
-      yield from self._through_udf(message, timestamp)
-      return
-    yield self._one(message, timestamp)
+      return self._through_udf(message, timestamp)
+    return (self._one(message, timestamp),)
 
   def outputs(self, message, timestamp):
     """``process``'s outputs for one message, as a sequence (a block's
@@ -91,16 +95,34 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
   def _one(self, message, timestamp):
     """The row or the dead letter of one message (no UDF: exactly one)."""
     self._seen += 1
+    row = None
+    if self._compiled is not None:
+      data = message.data
+      if (type(data) is bytes and len(data) <= self._max_bytes  # pylint: disable=unidiomatic-typecheck
+          and getattr(message, 'given_up', None) is None):
+        try:
+          row = self._compiled(data)
+        except Exception:  # pylint: disable=broad-except
+          pass  # the exact path decides, and names the reason
     try:
-      payload, checked = self._payloads.decode(message, self._max_bytes)
-      row = self._row(payload, checked)
+      if row is None:
+        payload, checked = self._payloads.decode(message, self._max_bytes)
+        row = self._row(payload, checked)
       if self._metadata is not None:
         self._add_metadata(row, message)
     except Exception as e:  # pylint: disable=broad-except
       return self._dead_for(message, e)
     if self._with_id:
-      row['message_id'] = dead_letters.stored_id(message.message_id)
+      message_id = message.message_id
+      row['message_id'] = message_id if type(message_id) is str and (  # pylint: disable=unidiomatic-typecheck
+          message_id.isascii()) else dead_letters.stored_id(message_id)
     self._rows += 1
+    if not self.stamp_rows:
+      return row
+    when = row.get(self._event_time_field) if self._event_time_field else (
+        dead_letters.publish_time(message))
+    if type(when) is datetime.datetime:  # pylint: disable=unidiomatic-typecheck
+      return event_time.stamped(row, when)
     return self._stamped(row, message, timestamp)
 
   def _row(self, obj, checked):

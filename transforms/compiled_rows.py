@@ -1,0 +1,175 @@
+"""A JSON payload -> its row in one C call for the common message: a msgspec
+decoder compiled from the table's fields, then a generated function that
+finishes what C cannot read as BigQuery does.
+
+Each RECORD level is a msgspec ``Struct`` (unknown keys forbidden, so a key
+of another case or an unknown key is not taken), and each column is typed
+as msgspec checks it exactly: STRING ``str``, INTEGER ``int`` within INT64,
+FLOAT ``float`` (refusing what overflows), BOOLEAN ``bool``, DATE ``date``,
+a nullable column ``Optional``, REPEATED a list. TIMESTAMP is read as text
+and parsed by msgspec's RFC 3339 reader, except a seventh fractional digit,
+which msgspec rounds and BigQuery refuses. The other types (NUMERIC,
+BIGNUMERIC, BYTES, TIME, DATETIME, JSON, GEOGRAPHY) arrive as their raw
+JSON text and go through the exact readers (``bigquery_values``).
+
+Anything the compiled decoder does not take raises, and the caller reads
+the message on the exact path (``json_rows``), which names the reason and
+the field. So this is speed only: the row it gives is the exact path's
+row, which a property test holds on random schemas and hostile messages.
+"""
+
+import datetime
+import itertools
+import logging
+from typing import Annotated
+from typing import List
+from typing import Optional
+
+import msgspec
+
+from transforms import bigquery_values
+from transforms import exact_json
+
+UTC = datetime.timezone.utc
+_INT64 = Annotated[int, msgspec.Meta(ge=bigquery_values.INT64_MIN,
+                                     le=bigquery_values.INT64_MAX)]
+# Types msgspec reads exactly as the exact readers read their common form.
+_TYPED = {'STRING': str, 'INTEGER': _INT64, 'FLOAT': float, 'BOOLEAN': bool,
+          'DATE': datetime.date}
+_NULL = msgspec.Raw(b'null')  # an absent nullable raw column
+_struct_names = itertools.count()
+
+
+class NotTaken(Exception):
+  """The compiled decoder leaves this message to the exact path."""
+
+
+def to_utc(parsed):
+  """A datetime msgspec parsed -> aware UTC (naive is UTC, as BigQuery
+  reads a TIMESTAMP without a zone)."""
+  zone = parsed.tzinfo
+  if zone is UTC:
+    return parsed
+  if zone is None:
+    return parsed.replace(tzinfo=UTC)
+  return parsed.astimezone(UTC)  # OverflowError past years 1-9999: not taken
+
+
+def read_timestamp(text, _convert=msgspec.convert, _datetime=datetime.datetime):
+  """RFC 3339 text -> aware UTC datetime, as the exact TIMESTAMP reader gives
+  it; NotTaken (or msgspec's error) for anything else. A digit at index 26
+  is a seventh fractional digit (or, rarely, an offset after one digit):
+  msgspec would round it, so it is left to the exact reader."""
+  if text[26:27].isdigit():
+    raise NotTaken
+  return to_utc(_convert(text, _datetime))
+
+
+def _raw_reader(kind, nullable):
+  """A column read from its raw JSON text by its exact reader: the value the
+  exact path gives (the same ``exact_json`` parse, the same reader). A null
+  where none is taken (a required column, an array's item) is not taken."""
+  read = bigquery_values.value_reader(kind)
+  loads = exact_json.loads
+
+  def from_raw(raw):
+    value, checked = loads(raw)
+    if not checked:  # a lone surrogate: the exact path names it
+      raise NotTaken
+    if value is None:
+      if nullable:
+        return None
+      raise NotTaken
+    return read(value, None)
+  return from_raw
+
+
+class CompiledRows(object):
+  """``fields`` -> ``rows(data)``: bytes -> the row dict, or an exception
+  (NotTaken, msgspec's errors, a reader's Refused) when the exact path must
+  decide. Build once per schema (in a DoFn's ``setup``)."""
+
+  def __init__(self, fields):
+    self.sources = []  # the generated functions, for a reader of this code
+    self._scope = {'timestamp': read_timestamp}
+    struct, convert = self._record(fields)
+    decode = msgspec.json.Decoder(struct).decode
+    self.rows = lambda data: convert(decode(data))
+
+  def _record(self, fields):
+    """(the Struct type of one RECORD level, the function from it to a dict)."""
+    number = next(_struct_names)
+    attributes, lines, items = [], [], []
+    for i, field in enumerate(fields):
+      kind, default, value = self._column(field, 's.f%d' % i, lines,
+                                          '%d_%d' % (number, i))
+      attributes.append(('f%d' % i, kind) if default is _REQUIRED else
+                        ('f%d' % i, kind, default))
+      items.append('%r: %s' % (field.name, value))
+    struct = msgspec.defstruct(
+        'Row%d' % number, attributes, forbid_unknown_fields=True, gc=False,
+        kw_only=True,
+        rename={'f%d' % i: f.name for i, f in enumerate(fields)})
+    name = 'record%d' % number
+    source = '\n'.join(['def %s(s):' % name] + lines +
+                       ['  return {%s}' % ', '.join(items)])
+    exec(source, self._scope)  # pylint: disable=exec-used
+    self.sources.append(source)
+    return struct, self._scope[name]
+
+  def _column(self, field, attribute, lines, suffix):
+    """(the msgspec type of one column, its default, the expression of its
+    value), adding to ``lines`` what computes it."""
+    v = 'v' + suffix
+    required = field.mode == 'REQUIRED'
+    if field.type == 'RECORD':
+      item, convert = self._record(field.fields)
+      call = 'c' + suffix
+      self._scope[call] = convert
+    elif field.type in _TYPED:
+      item, call = _TYPED[field.type], None
+    elif field.type == 'TIMESTAMP':
+      item, call = str, 'timestamp'
+    else:  # the raw text, to the exact reader
+      call = 'r' + suffix
+      self._scope[call] = _raw_reader(field.type, field.mode == 'NULLABLE')
+      if field.mode == 'REPEATED':
+        lines.append('  %s = %s' % (v, attribute))
+        lines.append('  %s = [] if %s is None else [%s(x) for x in %s]' % (
+            v, v, call, v))
+        return Optional[List[msgspec.Raw]], None, v
+      lines.append('  %s = %s(%s)' % (v, call, attribute))
+      return msgspec.Raw, _REQUIRED if required else _NULL, v
+    if field.mode == 'REPEATED':
+      lines.append('  %s = %s' % (v, attribute))
+      lines.append('  %s = [] if %s is None else %s' % (
+          v, v, v if call is None else '[%s(x) for x in %s]' % (call, v)))
+      return Optional[List[item]], None, v
+    if call is None:  # msgspec's value is the value
+      return (item, _REQUIRED, attribute) if required else (
+          Optional[item], None, attribute)
+    lines.append('  %s = %s' % (v, attribute))
+    if required:
+      lines.append('  %s = %s(%s)' % (v, call, v))
+      return item, _REQUIRED, v
+    lines.append('  if %s is not None: %s = %s(%s)' % (v, v, call, v))
+    return Optional[item], None, v
+
+
+_REQUIRED = object()  # no default: a missing key is not taken
+
+
+def compile_rows(fields):
+  """``fields`` -> bytes -> row (raises when the exact path must decide), or
+  None when there is no column to compile, or the schema is one this
+  module cannot compile (logged: every message then takes the exact path,
+  slower, never different)."""
+  if not fields:
+    return None
+  try:
+    return CompiledRows(fields).rows
+  except (TypeError, ValueError) as e:
+    logging.getLogger(__name__).warning(
+        'every message takes the exact parse: the schema does not compile '
+        'to a msgspec decoder (%s)', e)
+    return None
