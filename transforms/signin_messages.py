@@ -23,6 +23,9 @@ import email.utils
 import re
 import traceback
 from typing import Iterable
+from typing import Union
+
+import msgspec
 
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from dateutil import parser as date_parser
@@ -197,6 +200,58 @@ def parse_signin(message, default_tz=UTC, max_bytes=MAX_MESSAGE_BYTES):
   return row
 
 
+class _Signin(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+  """The common sign-in, as msgspec reads it in C: exactly the two keys, a
+  string or integer userid, a string date."""
+  userid: Union[str, int]
+  date: str
+
+
+_decode_signin = msgspec.json.Decoder(_Signin).decode
+
+
+_read_rfc3339 = msgspec.convert
+
+
+def compiled_signin_outputs(default_tz, max_bytes, stamp_rows):
+  """-> outputs(message): the one-output sequence of a common sign-in (the
+  row, stamped with its date unless ``stamp_rows`` is False), in one C call
+  and msgspec's RFC 3339 reader, or None (or any exception) when the exact
+  path must decide: a key of another case or another key, a date in
+  another form, a seventh fractional digit (which msgspec would round), an
+  empty userid. Speed only, held to ``parse_signin`` by a property test.
+  One function with every step inline: each call saved is ~0.05 us of a
+  ~2 us message."""
+  decode, read, datetime_type = (_decode_signin, _read_rfc3339,
+                                 datetime.datetime)
+  stored_id, publish_time = dead_letters.stored_id, dead_letters.publish_time
+  stamped = event_time.stamped
+
+  def outputs(message):
+    data = message.data
+    if (type(data) is not bytes or len(data) > max_bytes  # pylint: disable=unidiomatic-typecheck
+        or getattr(message, 'given_up', None) is not None):
+      return None
+    signin = decode(data)
+    userid = signin.userid
+    userid = userid.strip() if type(userid) is str else str(userid)  # pylint: disable=unidiomatic-typecheck
+    date = signin.date
+    if not userid or date[26:27].isdigit():  # a seventh fractional digit
+      return None
+    date = read(date, datetime_type)
+    if date.tzinfo is not UTC:
+      date = (date.replace(tzinfo=default_tz) if date.tzinfo is None
+              else date).astimezone(UTC)
+    message_id = message.message_id
+    row = {'userid': userid, 'date': date,
+           'message_id': message_id if type(message_id) is str and (  # pylint: disable=unidiomatic-typecheck
+               message_id.isascii()) else stored_id(message_id),
+           'publish_time': None if message.publish_time is None else (
+               publish_time(message))}
+    return (stamped(row, date),) if stamp_rows else (row,)
+  return outputs
+
+
 class ParseSigninFn(dead_letters.ParseMessageFn):
   """One message in, one row (main output, event-time stamped) or one dead
   letter out."""
@@ -208,22 +263,41 @@ class ParseSigninFn(dead_letters.ParseMessageFn):
   def setup(self):
     super().setup()
     self._tz = resolve_timezone(self._tz_name)
+    self._compiled = compiled_signin_outputs(self._tz, self._max_bytes,
+                                             self.stamp_rows)
+    self._dead = 0
 
   def process(self, message: PubsubMessage) -> Iterable[dead_letters.Row]:
-    self._seen += 1
+    """A one-output sequence (not a generator: ~0.3 us less a message)."""
+    self._seen += 1  # rows are counted as the messages not dead letters
+    try:  # the common sign-in in one C call
+      outputs = self._compiled(message)
+    except Exception:  # pylint: disable=broad-except
+      outputs = None  # the exact path decides, and names the reason
+    if outputs is not None:
+      return outputs
     try:
       row = parse_signin(message, self._tz, self._max_bytes)
     except Invalid as e:
-      yield self.dead(message, e.reason, e)
-      return
+      self._dead += 1
+      return (self.dead(message, e.reason, e),)
     except Exception as e:  # pylint: disable=broad-except
-      yield self.dead(message, 'internal_error', e, traceback.format_exc())
-      return
-    self._rows += 1
-    yield event_time.stamped(row, row['date']) if self.stamp_rows else row
+      self._dead += 1
+      return (self.dead(message, 'internal_error', e,
+                        traceback.format_exc()),)
+    return (event_time.stamped(row, row['date']) if self.stamp_rows
+            else row,)
+
+  def start_bundle(self):
+    super().start_bundle()
+    self._dead = 0
+
+  def finish_bundle(self):
+    self._rows = self._seen - self._dead
+    super().finish_bundle()
 
   def outputs(self, message, timestamp):
-    return list(self.process(message))  # a sign-in's time is its own
+    return self.process(message)  # a sign-in's time is its own
 
 
 def resolve_timezone(name):
