@@ -192,6 +192,12 @@ _PLAIN_DECIMAL = {
     for kind, (scale, _, _) in _DECIMAL_TYPES.items()}
 
 
+def plain_decimal(kind):
+  """The common-text test of a NUMERIC or BIGNUMERIC reader (text it passes
+  is stored as ``Decimal(text)``), or None for another type."""
+  return _PLAIN_DECIMAL.get(kind)
+
+
 def _decimal(value, path, kind_name):
   scale, smallest, largest = _DECIMAL_TYPES[kind_name]
   kind = type(value)

@@ -19,6 +19,7 @@ row, which a property test holds on random schemas and hostile messages.
 """
 
 import datetime
+import decimal
 import itertools
 import logging
 from typing import Annotated
@@ -44,9 +45,14 @@ class NotTaken(Exception):
   """The compiled decoder leaves this message to the exact path."""
 
 
-def to_utc(parsed):
-  """A datetime msgspec parsed -> aware UTC (naive is UTC, as BigQuery
-  reads a TIMESTAMP without a zone)."""
+def read_timestamp(text, _convert=msgspec.convert, _datetime=datetime.datetime):
+  """RFC 3339 text -> aware UTC datetime, as the exact TIMESTAMP reader gives
+  it; NotTaken (or msgspec's error) for anything else. A digit at index 26
+  is a seventh fractional digit (or, rarely, an offset after one digit):
+  msgspec would round it, so it is left to the exact reader."""
+  if text[26:27].isdigit():
+    raise NotTaken
+  parsed = _convert(text, _datetime)
   zone = parsed.tzinfo
   if zone is UTC:
     return parsed
@@ -55,22 +61,14 @@ def to_utc(parsed):
   return parsed.astimezone(UTC)  # OverflowError past years 1-9999: not taken
 
 
-def read_timestamp(text, _convert=msgspec.convert, _datetime=datetime.datetime):
-  """RFC 3339 text -> aware UTC datetime, as the exact TIMESTAMP reader gives
-  it; NotTaken (or msgspec's error) for anything else. A digit at index 26
-  is a seventh fractional digit (or, rarely, an offset after one digit):
-  msgspec would round it, so it is left to the exact reader."""
-  if text[26:27].isdigit():
-    raise NotTaken
-  return to_utc(_convert(text, _datetime))
-
-
 def _raw_reader(kind, nullable):
   """A column read from its raw JSON text by its exact reader: the value the
   exact path gives (the same ``exact_json`` parse, the same reader). A null
   where none is taken (a required column, an array's item) is not taken."""
   read = bigquery_values.value_reader(kind)
   loads = exact_json.loads
+  # A decimal's common text, as its reader takes it first: no call more.
+  plain, decimal_type = bigquery_values.plain_decimal(kind), decimal.Decimal
 
   def from_raw(raw):
     value, checked = loads(raw)
@@ -80,6 +78,8 @@ def _raw_reader(kind, nullable):
       if nullable:
         return None
       raise NotTaken
+    if plain is not None and type(value) is str and plain(value):  # pylint: disable=unidiomatic-typecheck
+      return decimal_type(value)
     return read(value, None)
   return from_raw
 
@@ -92,12 +92,11 @@ class CompiledRows(object):
   def __init__(self, fields):
     self.sources = []  # the generated functions, for a reader of this code
     self._scope = {'timestamp': read_timestamp}
-    struct, convert = self._record(fields)
-    decode = msgspec.json.Decoder(struct).decode
-    self.rows = lambda data: convert(decode(data))
+    self.rows = self._record(fields, top=True)[1]
 
-  def _record(self, fields):
-    """(the Struct type of one RECORD level, the function from it to a dict)."""
+  def _record(self, fields, top=False):
+    """(the Struct type of one RECORD level, the function from it to a
+    dict; at the top, from the payload's bytes to the row)."""
     number = next(_struct_names)
     attributes, lines, items = [], [], []
     for i, field in enumerate(fields):
@@ -111,8 +110,11 @@ class CompiledRows(object):
         kw_only=True,
         rename={'f%d' % i: f.name for i, f in enumerate(fields)})
     name = 'record%d' % number
-    source = '\n'.join(['def %s(s):' % name] + lines +
-                       ['  return {%s}' % ', '.join(items)])
+    if top:
+      self._scope['decode'] = msgspec.json.Decoder(struct).decode
+      lines.insert(0, '  s = decode(data)')
+    source = '\n'.join(['def %s(%s):' % (name, 'data' if top else 's')] +
+                       lines + ['  return {%s}' % ', '.join(items)])
     exec(source, self._scope)  # pylint: disable=exec-used
     self.sources.append(source)
     return struct, self._scope[name]
