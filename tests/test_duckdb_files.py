@@ -1,6 +1,7 @@
 """A writer that is never idle still lets other processes read its file."""
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -27,6 +28,18 @@ for _ in range(reads):
     break
   print(json.dumps({'ok': n is not None, 'rows': n}), flush=True)
   time.sleep(0.3)
+'''
+
+
+# main.py query's way in: announce, then read (a timeout under the hold).
+ANNOUNCED_READER = r'''
+import json, sys, time
+from storage.duckdb_files import wait_to_read
+started = time.monotonic()
+with wait_to_read(sys.argv[1], timeout=float(sys.argv[2])) as con:
+  waited = time.monotonic() - started
+  rows = con.execute('SELECT count(*) FROM t').fetchone()[0]
+print(json.dumps({'waited': waited, 'rows': rows}))
 '''
 
 
@@ -62,6 +75,50 @@ def test_overlapping_writers_release_the_file_for_a_plain_reader(tmp_path):
   reads = [json.loads(line) for line in reader.stdout.splitlines()]
   assert len(reads) == 6 and all(r['ok'] for r in reads), (reads, reader.stderr)
   assert reads[-1]['rows'] > reads[0]['rows']  # the writers kept writing
+  with DuckDBFiles.use(db) as con:
+    assert con.execute('SELECT count(*) FROM t').fetchone()[0] == len(written)
+  DuckDBFiles.close(db)
+
+
+def test_a_replay_holding_its_file_longer_still_lets_an_announced_reader_in(
+    tmp_path):
+  """A bounded replay holds its warehouse BATCH_HOLD_SECONDS at a time (each
+  release checkpoints the file): a reader that announces itself, as
+  ``main.py query`` does, still gets in at once, mid-hold, and the writer
+  carries on after it."""
+  from transforms.duckdb_sink import BATCH_HOLD_SECONDS
+  db = str(tmp_path / 'replay.duckdb')
+  with DuckDBFiles.use(db, hold_seconds=BATCH_HOLD_SECONDS) as con:
+    con.execute('CREATE TABLE t (i INTEGER)')
+  stop = threading.Event()
+  written = []
+
+  def write():
+    i = 0
+    while not stop.is_set():
+      with DuckDBFiles.use(db, hold_seconds=BATCH_HOLD_SECONDS) as con:
+        con.execute('INSERT INTO t VALUES (?)', [i])
+      written.append(i)
+      i += 1
+      time.sleep(0.01)
+
+  writer = threading.Thread(target=write)
+  writer.start()
+  try:
+    time.sleep(0.5)
+    reader = subprocess.run([sys.executable, '-c', ANNOUNCED_READER, db,
+                             str(BATCH_HOLD_SECONDS / 3)],
+                            capture_output=True, text=True, timeout=60,
+                            cwd=os.path.dirname(os.path.dirname(
+                                os.path.abspath(__file__))))
+    time.sleep(0.5)
+  finally:
+    stop.set()
+    writer.join()
+  read = json.loads(reader.stdout or 'null')
+  assert read is not None, reader.stderr
+  assert read['waited'] < 2.0, read  # not the hold's 15 s
+  assert 0 < read['rows'] < len(written)  # the writer went on after it
   with DuckDBFiles.use(db) as con:
     assert con.execute('SELECT count(*) FROM t').fetchone()[0] == len(written)
   DuckDBFiles.close(db)
