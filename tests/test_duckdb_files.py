@@ -122,3 +122,35 @@ def test_a_replay_holding_its_file_longer_still_lets_an_announced_reader_in(
   with DuckDBFiles.use(db) as con:
     assert con.execute('SELECT count(*) FROM t').fetchone()[0] == len(written)
   DuckDBFiles.close(db)
+
+
+def test_a_refused_batch_is_halved_down_to_the_rows_refused(tmp_path):
+  """Rows the warehouse refuses (a CHECK the schema does not know) are
+  found by halving the batch: each refused row alone with its own error,
+  every other row stored once, a row stored already skipped, in few
+  inserts."""
+  import duckdb
+  from transforms import duckdb_sink
+  from transforms import schemas
+  schema = schemas.table_from_bigquery_schema(
+      [{'name': 'n', 'type': 'INTEGER', 'mode': 'REQUIRED'}], 't')
+  db = str(tmp_path / 'w.duckdb')
+  con = duckdb.connect(db)
+  con.execute(schema.duckdb_ddl().replace(
+      '"n" BIGINT NOT NULL', '"n" BIGINT NOT NULL CHECK (n % 701 <> 5)'))
+  con.execute("INSERT INTO t (n, message_id) VALUES (3, 'm3')")
+  con.close()
+  fn = duckdb_sink._InsertIntoDuckDB(db, schema, 't', True, False)  # pylint: disable=protected-access
+  inserts = []
+  insert = fn._insert  # pylint: disable=protected-access
+  fn._insert = lambda c, rows: (inserts.append(len(rows)), insert(c, rows))  # pylint: disable=protected-access
+  rows = [{'n': i, 'message_id': 'm%d' % i} for i in range(2000)]
+  refused = fn._store(rows)  # pylint: disable=protected-access
+  assert [i for i, _ in refused] == [5, 706, 1407]
+  assert all('CHECK constraint' in str(e) for _, e in refused)
+  assert len(inserts) < 100, inserts  # not one insert a row (2,001)
+  DuckDBFiles.close(db)
+  con = duckdb.connect(db, read_only=True)
+  stored = sorted(n for n, in con.execute('SELECT n FROM t').fetchall())
+  con.close()
+  assert stored == [i for i in range(2000) if i % 701 != 5]
