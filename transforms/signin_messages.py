@@ -208,9 +208,7 @@ class _Signin(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
 
 _decode_signin = msgspec.json.Decoder(_Signin).decode
-
-
-_read_rfc3339 = msgspec.convert
+_read_rfc3339 = msgspec.convert  # (text, datetime): RFC 3339, in C
 
 
 def compiled_signin_outputs(default_tz, max_bytes, stamp_rows):
@@ -220,8 +218,8 @@ def compiled_signin_outputs(default_tz, max_bytes, stamp_rows):
   path must decide: a key of another case or another key, a date in
   another form, a seventh fractional digit (which msgspec would round), an
   empty userid. Speed only, held to ``parse_signin`` by a property test.
-  One function with every step inline: each call saved is ~0.05 us of a
-  ~2 us message."""
+  One function for the decode, the checks and the row: each call saved is
+  ~0.05 us of a ~2 us message."""
   decode, read, datetime_type = (_decode_signin, _read_rfc3339,
                                  datetime.datetime)
   stored_id, publish_time = dead_letters.stored_id, dead_letters.publish_time
