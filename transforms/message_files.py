@@ -37,6 +37,7 @@ whose messages cannot be found again (not an archive file, or its window
 gone) is one error line, never a traceback.
 """
 
+import io
 import itertools
 import logging
 import os
@@ -229,10 +230,12 @@ class ReadFileLines(beam.DoFn):
     location = canonical_location(path)
     prefix = 'file:%s:' % location
     with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
-      # Beam's CompressedFile (.gz, .bz2, ...) has readline but no iterator.
-      for number, line in enumerate(iter(f.readline, b''), start=1):
+      # Beam's CompressedFile (.gz, .bz2, ...) has readline but no iterator;
+      # a plain file's iterator is ~3x faster than readline calls.
+      lines = f if isinstance(f, io.BufferedReader) else iter(f.readline, b'')
+      for number, line in enumerate(lines, start=1):
         data = line.rstrip(b'\r\n')
-        if data.strip():
+        if data and not data.isspace():
           yield PubsubMessage(
               data, {'source_file': location, 'line': str(number)},
               message_id=prefix + str(number))
