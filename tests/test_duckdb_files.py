@@ -154,3 +154,68 @@ def test_a_refused_batch_is_halved_down_to_the_rows_refused(tmp_path):
   stored = sorted(n for n, in con.execute('SELECT n FROM t').fetchall())
   con.close()
   assert stored == [i for i in range(2000) if i % 701 != 5]
+
+
+def test_a_key_stored_by_another_writer_mid_batch_is_skipped_not_refused(
+    tmp_path):
+  """Another writer stores one of the batch's keys between the look-up of
+  stored keys and the insert: the insert fails on the primary key, the
+  halving retries find the key stored and skip it. No row is refused, none
+  is stored twice, the other writer's row stays."""
+  import duckdb
+  from transforms import duckdb_sink
+  from transforms import schemas
+  schema = schemas.table_from_bigquery_schema(
+      [{'name': 'n', 'type': 'INTEGER', 'mode': 'REQUIRED'}], 't')
+  db = str(tmp_path / 'w.duckdb')
+  con = duckdb.connect(db)
+  con.execute(schema.duckdb_ddl())
+  con.close()
+
+  class RacingCursor(object):
+    """A cursor whose first look-up of stored keys is followed by another
+    writer's insert of key m7 (committed before this batch's insert)."""
+    def __init__(self, cursor):
+      self._cursor = cursor
+      self.raced = False
+
+    def execute(self, sql, *args):
+      result = self._cursor.execute(sql, *args)
+      if not self.raced and sql.startswith('SELECT') and 'EXISTS' in sql:
+        self.raced = True
+        rows = result.fetchall()
+        self._cursor.execute("INSERT INTO t (n, message_id) VALUES "
+                             "(-7, 'm7')")
+        return FetchAll(rows)
+      return result
+
+    def __getattr__(self, name):
+      return getattr(self._cursor, name)
+
+  class FetchAll(object):
+    def __init__(self, rows):
+      self._rows = rows
+
+    def fetchall(self):
+      return self._rows
+
+  fn = duckdb_sink._InsertIntoDuckDB(db, schema, 't', True, False)  # pylint: disable=protected-access
+  insert = fn._insert  # pylint: disable=protected-access
+  racing = []
+
+  def insert_racing(con, rows):
+    if not racing:
+      racing.append(RacingCursor(con))
+    return insert(racing[0] if racing[0]._cursor is con else con, rows)  # pylint: disable=protected-access
+  fn._insert = insert_racing  # pylint: disable=protected-access
+  rows = [{'n': i, 'message_id': 'm%d' % i} for i in range(20)]
+  refused = fn._store(rows)  # pylint: disable=protected-access
+  assert racing and racing[0].raced
+  assert refused == []
+  DuckDBFiles.close(db)
+  con = duckdb.connect(db, read_only=True)
+  stored = dict(con.execute('SELECT message_id, n FROM t').fetchall())
+  con.close()
+  assert len(stored) == 20
+  assert stored['m7'] == -7  # the other writer's row, not stored twice
+  assert all(stored['m%d' % i] == i for i in range(20) if i != 7)
