@@ -59,7 +59,7 @@ def signins(draw):
   if shape == 1:
     parts[0] = ('UserID', userid)
   elif shape == 2:
-    parts.append(('ip', '"10.0.0.1"'))
+    parts.append(('device', '"phone"'))
   elif shape == 3:
     parts.append(('USERID', '"other"'))
   elif shape == 4:

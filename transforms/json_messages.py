@@ -117,12 +117,6 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
       row['message_id'] = message_id if type(message_id) is str and (  # pylint: disable=unidiomatic-typecheck
           message_id.isascii()) else dead_letters.stored_id(message_id)
     self._rows += 1
-    if not self.stamp_rows:
-      return row
-    when = row.get(self._event_time_field) if self._event_time_field else (
-        dead_letters.publish_time(message))
-    if type(when) is datetime.datetime:  # pylint: disable=unidiomatic-typecheck
-      return event_time.stamped(row, when)
     return self._stamped(row, message, timestamp)
 
   def _row(self, obj, checked):
