@@ -23,6 +23,7 @@ from pipelines.tables import Layout
 from pipelines.tables import Table
 from pipelines.tables import bigquery_flags
 from pipelines.tables import flag_layout
+from storage import table_specs
 from transforms import json_messages
 from transforms import json_rows
 from transforms import payload_schemas
@@ -152,8 +153,11 @@ def build(pipeline, options, destinations=None, function=None, source=None):
   # A replay reads in blocks: nothing here windows the rows.
   read = source or ReadMessages.from_flags(opts, blocks=True)
   messages = pipeline | 'ReadMessages' >> read
+  # A replay into DuckDB stores Arrow: its blocks' rows come as columns.
+  columns = read.blocks and source is None and table_specs.is_local_warehouse(
+      destinations['rows'].spec)
   parsed = parse(messages, options, function, destinations['rows'].schema,
-                 read.blocks)
+                 read.blocks, columns)
   return ((parsed.rows, parsed.dead_letters)
           | 'StoreRowsAndDeadLetters' >> StoreRowsAndDeadLetters(
               destinations['rows'], destinations['dead_letters'],
@@ -162,10 +166,12 @@ def build(pipeline, options, destinations=None, function=None, source=None):
               settles_dead_letters=getattr(read, 'message_ids', None)))
 
 
-def parse(messages, options, function=None, schema=None, blocks=False):
+def parse(messages, options, function=None, schema=None, blocks=False,
+          columns=False):
   """Messages (MessageBlocks with ``blocks``) -> the parse step's rows of
   ``schema`` (default: --schema's) and dead letters, through ``function``
-  (the UDF) first when given."""
+  (the UDF) first when given; with ``columns``, a block's rows as one
+  ColumnBlock where the step can (a sink that stores Arrow)."""
   opts = pipeline_options.flag_values(options)
   if schema is None:
     schema = load_schema(opts, options)
@@ -175,7 +181,7 @@ def parse(messages, options, function=None, schema=None, blocks=False):
       udf_timeout_seconds=getattr(opts, 'udf_timeout_seconds', None),
       payloads=load_payloads(opts, options),
       metadata=(opts.input_subscription or '') if getattr(
-          opts, 'write_metadata', False) else None)
+          opts, 'write_metadata', False) else None, columns=columns)
 
 
 def check(options, opts):

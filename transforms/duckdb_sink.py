@@ -4,7 +4,9 @@ the rows DuckDB refuses returned as ``(row, error message)`` pairs so that a
 pipeline turns them into dead letters instead of losing them. Outages (a
 full disk, a lock, I/O) are waited out, holding the batch."""
 
+import bisect
 import datetime
+import itertools
 import logging
 from typing import Any, Mapping
 
@@ -13,6 +15,7 @@ import apache_beam as beam
 from storage import outages
 from storage.duckdb_files import DuckDBFiles
 from storage.duckdb_files import HOLD_SECONDS
+from transforms.blocks import ColumnBlock
 from transforms.blocks import RowBlock
 
 # How long a bounded replay holds its warehouse at a time (WriteToDuckDB).
@@ -55,16 +58,41 @@ class _InsertIntoDuckDB(beam.DoFn):
     self._update_only = tuple(update_only or ())
     self._constants = dict(insert_constants or {})
 
+  def setup(self):
+    # A ColumnBlock's Arrow table goes in as it is, unless a row is needed
+    # for each (what is derived from the rows, a value set at the insert).
+    self._takes_tables = not (self._replace or self._update_only or
+                              self._with_inserted or self._write_time_column
+                              or self._constants)
+    self._look_first = False  # stored keys: looked up after a batch had some
+
   def start_bundle(self):
     self._rows, self._origins = [], []
+    self._blocks, self._block_origins, self._block_rows = [], [], 0
 
   def process(self, row, element=beam.DoFn.WindowedValueParam):
     # The whole windowed value, so that a refused row leaves in its own
     # window and timestamp (one parameter: Beam's per-element cost of
-    # several is ~5% of a live stream). A RowBlock's rows share its own.
-    if type(row) is RowBlock:  # pylint: disable=unidiomatic-typecheck
+    # several is ~5% of a live stream). A block's rows share its own.
+    kind = type(row)
+    if kind is ColumnBlock and self._takes_tables:
+      if self._rows:  # in the order they came
+        yield from self._flush()
+      self._blocks.append(row)
+      self._block_origins.append(element)
+      self._block_rows += len(row)
+      if self._block_rows >= self.MAX_BUFFER:
+        yield from self._flush_blocks()
+      return
+    if self._blocks:
+      yield from self._flush_blocks()
+    if kind is RowBlock:
       self._rows.extend(row)
       self._origins.extend([element] * len(row))
+    elif kind is ColumnBlock:
+      rows = row.rows()
+      self._rows.extend(rows)
+      self._origins.extend([element] * len(rows))
     else:
       self._rows.append(row)
       self._origins.append(element)
@@ -72,7 +100,30 @@ class _InsertIntoDuckDB(beam.DoFn):
       yield from self._flush()
 
   def finish_bundle(self):
+    yield from self._flush_blocks()
     yield from self._flush()
+
+  def _flush_blocks(self):
+    """Stores the buffered ColumnBlocks' tables as one; a refused row
+    leaves as its row, in its block's window."""
+    blocks, origins = self._blocks, self._block_origins
+    self._blocks, self._block_origins, self._block_rows = [], [], 0
+    if not blocks:
+      return
+    import pyarrow as pa
+    table = blocks[0].table if len(blocks) == 1 else pa.concat_tables(
+        [b.table for b in blocks])
+    refused = outages.wait_out(
+        'warehouse %s' % self._path, lambda: self._store(table, _TableRows),
+        on_retry=self._after_outage)
+    if not refused:
+      return
+    starts = list(itertools.accumulate([0] + [len(b) for b in blocks]))
+    for i, error in refused:
+      n = bisect.bisect_right(starts, i) - 1
+      row, = blocks[n].rows(i - starts[n], i - starts[n] + 1)
+      yield beam.pvalue.TaggedOutput(self.REJECTED, origins[n].with_value((
+          row, '%s: %s' % (type(error).__name__, error))))
 
   def _flush(self):
     rows, origins = self._rows, self._origins
@@ -95,13 +146,16 @@ class _InsertIntoDuckDB(beam.DoFn):
     if outages.needs_reconnect(error):
       DuckDBFiles.close(self._path)
 
-  def _store(self, rows):
-    """Stores the batch; returns [(index in rows, error)] for rows the
-    warehouse refuses. Raises what is an outage, not a row's fault."""
+  def _store(self, rows, kind=list):
+    """Stores the batch (a list of rows, or ``_TableRows`` an Arrow
+    table); returns [(index in rows, error)] for rows the warehouse
+    refuses. Raises what is an outage, not a row's fault."""
     with DuckDBFiles.use(
         self._path, hold_seconds=self._hold_seconds) as con:
       DuckDBFiles.ensure_table(
           self._path, con, self._schema.duckdb_ddl(self._table))
+      if kind is _TableRows:
+        rows = _TableRows(rows)
       try:
         self._insert(con, rows)
         return []
@@ -137,6 +191,10 @@ class _InsertIntoDuckDB(beam.DoFn):
     self._insert_halves(con, rows[mid:], offset + mid, refused)
 
   def _insert(self, con, rows):
+    if type(rows) is _TableRows:  # pylint: disable=unidiomatic-typecheck
+      self._look_first = insert_table(con, self._table, self._schema,
+                                      rows.table, self._look_first)
+      return
     constants = dict(self._constants)
     if self._write_time_column:
       constants[self._write_time_column] = datetime.datetime.now(
@@ -144,6 +202,97 @@ class _InsertIntoDuckDB(beam.DoFn):
     insert_rows(con, self._table, self._schema, rows, replace=self._replace,
                 update_only=self._update_only, constants=constants,
                 with_inserted=self._with_inserted)
+
+
+class _TableRows(object):
+  """An Arrow table as the halving retry slices it (``rows[a:b]``)."""
+  __slots__ = ('table',)
+
+  def __init__(self, table):
+    self.table = table
+
+  def __len__(self):
+    return self.table.num_rows
+
+  def __getitem__(self, part):
+    start, stop, _ = part.indices(self.table.num_rows)
+    return _TableRows(self.table.slice(start, stop - start))
+
+
+def insert_table(con, name, schema, table, look_first=True):
+  """One bulk insert of an Arrow ``table`` of ``schema`` (a ColumnBlock's)
+  into ``name``, as ``insert_rows`` inserts rows: with a primary key, the
+  first row of each key, and only the keys not stored yet. Returns whether
+  some were stored already.
+
+  ``look_first`` False: the INSERT is tried first, and the stored keys are
+  looked up only when the primary key refuses it (a replay into a table
+  that has none of its keys pays no look-up: ~1 s a million rows); the
+  caller looks first again after a batch that had stored keys."""
+  import duckdb
+  import pyarrow.compute as pc
+  key = schema.primary_key
+  if not key:
+    _insert_arrow(con, name, schema, table)
+    return False
+  table = _first_of_each_key(table, key)
+  if not look_first:
+    try:
+      _insert_arrow(con, name, schema, table)
+      return False
+    except duckdb.ConstraintException:
+      pass  # a key stored already (or a null refused): look them up
+  con.register('_incoming_keys', table.select(list(key)))
+  try:
+    stored = con.execute(
+        'SELECT %s FROM "%s" AS stored WHERE EXISTS (SELECT 1 FROM '
+        '_incoming_keys AS incoming WHERE %s)' % (
+            ', '.join('stored."%s"' % k for k in key), name,
+            ' AND '.join('incoming."%s" = stored."%s"' % (k, k)
+                         for k in key))).fetchall()
+  finally:
+    con.unregister('_incoming_keys')
+  if stored:
+    import pyarrow as pa
+    if len(key) == 1:
+      column = table.column(key[0])
+      new = pc.invert(pc.is_in(column, value_set=pa.array(
+          [s[0] for s in stored], column.type)))
+    else:
+      stored = set(stored)
+      new = pa.array([k not in stored for k in zip(
+          *(table.column(k).to_pylist() for k in key))])
+    table = table.filter(new)
+  _insert_arrow(con, name, schema, table)
+  return bool(stored)
+
+
+def _first_of_each_key(table, key):
+  """``table`` with only the first row of each ``key`` (as insert_rows
+  keeps them)."""
+  import pyarrow.compute as pc
+  if len(key) == 1 and pc.count_distinct(
+      table.column(key[0]), mode='all').as_py() == table.num_rows:
+    return table  # every key once: the common batch, checked in C
+  keys = list(zip(*(table.column(k).to_pylist() for k in key)))
+  if len(set(keys)) == len(keys):
+    return table
+  first = {}
+  for i, k in enumerate(keys):
+    first.setdefault(k, i)
+  return table.take(sorted(first.values()))
+
+
+def _insert_arrow(con, name, schema, table):
+  if not table.num_rows:
+    return
+  columns = ', '.join('"%s"' % n for n in schema.column_names)
+  con.register('_incoming_rows', table)
+  try:
+    con.execute('INSERT INTO "%s" (%s) SELECT %s FROM _incoming_rows' % (
+        name, columns, columns))
+  finally:
+    con.unregister('_incoming_rows')
 
 
 def insert_rows(con, table, schema, rows, replace=False, update_only=(),

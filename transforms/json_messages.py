@@ -17,6 +17,7 @@ import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage
 
 from transforms import blocks as blocks_lib
+from transforms import compiled_columns
 from transforms import compiled_rows
 from transforms import dead_letters
 from transforms import event_time
@@ -91,6 +92,117 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
   @property
   def has_udf(self):
     return self._udf is not None
+
+  def compile_columns(self):
+    """The columnar parse of a block (``column_outputs``), or None when
+    this step's rows need more than the payload and the id: a UDF, another
+    payload format, the metadata columns."""
+    if (self._udf is not None or self._payloads.format != 'json' or
+        self._metadata is not None or self._compiled is None):
+      return None
+    return compiled_columns.compile_columns(self._data_fields)
+
+  def column_outputs(self, block, timestamp, compiled):
+    """A MessageBlock's outputs with its rows as one ColumnBlock (with
+    ``compiled``, this step's ``compile_columns()``): the payloads
+    ``compiled`` takes become Arrow columns, the rest take the exact path
+    (each a row or a dead letter), and the rows are in message order. The
+    same rows and dead letters as ``outputs`` message by message."""
+    decode, max_bytes = compiled.decode, self._max_bytes
+    structs, taken, left = [], [], []  # positions in the block
+    for i, message in enumerate(block):
+      data = message.data
+      if (type(data) is bytes and len(data) <= max_bytes  # pylint: disable=unidiomatic-typecheck
+          and getattr(message, 'given_up', None) is None):
+        try:
+          structs.append(decode(data))
+          taken.append(i)
+          continue
+        except Exception:  # pylint: disable=broad-except
+          pass  # the exact path decides, and names the reason
+      left.append(i)
+    arrays = None
+    if structs:
+      try:
+        arrays = compiled.columns(structs)
+      except Exception:  # pylint: disable=broad-except
+        # A value the readers leave (a seventh digit, a lone surrogate in a
+        # raw value): the row path finds whose; those take the exact path.
+        kept = []
+        for k, i in enumerate(taken):
+          try:
+            self._compiled(block[i].data)
+            kept.append(k)
+          except Exception:  # pylint: disable=broad-except
+            left.append(i)
+        structs, taken = [structs[k] for k in kept], [taken[k] for k in kept]
+        left.sort()
+        try:
+          arrays = compiled.columns(structs) if structs else None
+        except Exception:  # pylint: disable=broad-except
+          return self._rows_of_block(block, timestamp, {})
+    outs = [(i, self._one(block[i], timestamp)) for i in left]
+    dead = [out for _, out in outs if type(out) is beam.pvalue.TaggedOutput]  # pylint: disable=unidiomatic-typecheck
+    exact = [(i, out) for i, out in outs
+             if type(out) is not beam.pvalue.TaggedOutput]  # pylint: disable=unidiomatic-typecheck
+    try:
+      table = self._table(block, taken, arrays, compiled.fields, exact)
+    except Exception:  # pylint: disable=broad-except
+      return self._rows_of_block(block, timestamp, dict(outs))
+    self._seen += len(taken)
+    self._rows += len(taken)
+    if table is None:
+      return dead
+    at = sorted(taken + [i for i, _ in exact]) if exact else taken
+    dead.append(blocks_lib.ColumnBlock(table, [block[i] for i in at],
+                                       self.rows_again))
+    return dead
+
+  def _table(self, block, taken, arrays, fields, exact):
+    """The Arrow table of a block's rows in message order: the columnar
+    parse's (``arrays`` of ``fields`` for the messages at ``taken``) and
+    the exact path's ([(position, row)]); None when there are none."""
+    import pyarrow as pa
+    schema = self._schema
+    parts = []
+    if arrays is not None:
+      by_name = dict(zip((f.name for f in fields), arrays))
+      if self._with_id:
+        ids = []
+        for i in taken:
+          message_id = block[i].message_id
+          ids.append(message_id if type(message_id) is str and (  # pylint: disable=unidiomatic-typecheck
+              message_id.isascii()) else dead_letters.stored_id(message_id))
+        by_name['message_id'] = pa.array(ids, pa.string())
+      parts.append(pa.Table.from_arrays(
+          [by_name[f.name] for f in schema.fields],
+          schema=schema.arrow_schema()))
+    if exact:
+      parts.append(schema.to_arrow_table([row for _, row in exact]))
+    if not parts:
+      return None
+    if len(parts) == 1:
+      return parts[0]
+    positions = taken + [i for i, _ in exact]
+    return pa.concat_tables(parts).take(
+        sorted(range(len(positions)), key=positions.__getitem__))
+
+  def _rows_of_block(self, block, timestamp, done):
+    """A block's outputs as rows (a RowBlock), as ``outputs`` gives them,
+    for a block whose rows Arrow did not take as columns; ``done``: the
+    outputs given already, by position (counted: not given again)."""
+    return list(blocks_lib.gathered(
+        (done[i],) if i in done else self.outputs(message, timestamp)
+        for i, message in enumerate(block)))
+
+  def rows_again(self, messages):
+    """The rows of messages the columnar parse took, as the row path gives
+    them (for a refused row's dead letter), uncounted."""
+    seen, rows = self._seen, self._rows
+    try:
+      return [self._one(message, None) for message in messages]
+    finally:
+      self._seen, self._rows = seen, rows
 
   def _one(self, message, timestamp):
     """The row or the dead letter of one message (no UDF: exactly one)."""
@@ -248,30 +360,44 @@ _JSON = json_rows.bigquery_values.value_reader('JSON')
 
 class _ParseJsonBlocksFn(blocks_lib.ParseBlocksFn):
   """ParseBlocksFn whose block's UDF calls are one request to a worker
-  (not one round trip per message)."""
+  (not one round trip per message); with ``columns``, a block's rows come
+  as one ColumnBlock (Arrow columns, no row dicts) when the step can."""
+  def __init__(self, fn, columns=False):
+    super().__init__(fn)
+    self._columnar = columns
+
+  def setup(self):
+    super().setup()
+    self._columns = self._fn.compile_columns() if self._columnar else None
+
   def process(self, block: blocks_lib.MessageBlock,
               timestamp=beam.DoFn.TimestampParam
               ) -> Iterable[blocks_lib.RowBlock]:
+    if self._columns is not None:
+      return self._fn.column_outputs(block, timestamp, self._columns)
     if not self._fn.has_udf:
-      yield from super().process(block, timestamp)
-      return
-    yield from blocks_lib.gathered(self._fn.udf_outputs(block, timestamp))
+      return super().process(block, timestamp)
+    return blocks_lib.gathered(self._fn.udf_outputs(block, timestamp))
 
 
 class ParseJsonMessages(dead_letters.ParseMessages):
   """PubsubMessages -> rows (main) and dead letters (``dead_letters``).
-  ``blocks``: MessageBlocks in, RowBlocks out (a bounded replay)."""
+  ``blocks``: MessageBlocks in, RowBlocks out (a bounded replay), or with
+  ``columns`` ColumnBlocks where the step can (for a sink that stores
+  Arrow: DuckDB's)."""
   def __init__(self, schema, unknown_fields='ignore', event_time_field=None,
                max_message_bytes=dead_letters.MAX_MESSAGE_BYTES, udf=None,
                blocks=False, udf_timeout_seconds=None, payloads=None,
-               metadata=None):
+               metadata=None, columns=False):
     super().__init__(ParseJsonMessageFn(
         schema, unknown_fields, event_time_field, max_message_bytes,
         udf=udf, udf_timeout_seconds=udf_timeout_seconds, payloads=payloads,
         metadata=metadata), blocks=blocks)
+    self._columns = columns
 
   def expand(self, messages):
     if not self._blocks:
       return super().expand(messages)
     return messages | 'ParseAndValidate' >> beam.ParDo(
-        _ParseJsonBlocksFn(self._fn)).with_outputs(DEAD_LETTERS, main='rows')
+        _ParseJsonBlocksFn(self._fn, self._columns)).with_outputs(
+            DEAD_LETTERS, main='rows')

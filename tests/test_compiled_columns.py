@@ -1,0 +1,348 @@
+"""The columnar parse of a replay's blocks (``transforms.compiled_columns``,
+``ParseJsonMessageFn.column_outputs``) is speed only: on random schemas and
+hostile messages, a block's table holds exactly the values the exact
+path's rows become in Arrow (type for type, -0.0 apart from 0.0), in
+message order, with the same dead letters and counts; and DuckDB's sink
+stores a ColumnBlock as it stores the same rows (first row of a key kept,
+stored keys skipped, refused rows found by halving, with their rows)."""
+
+import json
+import pickle
+
+import apache_beam as beam
+from apache_beam.io.gcp.pubsub import PubsubMessage
+from apache_beam.utils.timestamp import Timestamp
+from hypothesis import HealthCheck
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+from storage.duckdb_files import DuckDBFiles
+from tests.test_compiled_rows import ORDERS
+from tests.test_compiled_rows import canonical_object
+from tests.test_compiled_rows import compiled_outcome
+from tests.test_compiled_rows import exact_outcome
+from tests.test_compiled_rows import edged
+from tests.test_compiled_rows import strict
+from tests.test_exact_properties import fields
+from tests.test_exact_properties import messages
+from tests.test_replay_blocks import split
+from transforms import blocks
+from transforms import compiled_rows
+from transforms import json_messages
+from transforms import json_rows
+from transforms import schemas
+
+ID = schemas.Field('message_id', 'STRING')
+
+
+def table_schema(schema_fields):
+  return schemas.TableSchema('t', tuple(schema_fields) + (ID,),
+                             primary_key=('message_id',))
+
+
+def batch_of(payloads):
+  return [PubsubMessage(p, {'k': 'v'}, message_id='m%d' % i)
+          for i, p in enumerate(payloads)]
+
+
+def exact_fn(schema):
+  """The parse step with no compiled path: every message exact."""
+  fn = json_messages.ParseJsonMessageFn(schema)
+  fn.stamp_rows = False
+  fn.setup()
+  fn._compiled = None  # pylint: disable=protected-access
+  fn.start_bundle()
+  return fn
+
+
+def columnar(schema, batch, exact_path=True):
+  """(outputs of column_outputs on one block, the step's fn); without
+  ``exact_path``, a message left to it fails the call."""
+  fn = json_messages.ParseJsonMessageFn(schema)
+  fn.stamp_rows = False
+  fn.setup()
+  fn.start_bundle()
+  if not exact_path:
+    fn._one = None  # pylint: disable=protected-access
+  compiled = fn.compile_columns()
+  assert compiled is not None
+  return fn.column_outputs(blocks.MessageBlock(batch), Timestamp(0),
+                           compiled), fn
+
+
+def strict_table(table):
+  return [strict(row) for row in table.to_pylist()]
+
+
+def same_as_exact(schema, batch):
+  """The columnar outputs of ``batch`` against the exact path's."""
+  outs, fn = columnar(schema, batch)
+  exact = exact_fn(schema)
+  expected = [o for m in batch for o in exact.process(m, Timestamp(0))]
+  rows, dead = split(expected)
+  column_blocks = [o for o in outs if type(o) is blocks.ColumnBlock]  # pylint: disable=unidiomatic-typecheck
+  got_rows, got_dead = split([o for o in outs if o not in column_blocks])
+  assert got_dead == dead
+  assert len(column_blocks) <= 1
+  if column_blocks:
+    block, = column_blocks
+    assert got_rows == []
+    assert block.table.schema == schema.arrow_schema()
+    assert strict_table(block.table) == strict_table(
+        schema.to_arrow_table(rows))
+    assert [strict(r) for r in block.rows()] == [strict(r) for r in rows]
+    assert [m.message_id for m in block.messages] == [
+        r['message_id'] for r in rows]
+  else:  # Arrow took no column (or no row): the rows as the row path has
+    assert [strict(r) for r in got_rows] == [strict(r) for r in rows]
+  assert (fn._seen, fn._rows) == (len(batch), len(rows))  # pylint: disable=protected-access
+  return outs
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow,
+                                 HealthCheck.data_too_large])
+@given(st.data())
+def test_a_block_s_columns_are_the_exact_rows_in_arrow(data):
+  schema_fields = data.draw(fields())
+  schema = table_schema(schema_fields)
+  payloads = data.draw(st.lists(
+      edged(schema_fields) | messages(schema_fields).map(lambda m: m[0]),
+      min_size=1, max_size=12))
+  same_as_exact(schema, batch_of(payloads))
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow,
+                                 HealthCheck.data_too_large])
+@given(st.lists(edged(ORDERS.fields) | messages(ORDERS.fields).map(
+    lambda m: m[0]), min_size=1, max_size=30))
+def test_orders_blocks_are_the_exact_rows_in_arrow(payloads):
+  same_as_exact(ORDERS, batch_of(payloads))
+
+
+def test_canonical_orders_take_the_columns_and_hostile_ones_are_named():
+  """The sample's orders the compiled row path takes are one ColumnBlock,
+  none left to the exact path; hostile messages beside them are its dead
+  letters."""
+  with open('data/orders_sample.jsonl', 'rb') as f:
+    lines = [line.rstrip(b'\n') for line in f if line.strip()]
+  rows = compiled_rows.compile_rows(ORDERS.fields[:-1])
+  lines = [line for line in lines if compiled_outcome(rows, line)] + [
+      json.dumps({  # the benchmarks' order
+          'order_id': 'A-%d' % i, 'placed_at': '2026-11-28T09:15:%02dZ' % i,
+          'customer': {'id': i, 'email': 'c%d@example.com' % i},
+          'items': [{'sku': 'tea', 'quantity': 2, 'price': '3.5'}] * (i % 3),
+          'total': '21.50', 'paid': True, 'delivery_date': '2026-12-01',
+          'extra': {'gift': i % 2 == 0},
+      }).encode() for i in range(20)]
+  assert len(lines) >= 22
+  outs, _ = columnar(ORDERS, batch_of(lines), exact_path=False)
+  assert [type(o) for o in outs] == [blocks.ColumnBlock]
+  assert len(outs[0]) == len(lines)
+  same_as_exact(ORDERS, batch_of(lines))
+  hostile = lines[:3] + [
+      b'{"order_id": "\\ud800"}', b'not json', b'{"Order_ID": "x"}',
+      lines[0].replace(b'Z"', b'.1234567Z"', 1), b'\xff',
+      b'{"order_id": "A", "placed_at": "2026-11-28T09:15:00Z", "total": 1e400}']
+  outs = same_as_exact(ORDERS, batch_of(hostile))
+  column_block, = [o for o in outs if type(o) is blocks.ColumnBlock]  # pylint: disable=unidiomatic-typecheck
+  assert len(column_block) >= 3
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_canonical_messages_of_any_schema_take_the_columns(data):
+  """What a well-behaved sender writes is read as columns, none of it left
+  to the exact path (so the columns are the path a replay takes)."""
+  schema_fields = data.draw(fields())
+  schema = table_schema(schema_fields)
+  converter = json_rows.RowConverter(schema_fields)
+  payloads = []
+  for obj in data.draw(st.lists(canonical_object(schema_fields), min_size=1,
+                                max_size=5)):
+    payload = json.dumps(obj, ensure_ascii=data.draw(st.booleans())).encode()
+    if exact_outcome(converter, payload)[0] == 'row':  # else a refused value
+      payloads.append(payload)
+  if not payloads:
+    return
+  outs, _ = columnar(schema, batch_of(payloads), exact_path=False)
+  assert [type(o) for o in outs] == [blocks.ColumnBlock]
+  assert len(outs[0]) == len(payloads)
+
+
+def test_a_column_block_crosses_a_process_and_reads_its_rows_back():
+  with open('data/orders_sample.jsonl', 'rb') as f:
+    lines = [line.rstrip(b'\n') for line in f if line.strip()]
+  outs, _ = columnar(ORDERS, batch_of(lines))
+  block, = [o for o in outs if type(o) is blocks.ColumnBlock]  # pylint: disable=unidiomatic-typecheck
+  assert len(block) >= 2
+  coder = blocks.BlockCoder()
+  again = coder.decode(coder.encode(block))
+  assert type(again) is blocks.ColumnBlock and again.rows_of is None  # pylint: disable=unidiomatic-typecheck
+  assert again.table.equals(block.table)
+  assert [m.message_id for m in again.messages] == [
+      m.message_id for m in block.messages]
+  assert again.table.to_pylist() == again.rows()
+  assert pickle.loads(pickle.dumps(block.table)).equals(block.table)
+
+
+# The sink: a ColumnBlock is stored as its rows would be.
+N = schemas.table_from_bigquery_schema(
+    [{'name': 'n', 'type': 'INTEGER', 'mode': 'REQUIRED'}], 't')
+
+
+def n_block(numbers, ids=None):
+  """A ColumnBlock of rows n with ids (default m<n>), its rows_of giving
+  them back as dicts."""
+  rows = [{'n': n, 'message_id': i} for n, i in zip(
+      numbers, ids or ['m%d' % n for n in numbers])]
+  messages = [PubsubMessage(b'{}', {}, message_id=r['message_id'])
+              for r in rows]
+  by_id = {id(m): r for m, r in zip(messages, rows)}
+  return blocks.ColumnBlock(N.to_arrow_table(rows), messages,
+                            lambda ms: [dict(by_id[id(m)]) for m in ms])
+
+
+def stored_n(db):
+  import duckdb
+  DuckDBFiles.close(db)
+  con = duckdb.connect(db, read_only=True)
+  try:
+    return sorted(con.execute('SELECT n, message_id FROM t').fetchall())
+  finally:
+    con.close()
+
+
+def sink(db, check=None, stored=()):
+  import duckdb
+  from transforms import duckdb_sink
+  con = duckdb.connect(db)
+  ddl = N.duckdb_ddl()
+  if check:
+    ddl = ddl.replace('"n" BIGINT NOT NULL',
+                      '"n" BIGINT NOT NULL CHECK (%s)' % check)
+  con.execute(ddl)
+  for n, message_id in stored:
+    con.execute('INSERT INTO t (n, message_id) VALUES (?, ?)',
+                [n, message_id])
+  con.close()
+  fn = duckdb_sink._InsertIntoDuckDB(db, N, 't', True, False)  # pylint: disable=protected-access
+  fn.setup()
+  fn.start_bundle()
+  return fn
+
+
+def run_sink(fn, elements):
+  window = beam.transforms.window.GlobalWindows.windowed_value(None)
+  out = []
+  for element in elements:
+    out.extend(fn.process(element, window.with_value(element)))
+  out.extend(fn.finish_bundle())
+  return [o.value.value for o in out]
+
+
+def test_refused_rows_of_column_blocks_are_halved_down_and_given_as_rows(
+    tmp_path):
+  db = str(tmp_path / 'w.duckdb')
+  fn = sink(db, check='n % 701 <> 5', stored=[(3, 'm3')])
+  inserts = []
+  insert = fn._insert  # pylint: disable=protected-access
+  fn._insert = lambda c, rows: (inserts.append(len(rows)), insert(c, rows))  # pylint: disable=protected-access
+  refused = run_sink(fn, [n_block(range(0, 1000)), n_block(range(1000, 2000))])
+  assert [row for row, _ in refused] == [
+      {'n': n, 'message_id': 'm%d' % n} for n in (5, 706, 1407)]
+  assert all('CHECK constraint' in error for _, error in refused)
+  assert len(inserts) < 100, inserts
+  assert stored_n(db) == sorted(
+      (n, 'm%d' % n) for n in range(2000) if n % 701 != 5)
+
+
+def test_column_blocks_keep_the_first_row_of_a_key_and_skip_stored_keys(
+    tmp_path):
+  db = str(tmp_path / 'w.duckdb')
+  fn = sink(db, stored=[(-1, 'a')])
+  # A new table's first batch: the insert is tried first, the stored key
+  # 'a' refuses it, the look-up skips it; the next batch looks first.
+  refused = run_sink(fn, [
+      n_block([1, 2, 3, 4], ['a', 'b', 'b', 'c']),
+      blocks.RowBlock([{'n': 5, 'message_id': 'c'},
+                       {'n': 6, 'message_id': 'd'}]),
+      n_block([7, 8], ['d', 'e'])])
+  assert refused == []
+  assert stored_n(db) == [(-1, 'a'), (2, 'b'), (4, 'c'), (6, 'd'), (8, 'e')]
+
+
+def test_a_key_another_writer_stores_mid_batch_is_skipped_in_either_mode(
+    tmp_path):
+  """Another writer stores one of a ColumnBlock's keys just before its
+  insert, whether the sink tries the insert first or looks up first."""
+  import duckdb
+  from transforms import duckdb_sink
+  for look_first in (False, True):
+    db = str(tmp_path / ('w%d.duckdb' % look_first))
+    con = duckdb.connect(db)
+    con.execute(N.duckdb_ddl())
+    table = n_block(range(20)).table
+
+    class Racing(object):
+      """Inserts m7 as another writer before this batch's first INSERT."""
+      def __init__(self, cursor):
+        self._cursor = cursor
+        self.raced = False
+
+      def execute(self, sql, *args):
+        if not self.raced and sql.startswith('INSERT INTO "t"'):
+          self.raced = True
+          self._cursor.execute(
+              "INSERT INTO t (n, message_id) VALUES (-7, 'm7')")
+        return self._cursor.execute(sql, *args)
+
+      def __getattr__(self, name):
+        return getattr(self._cursor, name)
+
+    racing = Racing(con)
+    try:
+      duckdb_sink.insert_table(racing, 't', N, table, look_first)
+    except duckdb.ConstraintException:
+      # Looked up first, then raced: the caller's halving finds it stored.
+      assert look_first
+      duckdb_sink.insert_table(con, 't', N, table, True)
+    assert racing.raced
+    got = sorted(con.execute('SELECT n, message_id FROM t').fetchall())
+    con.close()
+    assert got == sorted([(-7, 'm7')] + [(n, 'm%d' % n) for n in range(20)
+                                          if n != 7])
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(st.tuples(st.integers(-5, 5),
+                                   st.sampled_from('abcdefg')),
+                         min_size=1, max_size=8), min_size=1, max_size=4),
+       st.lists(st.sampled_from('abcdefg'), unique=True, max_size=3),
+       st.booleans())
+def test_a_table_batch_stores_what_its_rows_would(tmp_path_factory, batches,
+                                                  stored, look_first):
+  """insert_table and insert_rows store the same rows from the same batches
+  into the same table (first of a key kept, stored keys skipped)."""
+  import duckdb
+  from transforms import duckdb_sink
+  got = []
+  for as_table in (True, False):
+    con = duckdb.connect(':memory:')
+    con.execute(N.duckdb_ddl())
+    for k in stored:
+      con.execute('INSERT INTO t VALUES (99, ?)', [k])
+    for batch in batches:
+      rows = [{'n': n, 'message_id': k} for n, k in batch]
+      if as_table:
+        duckdb_sink.insert_table(con, 't', N, N.to_arrow_table(rows),
+                                 look_first)
+      else:
+        duckdb_sink.insert_rows(con, 't', N, rows)
+    got.append(sorted(con.execute('SELECT * FROM t').fetchall()))
+    con.close()
+  assert got[0] == got[1]
