@@ -176,6 +176,41 @@ def test_blocks_are_bounded_in_order_and_a_huge_message_is_alone():
   assert list(blocks.message_blocks([])) == []
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b'{"a": 1}', b'', b' ', b'\r', b'\t\r',
+                                 b'x' * 40, b'\xff\xfe', b'a\rb', b'\r\r']),
+                max_size=30),
+       st.booleans(), st.integers(1, 64), st.integers(1, 5),
+       st.integers(8, 200))
+def test_a_file_is_read_in_pieces_as_it_is_line_by_line(
+    lines, final_newline, piece_bytes, max_messages, max_bytes):
+  """line_pieces and piece_blocks give the messages a line-by-line read
+  gives (each non-blank line, its end taken off, numbered from 1 with the
+  blank lines counted), in blocks no larger than message_blocks makes."""
+  import io
+  from transforms import message_files
+  content = b'\n'.join(lines) + (b'\n' if final_newline and lines else b'')
+  expected = []
+  for number, line in enumerate(io.BytesIO(content), start=1):
+    data = line.rstrip(b'\r\n')
+    if data and not data.isspace():
+      expected.append((data, 'file:L:%d' % number,
+                       {'source_file': 'L', 'line': str(number)}))
+  pieces = list(message_files.line_pieces(io.BytesIO(content), 'L',
+                                          piece_bytes))
+  got = [(m.data, m.message_id, m.attributes) for ms, _ in pieces for m in ms]
+  assert got == expected
+  for messages_, size in pieces:
+    assert size >= sum(len(m.data) for m in messages_)
+  got_blocks = list(blocks.piece_blocks(pieces, max_messages, max_bytes))
+  assert [(m.data, m.message_id) for b in got_blocks for m in b] == [
+      (d, i) for d, i, _ in expected]
+  for block in got_blocks:
+    assert type(block) is blocks.MessageBlock and block  # pylint: disable=unidiomatic-typecheck
+    assert len(block) <= max_messages
+    assert len(block) == 1 or sum(len(m.data) for m in block) <= max_bytes
+
+
 def test_the_block_coder_round_trips_and_estimates_without_encoding():
   coder = blocks.BlockCoder()
   messages_ = blocks.MessageBlock(

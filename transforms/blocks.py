@@ -108,6 +108,18 @@ def message_blocks(messages: typing.Iterable[PubsubMessage],
     yield block
 
 
+def piece_blocks(pieces, max_messages=BLOCK_MESSAGES, max_bytes=BLOCK_BYTES):
+  """(messages, their payload bytes) pieces -> MessageBlocks, as
+  ``message_blocks`` makes them from each piece (cut by count alone when
+  the piece's bytes are within ``max_bytes``)."""
+  for messages, size in pieces:
+    if size <= max_bytes:
+      for start in range(0, len(messages), max_messages):
+        yield MessageBlock(messages[start:start + max_messages])
+    else:
+      yield from message_blocks(messages, max_messages, max_bytes)
+
+
 class ParseBlocksFn(beam.DoFn):
   """A parse step's DoFn (``dead_letters.ParseMessageFn``) over blocks: a
   MessageBlock in, one RowBlock of its rows out (event-time stamps dropped:

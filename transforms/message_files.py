@@ -37,7 +37,6 @@ whose messages cannot be found again (not an archive file, or its window
 gone) is one error line, never a traceback.
 """
 
-import io
 import itertools
 import logging
 import os
@@ -182,12 +181,18 @@ class ReadFileLines(beam.DoFn):
       _LOG.debug('%s: the archiver\'s temporary file, not read', metadata.path)
       self.temp_files.inc()
       return
-    messages = self._messages(metadata.path)
-    yield from blocks.message_blocks(messages) if self._blocks else messages
+    pieces = self._pieces(metadata.path)
+    if self._blocks:
+      yield from blocks.piece_blocks(pieces)
+    else:
+      for messages, _ in pieces:
+        yield from messages
     self.files.inc()
     self.file_bytes.inc(metadata.size_in_bytes)
 
-  def _messages(self, path, rounds=RELIST_ROUNDS):
+  def _pieces(self, path, rounds=RELIST_ROUNDS):
+    """``path``'s messages in file order, as (a list of them, their payload
+    bytes) a piece at a time."""
     try:
       yield from self._read(path)
     except Exception:  # pylint: disable=broad-except
@@ -211,7 +216,7 @@ class ReadFileLines(beam.DoFn):
               'its window): reading the window\'s %d files now', path,
               len(found))
     for other in found:
-      yield from self._messages(other, rounds - 1)
+      yield from self._pieces(other, rounds - 1)
 
   def _read(self, path):
     if archive.is_archive(path):
@@ -225,20 +230,54 @@ class ReadFileLines(beam.DoFn):
         if missing:
           raise ValueError('%s is not an archive file: its records have no '
                            '%s' % (path, ', '.join(missing)))
-        yield from map(archive.message, itertools.chain([first], records))
-      return
-    location = canonical_location(path)
-    prefix = 'file:%s:' % location
+        messages = map(archive.message, itertools.chain([first], records))
+        while True:
+          piece = list(itertools.islice(messages, blocks.BLOCK_MESSAGES))
+          if not piece:
+            return
+          yield piece, sum(len(m.data or b'') for m in piece)
     with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
-      # Beam's CompressedFile (.gz, .bz2, ...) has readline but no iterator;
-      # a plain file's iterator is ~3x faster than readline calls.
-      lines = f if isinstance(f, io.BufferedReader) else iter(f.readline, b'')
-      for number, line in enumerate(lines, start=1):
-        data = line.rstrip(b'\r\n')
-        if data and not data.isspace():
-          yield PubsubMessage(
-              data, {'source_file': location, 'line': str(number)},
-              message_id=prefix + str(number))
+      yield from line_pieces(f, canonical_location(path))
+
+
+PIECE_BYTES = 4 << 20  # read at a time from a JSON-lines file
+
+
+def line_pieces(f, location, piece_bytes=PIECE_BYTES):
+  """A JSON-lines file open as ``f`` -> its messages, as (a list of them,
+  their payload bytes) for each ``piece_bytes`` read: one message per line
+  that is not blank (the line's end, ``\n`` after any ``\r``, taken off),
+  its id ``file:LOCATION:LINE``. Read a piece at a time and split in C
+  (1M lines: 1.0 s through readline calls, 0.33 s iterated, less split); a
+  line longer than a piece is joined once, not copied per read."""
+  prefix = 'file:%s:' % location
+  number, pending = 0, []  # the lines before; the start of a line not ended
+  while True:
+    chunk = f.read(piece_bytes)
+    if not chunk:
+      if not pending:
+        return
+      lines, pending = [b''.join(pending)], []
+    elif b'\n' not in chunk:
+      pending.append(chunk)
+      continue
+    else:
+      lines = chunk.split(b'\n')
+      if pending:
+        pending.append(lines[0])
+        lines[0] = b''.join(pending)
+      last = lines.pop()
+      pending = [last] if last else []
+    messages = []
+    for line in lines:
+      number += 1
+      data = line.rstrip(b'\r')
+      if data and not data.isspace():
+        n = str(number)
+        messages.append(PubsubMessage(
+            data, {'source_file': location, 'line': n},
+            message_id=prefix + n))
+    yield messages, sum(map(len, lines))
 
 
 class ReadMessagesFromFiles(beam.PTransform):
