@@ -346,3 +346,122 @@ def test_a_table_batch_stores_what_its_rows_would(tmp_path_factory, batches,
     got.append(sorted(con.execute('SELECT * FROM t').fetchall()))
     con.close()
   assert got[0] == got[1]
+
+
+# A column whose every value is the common form is read by Arrow in C
+# (compiled_columns._timestamps, _numerics): the same values as the exact
+# reader, value by value, or the exact reader decides.
+def column_outcome(finish, values):
+  try:
+    return ('values', [strict(v) for v in finish(values).to_pylist()])
+  except Exception as e:  # pylint: disable=broad-except
+    return ('raises', type(e).__name__)
+
+
+def arrow_of(field_type, mode, texts):
+  """The exact path's values of ``texts`` in one column, as Arrow gives
+  them back, or None when it refuses any."""
+  field = schemas.Field('c', field_type, mode)
+  converter = json_rows.RowConverter([field])
+  rows = []
+  for text in texts:
+    try:
+      row = converter(exact_obj(text))
+    except json_rows.Refused:
+      return None
+    rows.append(row)
+  table = schemas.TableSchema('t', (field,)).to_arrow_table(rows)
+  return [strict(v) for v in table.column('c').to_pylist()]
+
+
+def exact_obj(text):
+  from transforms import exact_json
+  obj, _ = exact_json.loads(b'{"c": %s}' % text.encode('utf-8'))
+  return obj
+
+
+RFC3339 = st.builds(
+    lambda y, mo, d, h, mi, s, frac, zone: '"%04d-%02d-%02dT%02d:%02d:%02d%s%s"'
+    % (y, mo, d, h, mi, s, frac, zone),
+    st.sampled_from([1, 2, 1970, 2016, 2017, 9998, 9999]), st.integers(1, 12),
+    st.integers(1, 31), st.integers(0, 23), st.integers(0, 59),
+    st.integers(0, 59), st.sampled_from(['', '.5', '.123456', '.000001',
+                                         '.1234567', '.']),
+    st.sampled_from(['Z', '+01:00', '-23:59', '+23:59', '-00:00', '+00:30',
+                     'z', '+0100', '']))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(RFC3339 | st.sampled_from(
+    ['"2017-10-17t20:57:17z"', '"2017-10-17 20:57:17Z"', 'null',
+     '"0001-01-01T00:00:00+01:00"', '"9999-12-31T23:59:59-01:00"',
+     '"0001-01-01T00:00:00Z"', '"9999-12-31T23:59:59.999999Z"',
+     '"2017-02-29T00:00:00Z"', '"2017-10-17T20:57:60Z"']),
+                min_size=1, max_size=4),
+       st.sampled_from(['NULLABLE', 'REQUIRED']))
+def test_timestamps_read_in_c_are_the_exact_reader_s(texts, mode):
+  import msgspec
+  from transforms import compiled_columns
+  import pyarrow as pa
+  expected = arrow_of('TIMESTAMP', mode, texts)
+  values = [None if t == 'null' else msgspec.json.decode(t.encode())
+            for t in texts]
+  if mode == 'REQUIRED' and None in values:
+    return  # msgspec's type refuses a null before any column is read
+  each_calls = []
+
+  def each(vs):
+    each_calls.append(vs)
+    return pa.array([None if v is None else
+                     compiled_columns.compiled_rows.read_timestamp(v)
+                     for v in vs], pa.timestamp('us', tz='UTC'))
+  outcome = column_outcome(compiled_columns._timestamps(  # pylint: disable=protected-access
+      pa.timestamp('us', tz='UTC'), each), values)
+  if not each_calls:  # read in C: exactly the exact path's values
+    assert expected is not None and outcome == ('values', expected), texts
+  elif outcome[0] == 'values':  # by the readers: theirs, as always
+    assert outcome == ('values', expected), texts
+
+
+def is_json(text):
+  try:
+    json.loads(text)
+    return True
+  except ValueError:
+    return False
+
+
+PLAIN = st.builds(
+    lambda sign, whole, frac, quoted: ('"%s"' if quoted else '%s') % (
+        sign + whole + ('.' + frac if frac is not None else '')),
+    st.sampled_from(['', '-']),
+    st.sampled_from(['0', '00', '1', '21', '9' * 26, '9' * 27, '1' * 28]),
+    st.sampled_from([None, '', '0', '5', '50', '123456789', '1234567891']),
+    st.booleans()).filter(lambda text: is_json(text))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(PLAIN | st.sampled_from(['null', '1E+2', '"1_000.5"',
+                                         '" 21.5 "', '"NaN"', '"\\u0661.5"']),
+                min_size=1, max_size=4),
+       st.sampled_from(['NULLABLE', 'REQUIRED']))
+def test_numerics_read_in_c_are_the_exact_reader_s(texts, mode):
+  import msgspec
+  from transforms import compiled_columns
+  import pyarrow as pa
+  expected = arrow_of('NUMERIC', mode, texts)
+  read = compiled_columns.compiled_rows._raw_reader(  # pylint: disable=protected-access
+      'NUMERIC', mode == 'NULLABLE')
+  values = [msgspec.json.decode(t.encode(), type=msgspec.Raw) for t in texts]
+  each_calls = []
+
+  def each(vs):
+    each_calls.append(vs)
+    return pa.array([None if v is None else read(v) for v in vs],
+                    pa.decimal128(38, 9))
+  outcome = column_outcome(compiled_columns._numerics(  # pylint: disable=protected-access
+      pa.decimal128(38, 9), each, mode == 'NULLABLE'), values)
+  if not each_calls:
+    assert expected is not None and outcome == ('values', expected), texts
+  elif outcome[0] == 'values':
+    assert outcome == ('values', expected), texts

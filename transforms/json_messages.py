@@ -10,6 +10,7 @@ request per message, or per block of a replay.
 """
 
 import datetime
+import itertools
 import traceback
 from typing import Iterable
 
@@ -108,19 +109,20 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
     ``compiled`` takes become Arrow columns, the rest take the exact path
     (each a row or a dead letter), and the rows are in message order. The
     same rows and dead letters as ``outputs`` message by message."""
-    decode, max_bytes = compiled.decode, self._max_bytes
-    structs, taken, left = [], [], []  # positions in the block
-    for i, message in enumerate(block):
-      data = message.data
-      if (type(data) is bytes and len(data) <= max_bytes  # pylint: disable=unidiomatic-typecheck
-          and getattr(message, 'given_up', None) is None):
-        try:
-          structs.append(decode(data))
-          taken.append(i)
-          continue
-        except Exception:  # pylint: disable=broad-except
-          pass  # the exact path decides, and names the reason
-      left.append(i)
+    decode = compiled.decode
+    datas = [m.data for m in block]
+    structs = None
+    if (set(map(type, datas)) == {bytes} and
+        max(map(len, datas)) <= self._max_bytes and
+        not any(map(getattr, block, itertools.repeat('given_up'),
+                    itertools.repeat(None)))):
+      try:  # the common block: every payload in one pass
+        structs = list(map(decode, datas))
+        taken, left = list(range(len(block))), []
+      except Exception:  # pylint: disable=broad-except
+        pass  # one by one, to find which are taken
+    if structs is None:
+      structs, taken, left = self._decoded(block, decode)
     arrays = None
     if structs:
       try:
@@ -157,6 +159,24 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
     dead.append(blocks_lib.ColumnBlock(table, [block[i] for i in at],
                                        self.rows_again))
     return dead
+
+  def _decoded(self, block, decode):
+    """(the structs ``decode`` makes of a block's payloads, their positions
+    in the block, the positions of the messages left to the exact path)."""
+    max_bytes = self._max_bytes
+    structs, taken, left = [], [], []
+    for i, message in enumerate(block):
+      data = message.data
+      if (type(data) is bytes and len(data) <= max_bytes  # pylint: disable=unidiomatic-typecheck
+          and getattr(message, 'given_up', None) is None):
+        try:
+          structs.append(decode(data))
+          taken.append(i)
+          continue
+        except Exception:  # pylint: disable=broad-except
+          pass  # the exact path decides, and names the reason
+      left.append(i)
+    return structs, taken, left
 
   def _table(self, block, taken, arrays, fields, exact):
     """The Arrow table of a block's rows in message order: the columnar
