@@ -28,6 +28,7 @@ from tests.test_exact_properties import fields
 from tests.test_exact_properties import messages
 from tests.test_replay_blocks import split
 from transforms import blocks
+from transforms import dead_letters
 from transforms import compiled_rows
 from transforms import json_messages
 from transforms import json_rows
@@ -57,7 +58,8 @@ def exact_fn(schema):
 
 
 def columnar(schema, batch, exact_path=True):
-  """(outputs of column_outputs on one block, the step's fn); without
+  """(outputs of column_outputs on one block, the step's fn); ``batch`` a
+  list of messages (a MessageBlock of them) or a LineBlock; without
   ``exact_path``, a message left to it fails the call."""
   fn = json_messages.ParseJsonMessageFn(schema)
   fn.stamp_rows = False
@@ -67,8 +69,9 @@ def columnar(schema, batch, exact_path=True):
     fn._one = None  # pylint: disable=protected-access
   compiled = fn.compile_columns()
   assert compiled is not None
-  return fn.column_outputs(blocks.MessageBlock(batch), Timestamp(0),
-                           compiled), fn
+  block = batch if type(batch) is blocks.LineBlock else blocks.MessageBlock(  # pylint: disable=unidiomatic-typecheck
+      batch)
+  return fn.column_outputs(block, Timestamp(0), compiled), fn
 
 
 def strict_table(table):
@@ -76,10 +79,12 @@ def strict_table(table):
 
 
 def same_as_exact(schema, batch):
-  """The columnar outputs of ``batch`` against the exact path's."""
+  """The columnar outputs of ``batch`` (messages or a LineBlock) against
+  the exact path's, message by message."""
   outs, fn = columnar(schema, batch)
+  messages_ = blocks.messages_of(batch)
   exact = exact_fn(schema)
-  expected = [o for m in batch for o in exact.process(m, Timestamp(0))]
+  expected = [o for m in messages_ for o in exact.process(m, Timestamp(0))]
   rows, dead = split(expected)
   column_blocks = [o for o in outs if type(o) is blocks.ColumnBlock]  # pylint: disable=unidiomatic-typecheck
   got_rows, got_dead = split([o for o in outs if o not in column_blocks])
@@ -92,12 +97,19 @@ def same_as_exact(schema, batch):
     assert strict_table(block.table) == strict_table(
         schema.to_arrow_table(rows))
     assert [strict(r) for r in block.rows()] == [strict(r) for r in rows]
-    assert [m.message_id for m in block.messages] == [
-        r['message_id'] for r in rows]
+    assert [dead_letters.stored_id(m.message_id) for m in block.messages
+           ] == [r['message_id'] for r in rows]
   else:  # Arrow took no column (or no row): the rows as the row path has
     assert [strict(r) for r in got_rows] == [strict(r) for r in rows]
-  assert (fn._seen, fn._rows) == (len(batch), len(rows))  # pylint: disable=protected-access
+  assert (fn._seen, fn._rows) == (len(messages_), len(rows))  # pylint: disable=protected-access
   return outs
+
+
+def lines_of(payloads):
+  """A LineBlock of ``payloads`` (lines 1, 3, 5, ... of a file whose name
+  is not ASCII: the ids are stored as the row path stores them)."""
+  return blocks.LineBlock('/tmp/caf\u00e9\udcff.jsonl', list(payloads),
+                          list(range(1, 2 * len(payloads), 2)))
 
 
 @settings(max_examples=300, deadline=None,
@@ -111,6 +123,7 @@ def test_a_block_s_columns_are_the_exact_rows_in_arrow(data):
       edged(schema_fields) | messages(schema_fields).map(lambda m: m[0]),
       min_size=1, max_size=12))
   same_as_exact(schema, batch_of(payloads))
+  same_as_exact(schema, lines_of(payloads))
 
 
 @settings(max_examples=60, deadline=None,
@@ -120,6 +133,7 @@ def test_a_block_s_columns_are_the_exact_rows_in_arrow(data):
     lambda m: m[0]), min_size=1, max_size=30))
 def test_orders_blocks_are_the_exact_rows_in_arrow(payloads):
   same_as_exact(ORDERS, batch_of(payloads))
+  same_as_exact(ORDERS, lines_of(payloads))
 
 
 def test_canonical_orders_take_the_columns_and_hostile_ones_are_named():
@@ -138,10 +152,11 @@ def test_canonical_orders_take_the_columns_and_hostile_ones_are_named():
           'extra': {'gift': i % 2 == 0},
       }).encode() for i in range(20)]
   assert len(lines) >= 22
-  outs, _ = columnar(ORDERS, batch_of(lines), exact_path=False)
-  assert [type(o) for o in outs] == [blocks.ColumnBlock]
-  assert len(outs[0]) == len(lines)
-  same_as_exact(ORDERS, batch_of(lines))
+  for block in (batch_of(lines), lines_of(lines)):
+    outs, _ = columnar(ORDERS, block, exact_path=False)
+    assert [type(o) for o in outs] == [blocks.ColumnBlock]
+    assert len(outs[0]) == len(lines)
+    same_as_exact(ORDERS, block)
   hostile = lines[:3] + [
       b'{"order_id": "\\ud800"}', b'not json', b'{"Order_ID": "x"}',
       lines[0].replace(b'Z"', b'.1234567Z"', 1), b'\xff',
@@ -202,8 +217,9 @@ def n_block(numbers, ids=None):
   messages = [PubsubMessage(b'{}', {}, message_id=r['message_id'])
               for r in rows]
   by_id = {id(m): r for m, r in zip(messages, rows)}
-  return blocks.ColumnBlock(N.to_arrow_table(rows), messages,
-                            lambda ms: [dict(by_id[id(m)]) for m in ms])
+  return blocks.ColumnBlock(
+      N.to_arrow_table(rows), messages,
+      rows_of=lambda ms: [dict(by_id[id(m)]) for m in ms])
 
 
 def stored_n(db):

@@ -82,6 +82,19 @@ JSON_VALUES = st.recursive(
     st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=6)
 
 
+def json_name(name):
+  """A field's JSON name as protobuf makes it: each underscore dropped and
+  the letter after it upper-cased."""
+  out, upper = [], False
+  for c in name:
+    if c == '_':
+      upper = True
+    else:
+      out.append(c.upper() if upper else c)
+      upper = False
+  return ''.join(out)
+
+
 class Builder(object):
   """Random message types (all top-level, so every name is .rnd.NAME), as
   one FileDescriptorProto, with a values strategy for each and the
@@ -102,9 +115,11 @@ class Builder(object):
     """A new message type: its full name (without the leading dot)."""
     proto = self.file.message_type.add(name=self.name('M'))
     full = 'rnd.' + proto.name
+    # Unique by their JSON names too, as protoc requires ('a' and 'a_'
+    # are both "a" in JSON: the descriptor pool refuses the pair).
     names = self.draw(st.lists(st.from_regex(r'[a-z][a-z0-9_]{0,5}',
                                              fullmatch=True), min_size=1,
-                               max_size=5, unique=True))
+                               max_size=5, unique_by=json_name))
     parts = []
     for number, fname in enumerate(names, 1):
       kind = self.draw(st.sampled_from(

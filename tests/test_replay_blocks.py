@@ -184,9 +184,10 @@ def test_blocks_are_bounded_in_order_and_a_huge_message_is_alone():
        st.integers(8, 200))
 def test_a_file_is_read_in_pieces_as_it_is_line_by_line(
     lines, final_newline, piece_bytes, max_messages, max_bytes):
-  """line_pieces and piece_blocks give the messages a line-by-line read
+  """line_pieces and line_blocks give the messages a line-by-line read
   gives (each non-blank line, its end taken off, numbered from 1 with the
-  blank lines counted), in blocks no larger than message_blocks makes."""
+  blank lines counted), in blocks no larger than message_blocks makes,
+  that cross a process whole."""
   import io
   from transforms import message_files
   content = b'\n'.join(lines) + (b'\n' if final_newline and lines else b'')
@@ -196,19 +197,24 @@ def test_a_file_is_read_in_pieces_as_it_is_line_by_line(
     if data and not data.isspace():
       expected.append((data, 'file:L:%d' % number,
                        {'source_file': 'L', 'line': str(number)}))
-  pieces = list(message_files.line_pieces(io.BytesIO(content), 'L',
-                                          piece_bytes))
-  got = [(m.data, m.message_id, m.attributes) for ms, _ in pieces for m in ms]
+  pieces = list(message_files.line_pieces(io.BytesIO(content), piece_bytes))
+  got_blocks = [b for datas, numbers, size in pieces
+                for b in blocks.line_blocks('L', datas, numbers, size,
+                                            max_messages, max_bytes)]
+  for datas, _, size in pieces:
+    assert size == sum(map(len, datas))
+  got = [(m.data, m.message_id, m.attributes)
+         for b in got_blocks for m in b.messages()]
   assert got == expected
-  for messages_, size in pieces:
-    assert size >= sum(len(m.data) for m in messages_)
-  got_blocks = list(blocks.piece_blocks(pieces, max_messages, max_bytes))
-  assert [(m.data, m.message_id) for b in got_blocks for m in b] == [
-      (d, i) for d, i, _ in expected]
   for block in got_blocks:
-    assert type(block) is blocks.MessageBlock and block  # pylint: disable=unidiomatic-typecheck
+    assert type(block) is blocks.LineBlock and len(block)  # pylint: disable=unidiomatic-typecheck
+    assert block.ids() == [m.message_id for m in block.messages()]
     assert len(block) <= max_messages
-    assert len(block) == 1 or sum(len(m.data) for m in block) <= max_bytes
+    assert len(block) == 1 or sum(map(len, block.datas)) <= max_bytes
+    again = blocks.BlockCoder().decode(blocks.BlockCoder().encode(block))
+    assert [(m.data, m.message_id, m.attributes) for m in again.messages()
+            ] == [(m.data, m.message_id, m.attributes)
+                  for m in block.messages()]
 
 
 def test_the_block_coder_round_trips_and_estimates_without_encoding():

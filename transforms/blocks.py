@@ -20,7 +20,13 @@ BLOCK_MESSAGES = 2000  # at most, per block
 BLOCK_BYTES = 4 << 20  # of payloads, at most (a 10 MB message is alone)
 
 
-class MessageBlock(list):
+class ReadBlock(object):
+  """What a replay's read gives: a MessageBlock or a LineBlock (steps take
+  either through ``messages_of``)."""
+  __slots__ = ()
+
+
+class MessageBlock(list, ReadBlock):
   """PubsubMessages read together from one file, in file order."""
 
 
@@ -28,23 +34,74 @@ class RowBlock(list):
   """Rows parsed together (dicts by column), stored together."""
 
 
+class LineBlock(ReadBlock):
+  """Lines of one JSON-lines file read together: what a MessageBlock of
+  them holds (``messages()``, made when a step asks), kept as the payloads
+  and line numbers alone, which is all the columnar parse reads (making a
+  message costs ~1 us a line). Every step that takes MessageBlocks takes
+  these through ``messages_of``."""
+  __slots__ = ('location', 'datas', 'numbers', '_messages')
+
+  def __init__(self, location, datas, numbers):
+    self.location = location  # the file's canonical location
+    self.datas = datas
+    self.numbers = numbers  # each line's number in the file, from 1
+    self._messages = None
+
+  def __len__(self):
+    return len(self.datas)
+
+  def ids(self):
+    """The messages' ids (``file:LOCATION:LINE``), in order."""
+    prefix = 'file:%s:' % self.location
+    return [prefix + str(n) for n in self.numbers]
+
+  def messages(self):
+    """The MessageBlock of these lines, as a line-by-line read makes it."""
+    if self._messages is None:
+      location = self.location
+      prefix = 'file:%s:' % location
+      block = MessageBlock()
+      for data, number in zip(self.datas, self.numbers):
+        n = str(number)
+        block.append(PubsubMessage(data, {'source_file': location, 'line': n},
+                                   message_id=prefix + n))
+      self._messages = block
+    return self._messages
+
+
+def messages_of(block):
+  """A block's MessageBlock (a LineBlock's messages, made now)."""
+  return block.messages() if type(block) is LineBlock else block  # pylint: disable=unidiomatic-typecheck
+
+
 class ColumnBlock(object):
   """Rows parsed together as one Arrow table of the schema (``table``, in
   the order of their messages), stored together: a replay into DuckDB
   builds no row dict (``transforms.compiled_columns``). ``messages`` are
-  the rows' messages, and ``rows_of(messages)`` gives their rows as the row
-  path does, for what needs a row (a refused row's dead letter, a sink that
-  takes rows); without it (a block that crossed a process) the rows are
-  read back from the table."""
-  __slots__ = ('table', 'messages', 'rows_of')
+  the rows' messages (those at ``at`` in the ``source`` block, made when
+  asked), and ``rows_of(messages)`` gives their rows as the row path does,
+  for what needs a row (a refused row's dead letter, a sink that takes
+  rows); without it (a block that crossed a process) the rows are read
+  back from the table."""
+  __slots__ = ('table', '_source', '_at', 'rows_of')
 
-  def __init__(self, table, messages, rows_of=None):
+  def __init__(self, table, source, at=None, rows_of=None):
     self.table = table
-    self.messages = messages
+    self._source = source  # a MessageBlock, LineBlock or list of messages
+    self._at = at  # the rows' positions in it (None: all, in order)
     self.rows_of = rows_of
 
   def __len__(self):
     return self.table.num_rows
+
+  @property
+  def messages(self):
+    messages = messages_of(self._source)
+    if self._at is not None:
+      messages = [messages[i] for i in self._at]
+      self._source, self._at = messages, None
+    return messages
 
   def rows(self, start=0, stop=None):
     """The rows from ``start`` to ``stop``, as dicts by column."""
@@ -61,8 +118,13 @@ class BlockCoder(beam.coders.Coder):
   its metrics, and pickling a 2,000-message block to measure it cost a
   replay 5% of its time."""
   def encode(self, value):
-    if type(value) is ColumnBlock:  # pylint: disable=unidiomatic-typecheck
-      return pickle.dumps(('ColumnBlock', (value.table, value.messages)),
+    kind = type(value)
+    if kind is ColumnBlock:
+      return pickle.dumps(('ColumnBlock', (value.table, list(value.messages))),
+                          pickle.HIGHEST_PROTOCOL)
+    if kind is LineBlock:
+      return pickle.dumps(('LineBlock', (value.location, value.datas,
+                                         value.numbers)),
                           pickle.HIGHEST_PROTOCOL)
     return pickle.dumps((type(value).__name__, list(value)),
                         pickle.HIGHEST_PROTOCOL)
@@ -71,6 +133,8 @@ class BlockCoder(beam.coders.Coder):
     kind, items = pickle.loads(encoded)
     if kind == 'ColumnBlock':
       return ColumnBlock(*items)
+    if kind == 'LineBlock':
+      return LineBlock(*items)
     return (MessageBlock if kind == 'MessageBlock' else RowBlock)(items)
 
   def is_deterministic(self):
@@ -81,6 +145,8 @@ class BlockCoder(beam.coders.Coder):
       return sum(len(m.data or b'') + 64 for m in value)
     if type(value) is ColumnBlock:  # pylint: disable=unidiomatic-typecheck
       return value.table.nbytes
+    if type(value) is LineBlock:  # pylint: disable=unidiomatic-typecheck
+      return sum(map(len, value.datas)) + 64 * len(value)
     return 128 * len(value)  # a row: its values and their column names
 
   def to_type_hint(self):
@@ -90,6 +156,8 @@ class BlockCoder(beam.coders.Coder):
 beam.coders.registry.register_coder(MessageBlock, BlockCoder)
 beam.coders.registry.register_coder(RowBlock, BlockCoder)
 beam.coders.registry.register_coder(ColumnBlock, BlockCoder)
+beam.coders.registry.register_coder(LineBlock, BlockCoder)
+beam.coders.registry.register_coder(ReadBlock, BlockCoder)
 
 
 def message_blocks(messages: typing.Iterable[PubsubMessage],
@@ -120,6 +188,26 @@ def piece_blocks(pieces, max_messages=BLOCK_MESSAGES, max_bytes=BLOCK_BYTES):
       yield from message_blocks(messages, max_messages, max_bytes)
 
 
+def line_blocks(location, datas, numbers, size, max_messages=BLOCK_MESSAGES,
+                max_bytes=BLOCK_BYTES):
+  """A piece of a file's lines (their payloads, numbers and payload bytes)
+  -> LineBlocks with the bounds ``message_blocks`` keeps."""
+  if size <= max_bytes:
+    for start in range(0, len(datas), max_messages):
+      yield LineBlock(location, datas[start:start + max_messages],
+                      numbers[start:start + max_messages])
+    return
+  start, total = 0, 0
+  for end, data in enumerate(datas):
+    if end > start and (end - start >= max_messages or
+                        total + len(data) > max_bytes):
+      yield LineBlock(location, datas[start:end], numbers[start:end])
+      start, total = end, 0
+    total += len(data)
+  if start < len(datas):
+    yield LineBlock(location, datas[start:], numbers[start:])
+
+
 class ParseBlocksFn(beam.DoFn):
   """A parse step's DoFn (``dead_letters.ParseMessageFn``) over blocks: a
   MessageBlock in, one RowBlock of its rows out (event-time stamps dropped:
@@ -139,10 +227,11 @@ class ParseBlocksFn(beam.DoFn):
   def finish_bundle(self):
     self._fn.finish_bundle()
 
-  def process(self, block: MessageBlock,
+  def process(self, block: ReadBlock,
               timestamp=beam.DoFn.TimestampParam) -> typing.Iterable[RowBlock]:
     outputs = self._fn.outputs
-    return gathered(outputs(message, timestamp) for message in block)
+    return gathered(outputs(message, timestamp)
+                    for message in messages_of(block))
 
 
 def gathered(outputs_per_message):

@@ -58,13 +58,14 @@ class _InsertIntoDuckDB(beam.DoFn):
     self._with_inserted = with_inserted
     self._update_only = tuple(update_only or ())
     self._constants = dict(insert_constants or {})
-
-  def setup(self):
     # A ColumnBlock's Arrow table goes in as it is, unless a row is needed
     # for each (what is derived from the rows, a value set at the insert).
     self._takes_tables = not (self._replace or self._update_only or
                               self._with_inserted or self._write_time_column
                               or self._constants)
+    self.setup()
+
+  def setup(self):
     self._look_first = False  # stored keys: looked up after a batch had some
     self._writer = None  # the thread that stores ColumnBlocks' tables
     self._storing = None  # (its future, the blocks, their origins)

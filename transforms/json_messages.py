@@ -104,25 +104,28 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
     return compiled_columns.compile_columns(self._data_fields)
 
   def column_outputs(self, block, timestamp, compiled):
-    """A MessageBlock's outputs with its rows as one ColumnBlock (with
-    ``compiled``, this step's ``compile_columns()``): the payloads
-    ``compiled`` takes become Arrow columns, the rest take the exact path
-    (each a row or a dead letter), and the rows are in message order. The
-    same rows and dead letters as ``outputs`` message by message."""
+    """A block's outputs (a MessageBlock's or LineBlock's) with its rows as
+    one ColumnBlock (with ``compiled``, this step's ``compile_columns()``):
+    the payloads ``compiled`` takes become Arrow columns, the rest take the
+    exact path (each a row or a dead letter), and the rows are in message
+    order. The same rows and dead letters as ``outputs`` message by
+    message. A LineBlock's messages are made only for the exact path."""
     decode = compiled.decode
-    datas = [m.data for m in block]
+    lines = type(block) is blocks_lib.LineBlock  # pylint: disable=unidiomatic-typecheck
+    datas = block.datas if lines else [m.data for m in block]
     structs = None
-    if (set(map(type, datas)) == {bytes} and
-        max(map(len, datas)) <= self._max_bytes and
+    if (max(map(len, datas), default=0) <= self._max_bytes and (lines or (
+        set(map(type, datas)) == {bytes} and
         not any(map(getattr, block, itertools.repeat('given_up'),
-                    itertools.repeat(None)))):
+                    itertools.repeat(None)))))):
       try:  # the common block: every payload in one pass
         structs = list(map(decode, datas))
-        taken, left = list(range(len(block))), []
+        taken, left = list(range(len(datas))), []
       except Exception:  # pylint: disable=broad-except
         pass  # one by one, to find which are taken
     if structs is None:
-      structs, taken, left = self._decoded(block, decode)
+      structs, taken, left = self._decoded(blocks_lib.messages_of(block),
+                                           decode)
     arrays = None
     if structs:
       try:
@@ -133,7 +136,7 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
         kept = []
         for k, i in enumerate(taken):
           try:
-            self._compiled(block[i].data)
+            self._compiled(datas[i])
             kept.append(k)
           except Exception:  # pylint: disable=broad-except
             left.append(i)
@@ -143,7 +146,8 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
           arrays = compiled.columns(structs) if structs else None
         except Exception:  # pylint: disable=broad-except
           return self._rows_of_block(block, timestamp, {})
-    outs = [(i, self._one(block[i], timestamp)) for i in left]
+    messages = blocks_lib.messages_of(block) if left else None
+    outs = [(i, self._one(messages[i], timestamp)) for i in left]
     dead = [out for _, out in outs if type(out) is beam.pvalue.TaggedOutput]  # pylint: disable=unidiomatic-typecheck
     exact = [(i, out) for i, out in outs
              if type(out) is not beam.pvalue.TaggedOutput]  # pylint: disable=unidiomatic-typecheck
@@ -155,9 +159,10 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
     self._rows += len(taken)
     if table is None:
       return dead
-    at = sorted(taken + [i for i, _ in exact]) if exact else taken
-    dead.append(blocks_lib.ColumnBlock(table, [block[i] for i in at],
-                                       self.rows_again))
+    at = None
+    if len(taken) != len(datas):
+      at = sorted(taken + [i for i, _ in exact]) if exact else taken
+    dead.append(blocks_lib.ColumnBlock(table, block, at, self.rows_again))
     return dead
 
   def _decoded(self, block, decode):
@@ -188,12 +193,8 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
     if arrays is not None:
       by_name = dict(zip((f.name for f in fields), arrays))
       if self._with_id:
-        ids = []
-        for i in taken:
-          message_id = block[i].message_id
-          ids.append(message_id if type(message_id) is str and (  # pylint: disable=unidiomatic-typecheck
-              message_id.isascii()) else dead_letters.stored_id(message_id))
-        by_name['message_id'] = pa.array(ids, pa.string())
+        by_name['message_id'] = pa.array(_stored_ids(block, taken),
+                                          pa.string())
       parts.append(pa.Table.from_arrays(
           [by_name[f.name] for f in schema.fields],
           schema=schema.arrow_schema()))
@@ -213,7 +214,7 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
     outputs given already, by position (counted: not given again)."""
     return list(blocks_lib.gathered(
         (done[i],) if i in done else self.outputs(message, timestamp)
-        for i, message in enumerate(block)))
+        for i, message in enumerate(blocks_lib.messages_of(block))))
 
   def rows_again(self, messages):
     """The rows of messages the columnar parse took, as the row path gives
@@ -378,6 +379,23 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
 _JSON = json_rows.bigquery_values.value_reader('JSON')
 
 
+def _stored_ids(block, taken):
+  """The ids the table stores for the messages at ``taken`` in ``block``
+  (as ``_one`` stores them: lone surrogates escaped)."""
+  if type(block) is blocks_lib.LineBlock:  # pylint: disable=unidiomatic-typecheck
+    ids = block.ids()
+    if len(taken) != len(ids):
+      ids = [ids[i] for i in taken]
+    return ids if all(map(str.isascii, ids)) else list(
+        map(dead_letters.stored_id, ids))
+  out = []
+  for i in taken:
+    message_id = block[i].message_id
+    out.append(message_id if type(message_id) is str and (  # pylint: disable=unidiomatic-typecheck
+        message_id.isascii()) else dead_letters.stored_id(message_id))
+  return out
+
+
 class _ParseJsonBlocksFn(blocks_lib.ParseBlocksFn):
   """ParseBlocksFn whose block's UDF calls are one request to a worker
   (not one round trip per message); with ``columns``, a block's rows come
@@ -390,14 +408,15 @@ class _ParseJsonBlocksFn(blocks_lib.ParseBlocksFn):
     super().setup()
     self._columns = self._fn.compile_columns() if self._columnar else None
 
-  def process(self, block: blocks_lib.MessageBlock,
+  def process(self, block: blocks_lib.ReadBlock,
               timestamp=beam.DoFn.TimestampParam
               ) -> Iterable[blocks_lib.RowBlock]:
     if self._columns is not None:
       return self._fn.column_outputs(block, timestamp, self._columns)
     if not self._fn.has_udf:
       return super().process(block, timestamp)
-    return blocks_lib.gathered(self._fn.udf_outputs(block, timestamp))
+    return blocks_lib.gathered(self._fn.udf_outputs(
+        blocks_lib.messages_of(block), timestamp))
 
 
 class ParseJsonMessages(dead_letters.ParseMessages):

@@ -181,18 +181,17 @@ class ReadFileLines(beam.DoFn):
       _LOG.debug('%s: the archiver\'s temporary file, not read', metadata.path)
       self.temp_files.inc()
       return
-    pieces = self._pieces(metadata.path)
-    if self._blocks:
-      yield from blocks.piece_blocks(pieces)
-    else:
-      for messages, _ in pieces:
-        yield from messages
+    for block in self._blocks_of(metadata.path):
+      if self._blocks:
+        yield block
+      else:
+        yield from blocks.messages_of(block)
     self.files.inc()
     self.file_bytes.inc(metadata.size_in_bytes)
 
-  def _pieces(self, path, rounds=RELIST_ROUNDS):
-    """``path``'s messages in file order, as (a list of them, their payload
-    bytes) a piece at a time."""
+  def _blocks_of(self, path, rounds=RELIST_ROUNDS):
+    """``path``'s messages in file order, in blocks: LineBlocks of a
+    JSON-lines file, MessageBlocks of an archive's."""
     try:
       yield from self._read(path)
     except Exception:  # pylint: disable=broad-except
@@ -216,7 +215,7 @@ class ReadFileLines(beam.DoFn):
               'its window): reading the window\'s %d files now', path,
               len(found))
     for other in found:
-      yield from self._pieces(other, rounds - 1)
+      yield from self._blocks_of(other, rounds - 1)
 
   def _read(self, path):
     if archive.is_archive(path):
@@ -235,22 +234,24 @@ class ReadFileLines(beam.DoFn):
           piece = list(itertools.islice(messages, blocks.BLOCK_MESSAGES))
           if not piece:
             return
-          yield piece, sum(len(m.data or b'') for m in piece)
+          yield from blocks.piece_blocks(
+              [(piece, sum(len(m.data or b'') for m in piece))])
+    location = canonical_location(path)
     with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
-      yield from line_pieces(f, canonical_location(path))
+      for datas, numbers, size in line_pieces(f):
+        yield from blocks.line_blocks(location, datas, numbers, size)
 
 
 PIECE_BYTES = 4 << 20  # read at a time from a JSON-lines file
 
 
-def line_pieces(f, location, piece_bytes=PIECE_BYTES):
-  """A JSON-lines file open as ``f`` -> its messages, as (a list of them,
-  their payload bytes) for each ``piece_bytes`` read: one message per line
-  that is not blank (the line's end, ``\n`` after any ``\r``, taken off),
-  its id ``file:LOCATION:LINE``. Read a piece at a time and split in C
-  (1M lines: 1.0 s through readline calls, 0.33 s iterated, less split); a
-  line longer than a piece is joined once, not copied per read."""
-  prefix = 'file:%s:' % location
+def line_pieces(f, piece_bytes=PIECE_BYTES):
+  """A JSON-lines file open as ``f`` -> (payloads, their line numbers,
+  their bytes) for each ``piece_bytes`` read: a payload for each line that
+  is not blank (the line's end, ``\n`` after any ``\r``, taken off),
+  numbered from 1. Read a piece at a time and split in C (1M lines: 1.0 s
+  through readline calls, 0.33 s iterated, less split); a line longer than
+  a piece is joined once, not copied per read."""
   number, pending = 0, []  # the lines before; the start of a line not ended
   while True:
     chunk = f.read(piece_bytes)
@@ -268,16 +269,14 @@ def line_pieces(f, location, piece_bytes=PIECE_BYTES):
         lines[0] = b''.join(pending)
       last = lines.pop()
       pending = [last] if last else []
-    messages = []
+    datas, numbers = [], []
     for line in lines:
       number += 1
       data = line.rstrip(b'\r')
       if data and not data.isspace():
-        n = str(number)
-        messages.append(PubsubMessage(
-            data, {'source_file': location, 'line': n},
-            message_id=prefix + n))
-    yield messages, sum(map(len, lines))
+        datas.append(data)
+        numbers.append(number)
+    yield datas, numbers, sum(map(len, datas))
 
 
 class ReadMessagesFromFiles(beam.PTransform):
@@ -296,4 +295,4 @@ class ReadMessagesFromFiles(beam.PTransform):
         | 'SpreadFiles' >> beam.Reshuffle()
         | 'ReadLines' >> beam.ParDo(
             ReadFileLines(self._blocks)).with_output_types(
-                blocks.MessageBlock if self._blocks else PubsubMessage))
+                blocks.ReadBlock if self._blocks else PubsubMessage))

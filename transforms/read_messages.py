@@ -12,6 +12,8 @@ from apache_beam.io.gcp.pubsub import PubsubMessage
 
 from transforms import message_files
 from transforms.blocks import MessageBlock
+from transforms.blocks import ReadBlock
+from transforms.blocks import messages_of
 
 
 class ReadMessages(beam.PTransform):
@@ -23,7 +25,7 @@ class ReadMessages(beam.PTransform):
     super().__init__()
     self._id_attribute = id_attribute
     self._blocks = bool(blocks and input_file)
-    self.with_output_types(MessageBlock if self._blocks else PubsubMessage)
+    self.with_output_types(ReadBlock if self._blocks else PubsubMessage)
     self._input_file = input_file
     self._subscription = subscription
     self._topic = topic
@@ -55,7 +57,7 @@ class ReadMessages(beam.PTransform):
     keyed = KeyedByAttribute(self._id_attribute)
     return messages | 'KeyByIdAttribute' >> beam.Map(
         keyed.block if self._blocks else keyed.message).with_output_types(
-            MessageBlock if self._blocks else PubsubMessage)
+            ReadBlock if self._blocks else PubsubMessage)
 
 
 class KeyedByAttribute(object):
@@ -85,4 +87,4 @@ class KeyedByAttribute(object):
     return keyed
 
   def block(self, block):
-    return MessageBlock(self.message(m) for m in block)
+    return MessageBlock(self.message(m) for m in messages_of(block))
