@@ -26,6 +26,7 @@ from typing import Optional
 import msgspec
 
 from transforms import compiled_rows
+from transforms import exact_json
 from transforms import schemas
 
 _NULL = compiled_rows._NULL  # pylint: disable=protected-access
@@ -95,26 +96,27 @@ def _column(field):
       return pa.array(values, type=scalar_type)
   else:
     scalar_type = arrow_type.value_type if repeated else arrow_type
+    nullable = field.mode == 'NULLABLE'  # an array's item never null
+    from_value = None
     if field.type == 'TIMESTAMP':
       item, read = str, compiled_rows.read_timestamp
-    else:  # the raw text, to the exact reader (an item is never null)
+    else:  # the raw text, to the exact reader
       item = msgspec.Raw
-      read = compiled_rows._raw_reader(field.type, field.mode == 'NULLABLE')  # pylint: disable=protected-access
+      read = compiled_rows._raw_reader(field.type, nullable)  # pylint: disable=protected-access
+      from_value = compiled_rows._value_reader(field.type, nullable)  # pylint: disable=protected-access
     if field.type == 'BIGNUMERIC':  # kept as its exact text (to_arrow_value)
-      raw_read = read
-
-      def read(value):  # pylint: disable=function-redefined
-        value = raw_read(value)
-        return None if value is None else schemas.decimal_text(value)
+      read, from_value = _as_text(read), _as_text(from_value)
 
     def each(values):
       return pa.array([None if v is None else read(v) for v in values],
                       type=scalar_type)
     finish = each
+    if from_value is not None:
+      finish = _raw_values(scalar_type, each, from_value)
     if field.type == 'TIMESTAMP':
       finish = _timestamps(scalar_type, each)
     elif field.type == 'NUMERIC':
-      finish = _numerics(scalar_type, each, field.mode == 'NULLABLE')
+      finish = _numerics(scalar_type, finish, nullable)
   if repeated:
     def build(values):
       if values.count(None):  # a missing or null array, or a placeholder
@@ -184,6 +186,33 @@ def _numerics(arrow_type, each, nullable):
                            pa.scalar(None, pa.string()), texts)
       return pc.replace_substring(texts, '"', '').cast(arrow_type)
     return each(values)
+  return finish
+
+
+def _as_text(read):
+  """A BIGNUMERIC reader whose value is kept as its exact text."""
+  def read_text(value):
+    value = read(value)
+    return None if value is None else schemas.decimal_text(value)
+  return read_text
+
+
+def _raw_values(arrow_type, each, from_value):
+  """Raw JSON texts of a column (or None) -> Arrow: all decoded in one
+  msgspec call (as one JSON array), then each read by ``from_value`` (the
+  exact reader of its value); by ``each`` when the array does not decode
+  (a lone surrogate, nesting at msgspec's limit) or holds a placeholder."""
+  import pyarrow as pa
+  decode = exact_json.msgspec_decode
+
+  def finish(values):
+    if values.count(None):  # a placeholder under a null record
+      return each(values)
+    try:
+      decoded = decode(b'[%s]' % b','.join(values))
+    except Exception:  # pylint: disable=broad-except
+      return each(values)
+    return pa.array([from_value(v) for v in decoded], type=arrow_type)
   return finish
 
 

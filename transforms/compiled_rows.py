@@ -65,15 +65,25 @@ def _raw_reader(kind, nullable):
   """A column read from its raw JSON text by its exact reader: the value the
   exact path gives (the same ``exact_json`` parse, the same reader). A null
   where none is taken (a required column, an array's item) is not taken."""
-  read = bigquery_values.value_reader(kind)
+  from_value = _value_reader(kind, nullable)
   loads = exact_json.loads
-  # A decimal's common text, as its reader takes it first: no call more.
-  plain, decimal_type = bigquery_values.plain_decimal(kind), decimal.Decimal
 
   def from_raw(raw):
     value, checked = loads(raw)
     if not checked:  # a lone surrogate: the exact path names it
       raise NotTaken
+    return from_value(value)
+  return from_raw
+
+
+def _value_reader(kind, nullable):
+  """``_raw_reader``'s reader of the value its raw text decodes to (msgspec
+  decoded it: no lone surrogate)."""
+  read = bigquery_values.value_reader(kind)
+  # A decimal's common text, as its reader takes it first: no call more.
+  plain, decimal_type = bigquery_values.plain_decimal(kind), decimal.Decimal
+
+  def from_value(value):
     if value is None:
       if nullable:
         return None
@@ -81,7 +91,7 @@ def _raw_reader(kind, nullable):
     if plain is not None and type(value) is str and plain(value):  # pylint: disable=unidiomatic-typecheck
       return decimal_type(value)
     return read(value, None)
-  return from_raw
+  return from_value
 
 
 class CompiledRows(object):
