@@ -69,8 +69,8 @@ def columnar(schema, batch, exact_path=True):
     fn._one = None  # pylint: disable=protected-access
   compiled = fn.compile_columns()
   assert compiled is not None
-  block = batch if type(batch) is blocks.LineBlock else blocks.MessageBlock(  # pylint: disable=unidiomatic-typecheck
-      batch)
+  block = batch if isinstance(batch, blocks.LazyBlock) else (
+      blocks.MessageBlock(batch))
   return fn.column_outputs(block, Timestamp(0), compiled), fn
 
 
@@ -105,6 +105,16 @@ def same_as_exact(schema, batch):
   return outs
 
 
+def records_of(payloads):
+  """A RecordBlock of ``payloads`` as an archive's records (ids empty, not
+  ASCII, with a lone surrogate, or plain)."""
+  ids = ['', 'caf\u00e9', '\udcff', 'm']
+  return blocks.RecordBlock([
+      {'message_id': ids[i % 4] + str(i) if i % 4 else '', 'data': p,
+       'publish_time': None, 'attributes': {'k': 'v'}, 'ordering_key': ''}
+      for i, p in enumerate(payloads)])
+
+
 def lines_of(payloads):
   """A LineBlock of ``payloads`` (lines 1, 3, 5, ... of a file whose name
   is not ASCII: the ids are stored as the row path stores them)."""
@@ -124,6 +134,7 @@ def test_a_block_s_columns_are_the_exact_rows_in_arrow(data):
       min_size=1, max_size=12))
   same_as_exact(schema, batch_of(payloads))
   same_as_exact(schema, lines_of(payloads))
+  same_as_exact(schema, records_of(payloads))
 
 
 @settings(max_examples=60, deadline=None,
@@ -134,6 +145,7 @@ def test_a_block_s_columns_are_the_exact_rows_in_arrow(data):
 def test_orders_blocks_are_the_exact_rows_in_arrow(payloads):
   same_as_exact(ORDERS, batch_of(payloads))
   same_as_exact(ORDERS, lines_of(payloads))
+  same_as_exact(ORDERS, records_of(payloads))
 
 
 def test_canonical_orders_take_the_columns_and_hostile_ones_are_named():
@@ -152,7 +164,7 @@ def test_canonical_orders_take_the_columns_and_hostile_ones_are_named():
           'extra': {'gift': i % 2 == 0},
       }).encode() for i in range(20)]
   assert len(lines) >= 22
-  for block in (batch_of(lines), lines_of(lines)):
+  for block in (batch_of(lines), lines_of(lines), records_of(lines)):
     outs, _ = columnar(ORDERS, block, exact_path=False)
     assert [type(o) for o in outs] == [blocks.ColumnBlock]
     assert len(outs[0]) == len(lines)

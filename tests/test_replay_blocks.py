@@ -217,6 +217,29 @@ def test_a_file_is_read_in_pieces_as_it_is_line_by_line(
                   for m in block.messages()]
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 120), max_size=20), st.integers(1, 5),
+       st.integers(8, 200))
+def test_archive_records_are_blocked_as_their_messages_would_be(
+    sizes, max_messages, max_bytes):
+  """record_blocks cuts an archive's records where message_blocks cuts
+  their messages, and a RecordBlock's messages are archive.message's."""
+  from transforms import archive
+  records = [{'message_id': 'm%d' % i, 'data': b'x' * n, 'publish_time': None,
+              'attributes': {'a': str(i)}, 'ordering_key': ''}
+             for i, n in enumerate(sizes)]
+  got = list(blocks.record_blocks(records, max_messages, max_bytes))
+  expected = list(blocks.message_blocks(map(archive.message, records),
+                                        max_messages, max_bytes))
+  assert [[(m.data, m.message_id, m.attributes) for m in b.messages()]
+          for b in got] == [[(m.data, m.message_id, m.attributes) for m in b]
+                            for b in expected]
+  for block in got:
+    assert block.ids() == [m.message_id for m in block.messages()]
+    again = blocks.BlockCoder().decode(blocks.BlockCoder().encode(block))
+    assert again.records == block.records
+
+
 def test_the_block_coder_round_trips_and_estimates_without_encoding():
   coder = blocks.BlockCoder()
   messages_ = blocks.MessageBlock(

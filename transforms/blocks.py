@@ -34,12 +34,20 @@ class RowBlock(list):
   """Rows parsed together (dicts by column), stored together."""
 
 
-class LineBlock(ReadBlock):
-  """Lines of one JSON-lines file read together: what a MessageBlock of
-  them holds (``messages()``, made when a step asks), kept as the payloads
-  and line numbers alone, which is all the columnar parse reads (making a
-  message costs ~1 us a line). Every step that takes MessageBlocks takes
-  these through ``messages_of``."""
+class LazyBlock(ReadBlock):
+  """Messages read together whose PubsubMessages are made when a step asks
+  (``messages()``): the columnar parse reads only their payloads
+  (``datas``) and ids (``ids()``), and making a message costs ~1 us. Every
+  step that takes MessageBlocks takes these through ``messages_of``."""
+  __slots__ = ()
+
+  def __len__(self):
+    return len(self.datas)
+
+
+class LineBlock(LazyBlock):
+  """Lines of one JSON-lines file read together: a MessageBlock of them,
+  kept as the payloads and line numbers."""
   __slots__ = ('location', 'datas', 'numbers', '_messages')
 
   def __init__(self, location, datas, numbers):
@@ -47,9 +55,6 @@ class LineBlock(ReadBlock):
     self.datas = datas
     self.numbers = numbers  # each line's number in the file, from 1
     self._messages = None
-
-  def __len__(self):
-    return len(self.datas)
 
   def ids(self):
     """The messages' ids (``file:LOCATION:LINE``), in order."""
@@ -70,9 +75,30 @@ class LineBlock(ReadBlock):
     return self._messages
 
 
+class RecordBlock(LazyBlock):
+  """Records of one archive file read together (``transforms.archive``: as
+  its reader gives them): a MessageBlock of the messages they keep."""
+  __slots__ = ('records', 'datas', '_messages')
+
+  def __init__(self, records):
+    self.records = records
+    self.datas = [r['data'] for r in records]
+    self._messages = None
+
+  def ids(self):
+    """The messages' ids, as ``archive.message`` gives them."""
+    return [r['message_id'] or None for r in self.records]
+
+  def messages(self):
+    if self._messages is None:
+      from transforms import archive
+      self._messages = MessageBlock(map(archive.message, self.records))
+    return self._messages
+
+
 def messages_of(block):
-  """A block's MessageBlock (a LineBlock's messages, made now)."""
-  return block.messages() if type(block) is LineBlock else block  # pylint: disable=unidiomatic-typecheck
+  """A block's MessageBlock (a LazyBlock's messages, made now)."""
+  return block.messages() if isinstance(block, LazyBlock) else block
 
 
 class ColumnBlock(object):
@@ -126,6 +152,9 @@ class BlockCoder(beam.coders.Coder):
       return pickle.dumps(('LineBlock', (value.location, value.datas,
                                          value.numbers)),
                           pickle.HIGHEST_PROTOCOL)
+    if kind is RecordBlock:
+      return pickle.dumps(('RecordBlock', (value.records,)),
+                          pickle.HIGHEST_PROTOCOL)
     return pickle.dumps((type(value).__name__, list(value)),
                         pickle.HIGHEST_PROTOCOL)
 
@@ -135,6 +164,8 @@ class BlockCoder(beam.coders.Coder):
       return ColumnBlock(*items)
     if kind == 'LineBlock':
       return LineBlock(*items)
+    if kind == 'RecordBlock':
+      return RecordBlock(*items)
     return (MessageBlock if kind == 'MessageBlock' else RowBlock)(items)
 
   def is_deterministic(self):
@@ -145,8 +176,8 @@ class BlockCoder(beam.coders.Coder):
       return sum(len(m.data or b'') + 64 for m in value)
     if type(value) is ColumnBlock:  # pylint: disable=unidiomatic-typecheck
       return value.table.nbytes
-    if type(value) is LineBlock:  # pylint: disable=unidiomatic-typecheck
-      return sum(map(len, value.datas)) + 64 * len(value)
+    if isinstance(value, LazyBlock):
+      return sum(len(d or b'') for d in value.datas) + 64 * len(value)
     return 128 * len(value)  # a row: its values and their column names
 
   def to_type_hint(self):
@@ -157,6 +188,7 @@ beam.coders.registry.register_coder(MessageBlock, BlockCoder)
 beam.coders.registry.register_coder(RowBlock, BlockCoder)
 beam.coders.registry.register_coder(ColumnBlock, BlockCoder)
 beam.coders.registry.register_coder(LineBlock, BlockCoder)
+beam.coders.registry.register_coder(RecordBlock, BlockCoder)
 beam.coders.registry.register_coder(ReadBlock, BlockCoder)
 
 
@@ -176,16 +208,19 @@ def message_blocks(messages: typing.Iterable[PubsubMessage],
     yield block
 
 
-def piece_blocks(pieces, max_messages=BLOCK_MESSAGES, max_bytes=BLOCK_BYTES):
-  """(messages, their payload bytes) pieces -> MessageBlocks, as
-  ``message_blocks`` makes them from each piece (cut by count alone when
-  the piece's bytes are within ``max_bytes``)."""
-  for messages, size in pieces:
-    if size <= max_bytes:
-      for start in range(0, len(messages), max_messages):
-        yield MessageBlock(messages[start:start + max_messages])
-    else:
-      yield from message_blocks(messages, max_messages, max_bytes)
+def record_blocks(records, max_messages=BLOCK_MESSAGES, max_bytes=BLOCK_BYTES):
+  """Archive records -> RecordBlocks with the bounds ``message_blocks``
+  keeps."""
+  block, size = [], 0
+  for record in records:
+    length = len(record['data'] or b'')
+    if block and (len(block) >= max_messages or size + length > max_bytes):
+      yield RecordBlock(block)
+      block, size = [], 0
+    block.append(record)
+    size += length
+  if block:
+    yield RecordBlock(block)
 
 
 def line_blocks(location, datas, numbers, size, max_messages=BLOCK_MESSAGES,

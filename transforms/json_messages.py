@@ -111,13 +111,13 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
     order. The same rows and dead letters as ``outputs`` message by
     message. A LineBlock's messages are made only for the exact path."""
     decode = compiled.decode
-    lines = type(block) is blocks_lib.LineBlock  # pylint: disable=unidiomatic-typecheck
-    datas = block.datas if lines else [m.data for m in block]
+    lazy = isinstance(block, blocks_lib.LazyBlock)  # read, never given up
+    datas = block.datas if lazy else [m.data for m in block]
     structs = None
-    if (max(map(len, datas), default=0) <= self._max_bytes and (lines or (
-        set(map(type, datas)) == {bytes} and
-        not any(map(getattr, block, itertools.repeat('given_up'),
-                    itertools.repeat(None)))))):
+    if (set(map(type, datas)) == {bytes} and
+        max(map(len, datas), default=0) <= self._max_bytes and (lazy or (
+            not any(map(getattr, block, itertools.repeat('given_up'),
+                        itertools.repeat(None)))))):
       try:  # the common block: every payload in one pass
         structs = list(map(decode, datas))
         taken, left = list(range(len(datas))), []
@@ -382,12 +382,14 @@ _JSON = json_rows.bigquery_values.value_reader('JSON')
 def _stored_ids(block, taken):
   """The ids the table stores for the messages at ``taken`` in ``block``
   (as ``_one`` stores them: lone surrogates escaped)."""
-  if type(block) is blocks_lib.LineBlock:  # pylint: disable=unidiomatic-typecheck
+  if isinstance(block, blocks_lib.LazyBlock):
     ids = block.ids()
     if len(taken) != len(ids):
       ids = [ids[i] for i in taken]
-    return ids if all(map(str.isascii, ids)) else list(
-        map(dead_letters.stored_id, ids))
+    if set(map(type, ids)) == {str} and all(map(str.isascii, ids)):
+      return ids
+    return [i if type(i) is str and i.isascii() else dead_letters.stored_id(i)  # pylint: disable=unidiomatic-typecheck
+            for i in ids]
   out = []
   for i in taken:
     message_id = block[i].message_id

@@ -229,13 +229,8 @@ class ReadFileLines(beam.DoFn):
         if missing:
           raise ValueError('%s is not an archive file: its records have no '
                            '%s' % (path, ', '.join(missing)))
-        messages = map(archive.message, itertools.chain([first], records))
-        while True:
-          piece = list(itertools.islice(messages, blocks.BLOCK_MESSAGES))
-          if not piece:
-            return
-          yield from blocks.piece_blocks(
-              [(piece, sum(len(m.data or b'') for m in piece))])
+        yield from blocks.record_blocks(itertools.chain([first], records))
+      return
     location = canonical_location(path)
     with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
       for datas, numbers, size in line_pieces(f):
