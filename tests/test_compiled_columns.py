@@ -115,10 +115,11 @@ def records_of(payloads):
       for i, p in enumerate(payloads)])
 
 
-def lines_of(payloads):
-  """A LineBlock of ``payloads`` (lines 1, 3, 5, ... of a file whose name
-  is not ASCII: the ids are stored as the row path stores them)."""
-  return blocks.LineBlock('/tmp/caf\u00e9\udcff.jsonl', list(payloads),
+def lines_of(payloads, location='/tmp/caf\u00e9\udcff.jsonl'):
+  """A LineBlock of ``payloads``: lines 1, 3, 5, ... of a file (by default
+  one whose name is not ASCII: the ids are stored as the row path stores
+  them)."""
+  return blocks.LineBlock(location, list(payloads),
                           list(range(1, 2 * len(payloads), 2)))
 
 
@@ -134,6 +135,7 @@ def test_a_block_s_columns_are_the_exact_rows_in_arrow(data):
       min_size=1, max_size=12))
   same_as_exact(schema, batch_of(payloads))
   same_as_exact(schema, lines_of(payloads))
+  same_as_exact(schema, lines_of(payloads, '/tmp/orders.jsonl'))
   same_as_exact(schema, records_of(payloads))
 
 
@@ -164,7 +166,8 @@ def test_canonical_orders_take_the_columns_and_hostile_ones_are_named():
           'extra': {'gift': i % 2 == 0},
       }).encode() for i in range(20)]
   assert len(lines) >= 22
-  for block in (batch_of(lines), lines_of(lines), records_of(lines)):
+  for block in (batch_of(lines), lines_of(lines), records_of(lines),
+                lines_of(lines, '/tmp/orders.jsonl')):
     outs, _ = columnar(ORDERS, block, exact_path=False)
     assert [type(o) for o in outs] == [blocks.ColumnBlock]
     assert len(outs[0]) == len(lines)

@@ -315,6 +315,23 @@ def _json(value, path):
                   'is not Unicode text')
 
 
+def json_texts(values):
+  """``_json`` of each of ``values`` (none of them None), the texts encoded
+  in one call; raises what ``_json`` raises for the first it refuses."""
+  for value in values:
+    kind = type(value)
+    if not (kind in _PLAIN
+            or (kind is dict and _PLAIN.issuperset(map(type, value.values())))
+            or (kind is list and _PLAIN.issuperset(map(type, value)))):
+      _check_json(value, None)
+  try:
+    return exact_json.dumps_each(values)
+  except UnicodeEncodeError:
+    for value in values:
+      _json(value, None)  # names the first that holds a lone surrogate
+    raise
+
+
 def _check_json(value, path):
   """Refuses numbers a JSON column cannot keep (a UDF's NaN or infinity
   too: JSON has none, and the encoder would write null) and nesting past its

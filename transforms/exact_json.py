@@ -86,6 +86,13 @@ def dumps(value):
   return _ENCODER.encode(value).decode('utf-8')
 
 
+def dumps_each(values):
+  """``dumps`` of each value, encoded in one call (compact JSON has no raw
+  newline: the lines are the texts). Raises UnicodeEncodeError for a lone
+  surrogate."""
+  return _ENCODER.encode_lines(values).decode('utf-8').split('\n')[:-1]
+
+
 def is_encodable(text):
   """False for a str holding a lone surrogate (it cannot be UTF-8)."""
   if text.isascii():

@@ -193,8 +193,7 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
     if arrays is not None:
       by_name = dict(zip((f.name for f in fields), arrays))
       if self._with_id:
-        by_name['message_id'] = pa.array(_stored_ids(block, taken),
-                                          pa.string())
+        by_name['message_id'] = _stored_ids(block, taken)
       parts.append(pa.Table.from_arrays(
           [by_name[f.name] for f in schema.fields],
           schema=schema.arrow_schema()))
@@ -381,21 +380,24 @@ _JSON = json_rows.bigquery_values.value_reader('JSON')
 
 def _stored_ids(block, taken):
   """The ids the table stores for the messages at ``taken`` in ``block``
-  (as ``_one`` stores them: lone surrogates escaped)."""
+  (as ``_one`` stores them: lone surrogates escaped), as an Arrow array."""
+  import pyarrow as pa
+  if type(block) is blocks_lib.LineBlock and len(taken) == len(block) and (  # pylint: disable=unidiomatic-typecheck
+      block.location.isascii()):  # file:LOCATION:LINE, joined in C
+    import pyarrow.compute as pc
+    return pc.binary_join_element_wise(
+        'file:%s:' % block.location,
+        pa.array(block.numbers, pa.int64()).cast(pa.string()), '')
   if isinstance(block, blocks_lib.LazyBlock):
     ids = block.ids()
     if len(taken) != len(ids):
       ids = [ids[i] for i in taken]
-    if set(map(type, ids)) == {str} and all(map(str.isascii, ids)):
-      return ids
-    return [i if type(i) is str and i.isascii() else dead_letters.stored_id(i)  # pylint: disable=unidiomatic-typecheck
-            for i in ids]
-  out = []
-  for i in taken:
-    message_id = block[i].message_id
-    out.append(message_id if type(message_id) is str and (  # pylint: disable=unidiomatic-typecheck
-        message_id.isascii()) else dead_letters.stored_id(message_id))
-  return out
+  else:
+    ids = [block[i].message_id for i in taken]
+  if not (set(map(type, ids)) == {str} and all(map(str.isascii, ids))):
+    ids = [i if type(i) is str and i.isascii() else dead_letters.stored_id(i)  # pylint: disable=unidiomatic-typecheck
+           for i in ids]
+  return pa.array(ids, pa.string())
 
 
 class _ParseJsonBlocksFn(blocks_lib.ParseBlocksFn):
