@@ -107,11 +107,13 @@ def same_as_exact(schema, batch):
 
 def records_of(payloads):
   """A RecordBlock of ``payloads`` as an archive's records (ids empty, not
-  ASCII, with a lone surrogate, or plain)."""
+  ASCII, with a lone surrogate, plain, or a number)."""
   ids = ['', 'caf\u00e9', '\udcff', 'm']
   return blocks.RecordBlock([
-      {'message_id': ids[i % 4] + str(i) if i % 4 else '', 'data': p,
-       'publish_time': None, 'attributes': {'k': 'v'}, 'ordering_key': ''}
+      {'message_id': (ids[i % 5] + str(i) if i % 5 else '') if i % 5 < 4
+                     else i,  # a hostile archive's number: stored as text
+       'data': p, 'publish_time': None, 'attributes': {'k': 'v'},
+       'ordering_key': ''}
       for i, p in enumerate(payloads)])
 
 
@@ -266,6 +268,15 @@ def sink(db, check=None, stored=()):
   return fn
 
 
+def sink_of(db):
+  """The sink on an existing table ``t`` of ``db``."""
+  from transforms import duckdb_sink
+  fn = duckdb_sink._InsertIntoDuckDB(db, N, 't', True, False)  # pylint: disable=protected-access
+  fn.setup()
+  fn.start_bundle()
+  return fn
+
+
 def run_sink(fn, elements):
   window = beam.transforms.window.GlobalWindows.windowed_value(None)
   out = []
@@ -304,6 +315,36 @@ def test_column_blocks_keep_the_first_row_of_a_key_and_skip_stored_keys(
       n_block([7, 8], ['d', 'e'])])
   assert refused == []
   assert stored_n(db) == [(-1, 'a'), (2, 'b'), (4, 'c'), (6, 'd'), (8, 'e')]
+
+
+def test_a_table_without_its_key_constraint_still_stores_a_key_once(tmp_path):
+  """A table made before its message_id column (ALTER TABLE ADD COLUMN
+  makes no key) refuses no stored key: the sink looks keys up first, so a
+  replay run twice stores each row once, as the row path does."""
+  import duckdb
+  db = str(tmp_path / 'w.duckdb')
+  con = duckdb.connect(db)
+  con.execute('CREATE TABLE t (n BIGINT NOT NULL)')
+  con.execute('ALTER TABLE t ADD COLUMN message_id VARCHAR')
+  con.close()
+  for _ in range(2):
+    fn = sink_of(db)
+    assert run_sink(fn, [n_block([1, 2]), n_block([2, 3])]) == []
+    fn.teardown()
+  assert stored_n(db) == [(1, 'm1'), (2, 'm2'), (3, 'm3')]
+
+
+def test_the_sink_buffers_column_blocks_up_to_a_size_not_only_a_count(
+    tmp_path):
+  db = str(tmp_path / 'w.duckdb')
+  fn = sink(db)
+  fn.MAX_BUFFER_BYTES = 1  # every block is a batch of its own
+  inserts = []
+  insert = fn._insert  # pylint: disable=protected-access
+  fn._insert = lambda c, rows: (inserts.append(len(rows)), insert(c, rows))  # pylint: disable=protected-access
+  assert run_sink(fn, [n_block([1, 2]), n_block([3]), n_block([4])]) == []
+  assert inserts == [2, 1, 1]
+  assert [n for n, _ in stored_n(db)] == [1, 2, 3, 4]
 
 
 def test_a_key_another_writer_stores_mid_batch_is_skipped_in_either_mode(

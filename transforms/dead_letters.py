@@ -101,7 +101,10 @@ def decode_object(message, max_bytes=MAX_MESSAGE_BYTES):
 def stored_id(message_id):
   """A message id as every table stores it: any string an archive or a
   file may hold, lone surrogates escaped (``\\ud800``), the same way every
-  time, so that a replay still finds it stored."""
+  time, so that a replay still finds it stored. An id that is not text (a
+  hostile archive's number) is stored as its text."""
+  if message_id is not None and type(message_id) is not str:  # pylint: disable=unidiomatic-typecheck
+    message_id = str(message_id)
   return message_id and exact_json.printable(message_id)
 
 

@@ -43,6 +43,9 @@ class _InsertIntoDuckDB(beam.DoFn):
   """
   REJECTED = 'rejected'
   MAX_BUFFER = 20000
+  # Of ColumnBlocks' tables, at most (with their payloads kept beside them
+  # for a refusal's dead letter, and one batch on the writer thread).
+  MAX_BUFFER_BYTES = 32 << 20
 
   def __init__(self, path, schema, table, hold_connection, replace,
                write_time_column=None, with_inserted=None, update_only=None,
@@ -67,12 +70,22 @@ class _InsertIntoDuckDB(beam.DoFn):
 
   def setup(self):
     self._look_first = False  # stored keys: looked up after a batch had some
+    # Whether the table has the primary key (a table made without it, or
+    # whose key column was added later, refuses no stored key: look first).
+    self._keyed = None
     self._writer = None  # the thread that stores ColumnBlocks' tables
     self._storing = None  # (its future, the blocks, their origins)
 
   def start_bundle(self):
+    if self._storing is not None:  # left by a bundle that failed: its retry
+      try:  # stores (and refuses) its rows again; only its end is awaited
+        self._storing[0].result()
+      except Exception:  # pylint: disable=broad-except
+        pass
+      self._storing = None
     self._rows, self._origins = [], []
     self._blocks, self._block_origins, self._block_rows = [], [], 0
+    self._block_bytes = 0
 
   def process(self, row, element=beam.DoFn.WindowedValueParam):
     # The whole windowed value, so that a refused row leaves in its own
@@ -85,7 +98,9 @@ class _InsertIntoDuckDB(beam.DoFn):
       self._blocks.append(row)
       self._block_origins.append(element)
       self._block_rows += len(row)
-      if self._block_rows >= self.MAX_BUFFER:
+      self._block_bytes += row.table.nbytes
+      if (self._block_rows >= self.MAX_BUFFER or
+          self._block_bytes >= self.MAX_BUFFER_BYTES):
         yield from self._flush_blocks()
       return
     if self._blocks:
@@ -115,6 +130,7 @@ class _InsertIntoDuckDB(beam.DoFn):
     are parsed while it stores these (~2 s of a million orders' 11)."""
     blocks, origins = self._blocks, self._block_origins
     self._blocks, self._block_origins, self._block_rows = [], [], 0
+    self._block_bytes = 0
     yield from self._stored()
     if not blocks:
       return
@@ -220,8 +236,12 @@ class _InsertIntoDuckDB(beam.DoFn):
 
   def _insert(self, con, rows):
     if type(rows) is _TableRows:  # pylint: disable=unidiomatic-typecheck
-      self._look_first = insert_table(con, self._table, self._schema,
-                                      rows.table, self._look_first)
+      if self._keyed is None:
+        self._keyed = has_primary_key(con, self._table,
+                                      self._schema.primary_key)
+      self._look_first = insert_table(
+          con, self._table, self._schema, rows.table,
+          self._look_first or not self._keyed)
       return
     constants = dict(self._constants)
     if self._write_time_column:
@@ -293,6 +313,17 @@ def insert_table(con, name, schema, table, look_first=True):
     table = table.filter(new)
   _insert_arrow(con, name, schema, table)
   return bool(stored)
+
+
+def has_primary_key(con, table, key):
+  """Whether ``table`` has ``key`` as its primary key (a table made before
+  its key column was, or restored from a file, has none)."""
+  if not key:
+    return False
+  found = con.execute(
+      "SELECT constraint_column_names FROM duckdb_constraints() WHERE "
+      "table_name = ? AND constraint_type = 'PRIMARY KEY'", [table]).fetchall()
+  return any(list(names) == list(key) for names, in found)
 
 
 def _first_of_each_key(table, key):
