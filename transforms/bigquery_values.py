@@ -301,13 +301,19 @@ def _json_number_kept(value):
 _PLAIN = frozenset((str, bool, type(None)))
 
 
-def _json(value, path):
-  """Any JSON value -> its compact text, if BigQuery's JSON type keeps it."""
+def _checked_json(value, path):
+  """Refuses what the JSON type cannot keep (``_check_json``), at once for
+  a value of plain text, booleans and nulls (a flat object or array too)."""
   kind = type(value)
   if not (kind in _PLAIN
           or (kind is dict and _PLAIN.issuperset(map(type, value.values())))
           or (kind is list and _PLAIN.issuperset(map(type, value)))):
     _check_json(value, path)
+
+
+def _json(value, path):
+  """Any JSON value -> its compact text, if BigQuery's JSON type keeps it."""
+  _checked_json(value, path)
   try:
     return exact_json.dumps(value)
   except UnicodeEncodeError:
@@ -319,11 +325,7 @@ def json_texts(values):
   """``_json`` of each of ``values`` (none of them None), the texts encoded
   in one call; raises what ``_json`` raises for the first it refuses."""
   for value in values:
-    kind = type(value)
-    if not (kind in _PLAIN
-            or (kind is dict and _PLAIN.issuperset(map(type, value.values())))
-            or (kind is list and _PLAIN.issuperset(map(type, value)))):
-      _check_json(value, None)
+    _checked_json(value, None)
   try:
     return exact_json.dumps_each(values)
   except UnicodeEncodeError:

@@ -206,17 +206,25 @@ def _raw_values(arrow_type, each, from_value):
   exact reader of its value); by ``each`` when the array does not decode
   (a lone surrogate, nesting at msgspec's limit) or holds a placeholder."""
   import pyarrow as pa
-  decode = exact_json.msgspec_decode
 
   def finish(values):
-    if values.count(None):  # a placeholder under a null record
-      return each(values)
-    try:
-      decoded = decode(b'[%s]' % b','.join(values))
-    except Exception:  # pylint: disable=broad-except
+    decoded = _decoded(values)
+    if decoded is None:
       return each(values)
     return pa.array([from_value(v) for v in decoded], type=arrow_type)
   return finish
+
+
+def _decoded(values):
+  """A column's raw JSON texts decoded in one msgspec call (as one array),
+  or None when it holds a placeholder (None, under a null record) or does
+  not decode (a lone surrogate, nesting at msgspec's limit)."""
+  if values.count(None):
+    return None
+  try:
+    return exact_json.msgspec_decode(b'[%s]' % b','.join(values))
+  except Exception:  # pylint: disable=broad-except
+    return None
 
 
 def _json_values(arrow_type, each, nullable):
@@ -224,14 +232,10 @@ def _json_values(arrow_type, each, nullable):
   call, checked and encoded in one (``bigquery_values.json_texts``: what
   the JSON reader gives each); by ``each`` otherwise."""
   import pyarrow as pa
-  decode = exact_json.msgspec_decode
 
   def finish(values):
-    if values.count(None):  # a placeholder under a null record
-      return each(values)
-    try:
-      decoded = decode(b'[%s]' % b','.join(values))
-    except Exception:  # pylint: disable=broad-except
+    decoded = _decoded(values)
+    if decoded is None:
       return each(values)
     nulls = decoded.count(None)
     if nulls and not nullable:

@@ -65,22 +65,14 @@ def _raw_reader(kind, nullable):
   """A column read from its raw JSON text by its exact reader: the value the
   exact path gives (the same ``exact_json`` parse, the same reader). A null
   where none is taken (a required column, an array's item) is not taken."""
-  read = bigquery_values.value_reader(kind)
+  from_value = _value_reader(kind, nullable)
   loads = exact_json.loads
-  # A decimal's common text, as its reader takes it first: no call more.
-  plain, decimal_type = bigquery_values.plain_decimal(kind), decimal.Decimal
 
-  def from_raw(raw):  # _value_reader's after the decode, inline: a call less
+  def from_raw(raw):
     value, checked = loads(raw)
     if not checked:  # a lone surrogate: the exact path names it
       raise NotTaken
-    if value is None:
-      if nullable:
-        return None
-      raise NotTaken
-    if plain is not None and type(value) is str and plain(value):  # pylint: disable=unidiomatic-typecheck
-      return decimal_type(value)
-    return read(value, None)
+    return from_value(value)
   return from_raw
 
 

@@ -290,16 +290,7 @@ def insert_table(con, name, schema, table, look_first=True):
       return False
     except duckdb.ConstraintException:
       pass  # a key stored already (or a null refused): look them up
-  con.register('_incoming_keys', table.select(list(key)))
-  try:
-    stored = con.execute(
-        'SELECT %s FROM "%s" AS stored WHERE EXISTS (SELECT 1 FROM '
-        '_incoming_keys AS incoming WHERE %s)' % (
-            ', '.join('stored."%s"' % k for k in key), name,
-            ' AND '.join('incoming."%s" = stored."%s"' % (k, k)
-                         for k in key))).fetchall()
-  finally:
-    con.unregister('_incoming_keys')
+  stored = _stored_keys(con, name, key, table.select(list(key)))
   if stored:
     import pyarrow as pa
     if len(key) == 1:
@@ -324,6 +315,22 @@ def has_primary_key(con, table, key):
       "SELECT constraint_column_names FROM duckdb_constraints() WHERE "
       "table_name = ? AND constraint_type = 'PRIMARY KEY'", [table]).fetchall()
   return any(list(names) == list(key) for names, in found)
+
+
+def _stored_keys(con, table, key, keys):
+  """The rows (tuples) of ``key`` stored in ``table`` among ``keys`` (an
+  Arrow table of key columns), by a semi-join that hashes ``keys`` and
+  scans the stored ones (see ``_insert_new``)."""
+  con.register('_incoming_keys', keys)
+  try:
+    return con.execute(
+        'SELECT %s FROM "%s" AS stored WHERE EXISTS (SELECT 1 FROM '
+        '_incoming_keys AS incoming WHERE %s)' % (
+            ', '.join('stored."%s"' % k for k in key), table,
+            ' AND '.join('incoming."%s" = stored."%s"' % (k, k)
+                         for k in key))).fetchall()
+  finally:
+    con.unregister('_incoming_keys')
 
 
 def _first_of_each_key(table, key):
@@ -419,16 +426,7 @@ def _insert_new(con, table, schema, rows, constants, with_inserted):
   by_name = {f.name: f for f in schema.fields}
   keys = pa.table({k: pa.array([row.get(k) for row in rows],
                                type=by_name[k].arrow_type()) for k in key})
-  con.register('_incoming_keys', keys)
-  try:
-    stored = con.execute(
-        'SELECT %s FROM "%s" AS stored WHERE EXISTS (SELECT 1 FROM '
-        '_incoming_keys AS incoming WHERE %s)' % (
-            ', '.join('stored."%s"' % k for k in key), table,
-            ' AND '.join('incoming."%s" = stored."%s"' % (k, k)
-                         for k in key))).fetchall()
-  finally:
-    con.unregister('_incoming_keys')
+  stored = _stored_keys(con, table, key, keys)
   if stored:
     stored = set(stored)
     rows = [row for row in rows
