@@ -5,6 +5,10 @@ once per block instead of once per message, as wordcount's line blocks do.
 Only a replay into tables reads in blocks: a block has one timestamp, so a
 graph that windows rows by event time (user_signin's counts) reads one
 message per element. Dead letters leave a block one by one, as always.
+
+A read gives MessageBlocks, or LazyBlocks (a file's lines, an archive's
+records) whose messages are made only when a step asks (``messages_of``);
+a parse gives RowBlocks, or for DuckDB one ColumnBlock (an Arrow table).
 """
 
 import pickle

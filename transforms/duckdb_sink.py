@@ -2,7 +2,9 @@
 gets: one Arrow bulk insert per bundle, redeliveries a no-op by the key, and
 the rows DuckDB refuses returned as ``(row, error message)`` pairs so that a
 pipeline turns them into dead letters instead of losing them. Outages (a
-full disk, a lock, I/O) are waited out, holding the batch."""
+full disk, a lock, I/O) are waited out, holding the batch. A replay's
+ColumnBlocks go in as their Arrow tables, stored on a writer thread while
+the next blocks are parsed."""
 
 import bisect
 import concurrent.futures
