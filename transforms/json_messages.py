@@ -104,12 +104,13 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
     return compiled_columns.compile_columns(self._data_fields)
 
   def column_outputs(self, block, timestamp, compiled):
-    """A block's outputs (a MessageBlock's or LineBlock's) with its rows as
-    one ColumnBlock (with ``compiled``, this step's ``compile_columns()``):
-    the payloads ``compiled`` takes become Arrow columns, the rest take the
-    exact path (each a row or a dead letter), and the rows are in message
-    order. The same rows and dead letters as ``outputs`` message by
-    message. A LineBlock's messages are made only for the exact path."""
+    """A read block's outputs (a MessageBlock's or a LazyBlock's) with its
+    rows as one ColumnBlock (with ``compiled``, this step's
+    ``compile_columns()``): the payloads ``compiled`` takes become Arrow
+    columns, the rest take the exact path (each a row or a dead letter),
+    and the rows are in message order. The same rows and dead letters as
+    ``outputs`` message by message. A LazyBlock's messages are made only
+    for the exact path (or a refused row's dead letter)."""
     decode = compiled.decode
     lazy = isinstance(block, blocks_lib.LazyBlock)  # read, never given up
     datas = block.datas if lazy else [m.data for m in block]
