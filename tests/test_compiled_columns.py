@@ -29,6 +29,7 @@ from tests.test_exact_properties import messages
 from tests.test_replay_blocks import split
 from transforms import blocks
 from transforms import dead_letters
+from transforms import exact_json
 from transforms import compiled_rows
 from transforms import json_messages
 from transforms import json_rows
@@ -537,3 +538,48 @@ def test_numerics_read_in_c_are_the_exact_reader_s(texts, mode):
     assert expected is not None and outcome == ('values', expected), texts
   elif outcome[0] == 'values':
     assert outcome == ('values', expected), texts
+
+
+def test_raw_texts_joined_as_binary_are_the_texts(tmp_path):
+  import msgspec
+  from transforms import compiled_columns
+  texts = [b'"21.50"', b'1.5', b'null', b'"\xc3\xa9"', b'""']
+  raws = [msgspec.json.decode(t, type=msgspec.Raw) for t in texts]
+  assert compiled_columns._binary(raws).to_pylist() == texts  # pylint: disable=protected-access
+  assert compiled_columns._binary(raws[:2] + [None]).to_pylist() == [  # pylint: disable=protected-access
+      b'"21.50"', b'1.5', None]
+  assert compiled_columns._binary([]).to_pylist() == []  # pylint: disable=protected-access
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.text(max_size=3)
+    | st.integers(-2 ** 70, 2 ** 70) | st.sampled_from(
+        [exact_json.Number(t) for t in ('1.5', '1e400', '-0.0', '0.1000000000'
+                                        '000000000001', '1' * 30 + '.5')])
+    | st.sampled_from(['\ud800', 'a\udfff']),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.text(max_size=2), inner, max_size=3),
+    max_leaves=8)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(JSON_VALUES | st.dictionaries(
+    st.text(max_size=2), st.none() | st.booleans() | st.text(max_size=2)),
+                min_size=1, max_size=5))
+def test_a_json_column_s_texts_are_each_value_s_text_or_its_refusal(values):
+  """``json_texts`` checks a column at once where it can: the same texts
+  as ``_json`` of each, or a refusal when ``_json`` refuses one (the
+  caller then finds which message by the row path)."""
+  from transforms import bigquery_values
+  expected = []
+  for value in values:
+    try:
+      expected.append(bigquery_values._json(value, None))  # pylint: disable=protected-access
+    except bigquery_values.Refused:
+      expected = 'refused'
+      break
+  try:
+    outcome = bigquery_values.json_texts(values)
+  except bigquery_values.Refused:
+    outcome = 'refused'
+  assert outcome == expected

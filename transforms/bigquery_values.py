@@ -11,6 +11,7 @@ import base64
 import binascii
 import datetime
 import decimal
+import itertools
 import math
 import re
 
@@ -311,6 +312,22 @@ def _checked_json(value, path):
     _check_json(value, path)
 
 
+def _all_plain(values):
+  """Whether every value is plain, or an object or array of plain values
+  (what ``_checked_json`` lets pass at once), checked in C for the column:
+  a message's flat object of text and booleans, the common JSON value."""
+  kinds = set(map(type, values))
+  if kinds <= _PLAIN:
+    return True
+  if kinds == {dict}:
+    items = itertools.chain.from_iterable(map(dict.values, values))
+  elif kinds == {list}:
+    items = itertools.chain.from_iterable(values)
+  else:
+    return False
+  return _PLAIN.issuperset(map(type, items))
+
+
 def _json(value, path):
   """Any JSON value -> its compact text, if BigQuery's JSON type keeps it."""
   _checked_json(value, path)
@@ -324,8 +341,9 @@ def _json(value, path):
 def json_texts(values):
   """``_json`` of each of ``values`` (none of them None), the texts encoded
   in one call; raises what ``_json`` raises for the first it refuses."""
-  for value in values:
-    _checked_json(value, None)
+  if not _all_plain(values):
+    for value in values:
+      _checked_json(value, None)
   try:
     return exact_json.dumps_each(values)
   except UnicodeEncodeError:

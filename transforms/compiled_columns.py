@@ -66,7 +66,7 @@ def _record(fields):
       rename={'f%d' % i: f.name for i, f in enumerate(fields)})
 
   def build(structs):
-    if any(s is None for s in structs):
+    if None in structs:
       return [b([None if s is None else get(s) for s in structs])
               for get, b in builders]
     return [b(list(map(get, structs))) for get, b in builders]
@@ -85,7 +85,7 @@ def _column(field):
 
     def finish(values):
       mask = None
-      if any(v is None for v in values):
+      if None in values:
         mask = pa.array([v is None for v in values], pa.bool_())
       return pa.StructArray.from_arrays(build_fields(values),
                                         fields=arrow_fields, mask=mask)
@@ -179,17 +179,29 @@ def _numerics(arrow_type, each, nullable):
   common = '^(?:"%s"|%s%s)$' % (plain, plain, '|null' if nullable else '')
 
   def finish(values):
-    raw = pa.array([None if v is None else bytes(v) for v in values],
-                   pa.binary())
+    raw = _binary(values)
     if raw.null_count < len(raw) and pc.all(
         pc.match_substring_regex(raw, common)).as_py():
-      texts = raw.cast(pa.string())
+      texts = raw.cast(pa.large_string())
       if nullable:
         texts = pc.if_else(pc.equal(texts, 'null'),
-                           pa.scalar(None, pa.string()), texts)
-      return pc.replace_substring(texts, '"', '').cast(arrow_type)
+                           pa.scalar(None, pa.large_string()), texts)
+      return pc.utf8_trim(texts, '"').cast(arrow_type)
     return each(values)
   return finish
+
+
+def _binary(values):
+  """Raw JSON texts (or None) -> an Arrow binary array: joined in one call
+  beside their offsets when none is None."""
+  import pyarrow as pa
+  if values.count(None):
+    return pa.array([None if v is None else bytes(v) for v in values],
+                    pa.large_binary())
+  offsets = pa.array(itertools.accumulate(map(len, values), initial=0),
+                     pa.int64())
+  return pa.Array.from_buffers(pa.large_binary(), len(values), [
+      None, offsets.buffers()[1], pa.py_buffer(b''.join(values))])
 
 
 def _as_text(read):
