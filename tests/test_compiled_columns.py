@@ -348,6 +348,35 @@ def test_the_sink_buffers_column_blocks_up_to_a_size_not_only_a_count(
   assert [n for n, _ in stored_n(db)] == [1, 2, 3, 4]
 
 
+def test_blocks_go_to_a_free_writer_at_once_and_wait_for_it_past_a_batch(
+    tmp_path):
+  import threading
+  db = str(tmp_path / 'w.duckdb')
+  fn = sink(db)
+  fn.MAX_TABLE_ROWS = 3
+  released = threading.Event()
+  inserts = []
+  insert = fn._insert  # pylint: disable=protected-access
+
+  def held_insert(con, rows):
+    inserts.append(len(rows))
+    released.wait(30)  # the first batch holds the writer until released
+    insert(con, rows)
+  fn._insert = held_insert  # pylint: disable=protected-access
+  timer = threading.Timer(0.5, released.set)
+  timer.start()
+  started = __import__('time').monotonic()
+  refused = run_sink(fn, [n_block([n]) for n in range(1, 8)])
+  timer.join()
+  assert refused == []
+  # The first block went to the free writer alone; the next three waited
+  # in the buffer, and the one that filled it waited for the writer.
+  assert inserts[:2] == [1, 3], inserts
+  assert sum(inserts) == 7
+  assert __import__('time').monotonic() - started >= 0.5
+  assert [n for n, _ in stored_n(db)] == list(range(1, 8))
+
+
 def test_a_key_another_writer_stores_mid_batch_is_skipped_in_either_mode(
     tmp_path):
   """Another writer stores one of a ColumnBlock's keys just before its
