@@ -98,11 +98,15 @@ def utc_timestamp(when):
 def _stamped_fast(value, when, _new_stamp=Timestamp.__new__,
                   _new_value=TimestampedValue.__new__):
   """``_fast(value, epoch_micros(when))`` in one call (every row of a
-  stream is stamped: two calls fewer is ~0.15 us a row)."""
+  stream is stamped: two calls fewer is ~0.15 us a row). The seconds and
+  microseconds are the difference's own fields (a timedelta keeps its
+  microseconds in 0-999,999, as divmod gives them): no division, ~0.13 us
+  less a row than dividing by a microsecond."""
+  since = when - _EPOCH
   stamp = _new_stamp(Timestamp)
   stamp._precision = 6  # pylint: disable=protected-access
-  stamp._seconds, stamp._subseconds = divmod(  # pylint: disable=protected-access
-      (when - _EPOCH) // _MICROSECOND, _MILLION)
+  stamp._seconds = since.days * 86400 + since.seconds  # pylint: disable=protected-access
+  stamp._subseconds = since.microseconds  # pylint: disable=protected-access
   stamped_value = _new_value(TimestampedValue)
   stamped_value.value = value
   stamped_value.timestamp = stamp
