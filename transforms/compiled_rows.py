@@ -23,6 +23,7 @@ import decimal
 import itertools
 import logging
 from typing import Annotated
+from typing import Any
 from typing import List
 from typing import Optional
 
@@ -121,7 +122,8 @@ class CompiledRows(object):
         rename={'f%d' % i: f.name for i, f in enumerate(fields)})
     name = 'record%d' % number
     if top:
-      self._scope['decode'] = msgspec.json.Decoder(struct).decode
+      self._scope['decode'] = msgspec.json.Decoder(
+          struct, float_hook=exact_json.Number).decode
       lines.insert(0, '  s = decode(data)')
     source = '\n'.join(['def %s(%s):' % (name, 'data' if top else 's')] +
                        lines + ['  return {%s}' % ', '.join(items)])
@@ -142,9 +144,14 @@ class CompiledRows(object):
       item, call = _TYPED[field.type], None
     elif field.type == 'TIMESTAMP':
       item, call = str, 'timestamp'
+    elif field.mode == 'NULLABLE':  # decoded as exact_json decodes it
+      call = 'r' + suffix
+      self._scope[call] = _value_reader(field.type, True)
+      lines.append('  %s = %s(%s)' % (v, call, attribute))
+      return Any, None, v
     else:  # the raw text, to the exact reader
       call = 'r' + suffix
-      self._scope[call] = _raw_reader(field.type, field.mode == 'NULLABLE')
+      self._scope[call] = _raw_reader(field.type, False)
       if field.mode == 'REPEATED':
         lines.append('  %s = %s' % (v, attribute))
         lines.append('  %s = [] if %s is None else [%s(x) for x in %s]' % (
