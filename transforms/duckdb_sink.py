@@ -136,7 +136,8 @@ class _InsertIntoDuckDB(beam.DoFn):
     thread, after the previous batch's insert ended (its refused rows
     given here). DuckDB runs an insert without the GIL, so the next blocks
     are parsed while it stores these (a million orders: 6.6-8.6 s, against
-    9.8-10.2 s with the thread waited on at once)."""
+    9.8-10.2 s with the thread waited on at once; ``process`` hands them
+    over whenever the thread is free)."""
     blocks, origins = self._blocks, self._block_origins
     self._blocks, self._block_origins, self._block_rows = [], [], 0
     self._block_bytes = 0
