@@ -377,6 +377,41 @@ def test_blocks_go_to_a_free_writer_at_once_and_wait_for_it_past_a_batch(
   assert [n for n, _ in stored_n(db)] == list(range(1, 8))
 
 
+def test_the_payloads_kept_for_dead_letters_count_in_the_sink_s_buffer(
+    tmp_path):
+  """A row of a few bytes from a payload of a kilobyte (padding, unknown
+  keys): the payloads a ColumnBlock keeps count against the buffer, so a
+  writer held (an outage waited out) never lets a replay buffer without
+  bound."""
+  import threading
+  db = str(tmp_path / 'w.duckdb')
+  fn = sink(db)
+  fn.MAX_BUFFER_BYTES = 2500
+  released = threading.Event()
+  inserts = []
+  insert = fn._insert  # pylint: disable=protected-access
+
+  def held_insert(con, rows):
+    inserts.append(len(rows))
+    released.wait(30)
+    insert(con, rows)
+  fn._insert = held_insert  # pylint: disable=protected-access
+
+  def padded(n):
+    block = n_block([n])
+    for message in block.messages:
+      message.data = b' ' * 1000 + message.data
+    assert block.table.nbytes < 100 < 1000 < block.nbytes
+    return block
+  timer = threading.Timer(0.5, released.set)
+  timer.start()
+  refused = run_sink(fn, [padded(n) for n in range(1, 8)])
+  timer.join()
+  assert refused == []
+  assert inserts[:2] == [1, 3], inserts  # the third kilobyte filled it
+  assert [n for n, _ in stored_n(db)] == list(range(1, 8))
+
+
 def test_a_key_another_writer_stores_mid_batch_is_skipped_in_either_mode(
     tmp_path):
   """Another writer stores one of a ColumnBlock's keys just before its
@@ -612,3 +647,14 @@ def test_a_json_column_s_texts_are_each_value_s_text_or_its_refusal(values):
   except bigquery_values.Refused:
     outcome = 'refused'
   assert outcome == expected
+
+
+def test_a_column_block_s_bytes_are_its_table_s_and_its_source_s_payloads():
+  table = N.to_arrow_table([{'n': 1, 'message_id': 'm1'}])
+  lines = blocks.LineBlock('/x.jsonl', [b'ab', b'cde'], [1, 2])
+  assert blocks.ColumnBlock(table, lines, [0]).nbytes == table.nbytes + 5
+  records = blocks.RecordBlock([{'data': b'xy', 'message_id': 'm'}])
+  assert blocks.ColumnBlock(table, records).nbytes == table.nbytes + 2
+  messages = blocks.MessageBlock([PubsubMessage(b'abcd', {}),
+                                  PubsubMessage(None, {'k': 'v'})])
+  assert blocks.ColumnBlock(table, messages).nbytes == table.nbytes + 4

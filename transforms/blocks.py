@@ -105,6 +105,17 @@ def messages_of(block):
   return block.messages() if isinstance(block, LazyBlock) else block
 
 
+def payload_bytes(block):
+  """The bytes of a block's payloads (a LazyBlock's or a sequence of
+  messages'; a payload that is not bytes counts its length, or none)."""
+  datas = block.datas if isinstance(block, LazyBlock) else [
+      getattr(m, 'data', None) for m in block]
+  try:
+    return sum(map(len, datas))
+  except TypeError:
+    return sum(len(d) for d in datas if hasattr(d, '__len__'))
+
+
 class ColumnBlock(object):
   """Rows parsed together as one Arrow table of the schema (``table``, in
   the order of their messages), stored together: a replay into DuckDB
@@ -132,6 +143,13 @@ class ColumnBlock(object):
       messages = [messages[i] for i in self._at]
       self._source, self._at = messages, None
     return messages
+
+  @property
+  def nbytes(self):
+    """What it holds in memory: its table, and its source's payloads
+    (kept for a refused row's dead letter: a row of a few bytes may come
+    from a payload of megabytes)."""
+    return self.table.nbytes + payload_bytes(self._source)
 
   def rows(self, start=0, stop=None):
     """The rows from ``start`` to ``stop``, as dicts by column."""

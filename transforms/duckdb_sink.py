@@ -50,8 +50,10 @@ class _InsertIntoDuckDB(beam.DoFn):
   # which it writes to the file at once, not through its log): a million
   # orders' inserts take 2.0-2.6 s in row groups, 2.8-3.5 s in 20,000s.
   MAX_TABLE_ROWS = 122880
-  # Of ColumnBlocks' tables, at most (with their payloads kept beside them
-  # for a refusal's dead letter, and one batch on the writer thread).
+  # Of ColumnBlocks, at most: their tables and the payloads kept beside
+  # them for a refusal's dead letter (a payload of megabytes may give a
+  # row of bytes), with one batch on the writer thread, which may be
+  # waiting out an outage while the parse goes on.
   MAX_BUFFER_BYTES = 32 << 20
 
   def __init__(self, path, schema, table, hold_connection, replace,
@@ -105,7 +107,7 @@ class _InsertIntoDuckDB(beam.DoFn):
       self._blocks.append(row)
       self._block_origins.append(element)
       self._block_rows += len(row)
-      self._block_bytes += row.table.nbytes
+      self._block_bytes += row.nbytes
       if (self._block_rows >= self.MAX_TABLE_ROWS or
           self._block_bytes >= self.MAX_BUFFER_BYTES or
           self._storing is None or self._storing[0].done()):
