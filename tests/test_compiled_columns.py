@@ -658,3 +658,41 @@ def test_a_column_block_s_bytes_are_its_table_s_and_its_source_s_payloads():
   messages = blocks.MessageBlock([PubsubMessage(b'abcd', {}),
                                   PubsubMessage(None, {'k': 'v'})])
   assert blocks.ColumnBlock(table, messages).nbytes == table.nbytes + 4
+
+
+def test_rows_of_large_payloads_are_stored_before_their_count_fills_the_buffer(
+    tmp_path):
+  """The row path (a UDF's replay) buffers up to 20,000 rows, and also up
+  to MAX_BUFFER_BYTES of the payloads they came from: 20,000 rows of 3 MB
+  messages are never held at once."""
+  db = str(tmp_path / 'w.duckdb')
+  fn = sink(db)
+  fn.MAX_BUFFER_BYTES = 1000
+  inserts = []
+  insert = fn._insert  # pylint: disable=protected-access
+  fn._insert = lambda c, rows: (inserts.append(len(rows)), insert(c, rows))  # pylint: disable=protected-access
+
+  def rows_of(n):
+    rows = blocks.RowBlock([{'n': n, 'message_id': 'm%d' % n}])
+    rows.nbytes = 600
+    return rows
+  assert run_sink(fn, [rows_of(n) for n in range(1, 6)]) == []
+  assert inserts == [2, 2, 1]
+  assert [n for n, _ in stored_n(db)] == [1, 2, 3, 4, 5]
+
+
+def test_a_block_s_rows_carry_its_payload_bytes_even_across_a_process():
+  fn = json_messages.ParseJsonMessageFn(N)
+  parse = blocks.ParseBlocksFn(fn)
+  parse.setup()
+  parse.start_bundle()
+  lines = blocks.LineBlock('/x.jsonl', [b'{"n": 1}', b'{"n": 2}  ', b'{'],
+                           [1, 2, 3])
+  window = beam.transforms.window.GlobalWindows.windowed_value(None)
+  outputs = list(parse.process(lines, window.timestamp))
+  rows, = [o for o in outputs if type(o) is blocks.RowBlock]  # pylint: disable=unidiomatic-typecheck
+  assert [r['n'] for r in rows] == [1, 2] and rows.nbytes == 8 + 10 + 1
+  coder = blocks.BlockCoder()
+  again = coder.decode(coder.encode(rows))
+  assert type(again) is blocks.RowBlock and again == rows  # pylint: disable=unidiomatic-typecheck
+  assert again.nbytes == rows.nbytes

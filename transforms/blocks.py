@@ -35,7 +35,10 @@ class MessageBlock(list, ReadBlock):
 
 
 class RowBlock(list):
-  """Rows parsed together (dicts by column), stored together."""
+  """Rows parsed together (dicts by column), stored together. ``nbytes``:
+  the payload bytes of the messages they came from (what a sink's buffer
+  counts for them: a row holds about what its payload said)."""
+  nbytes = 0
 
 
 class LazyBlock(ReadBlock):
@@ -177,6 +180,9 @@ class BlockCoder(beam.coders.Coder):
     if kind is RecordBlock:
       return pickle.dumps(('RecordBlock', (value.records,)),
                           pickle.HIGHEST_PROTOCOL)
+    if kind is RowBlock:
+      return pickle.dumps(('RowBlock+', (list(value), value.nbytes)),
+                          pickle.HIGHEST_PROTOCOL)
     return pickle.dumps((type(value).__name__, list(value)),
                         pickle.HIGHEST_PROTOCOL)
 
@@ -188,6 +194,10 @@ class BlockCoder(beam.coders.Coder):
       return LineBlock(*items)
     if kind == 'RecordBlock':
       return RecordBlock(*items)
+    if kind == 'RowBlock+':
+      rows = RowBlock(items[0])
+      rows.nbytes = items[1]
+      return rows
     return (MessageBlock if kind == 'MessageBlock' else RowBlock)(items)
 
   def is_deterministic(self):
@@ -287,14 +297,16 @@ class ParseBlocksFn(beam.DoFn):
   def process(self, block: ReadBlock,
               timestamp=beam.DoFn.TimestampParam) -> typing.Iterable[RowBlock]:
     outputs = self._fn.outputs
-    return gathered(outputs(message, timestamp)
-                    for message in messages_of(block))
+    return gathered((outputs(message, timestamp)
+                     for message in messages_of(block)), payload_bytes(block))
 
 
-def gathered(outputs_per_message):
+def gathered(outputs_per_message, nbytes=0):
   """Each message's parse outputs -> its dead letters (tagged outputs) as
-  they come, then one RowBlock of all the rows (none when there are none)."""
+  they come, then one RowBlock of all the rows (none when there are none),
+  of ``nbytes`` (its messages' payload bytes)."""
   rows = RowBlock()
+  rows.nbytes = nbytes
   for outputs in outputs_per_message:
     for out in outputs:
       kind = type(out)

@@ -53,7 +53,8 @@ class _InsertIntoDuckDB(beam.DoFn):
   # Of ColumnBlocks, at most: their tables and the payloads kept beside
   # them for a refusal's dead letter (a payload of megabytes may give a
   # row of bytes), with one batch on the writer thread, which may be
-  # waiting out an outage while the parse goes on.
+  # waiting out an outage while the parse goes on. Of RowBlocks, their
+  # messages' payloads (20,000 rows of 3 MB messages would be 60 GB).
   MAX_BUFFER_BYTES = 32 << 20
 
   def __init__(self, path, schema, table, hold_connection, replace,
@@ -92,7 +93,7 @@ class _InsertIntoDuckDB(beam.DoFn):
       except Exception:  # pylint: disable=broad-except
         pass
       self._storing = None
-    self._rows, self._origins = [], []
+    self._rows, self._origins, self._rows_bytes = [], [], 0
     self._blocks, self._block_origins, self._block_rows = [], [], 0
     self._block_bytes = 0
 
@@ -118,6 +119,7 @@ class _InsertIntoDuckDB(beam.DoFn):
     if kind is RowBlock:
       self._rows.extend(row)
       self._origins.extend([element] * len(row))
+      self._rows_bytes += row.nbytes
     elif kind is ColumnBlock:
       rows = row.rows()
       self._rows.extend(rows)
@@ -125,7 +127,8 @@ class _InsertIntoDuckDB(beam.DoFn):
     else:
       self._rows.append(row)
       self._origins.append(element)
-    if len(self._rows) >= self.MAX_BUFFER:
+    if (len(self._rows) >= self.MAX_BUFFER or
+        self._rows_bytes >= self.MAX_BUFFER_BYTES):
       yield from self._flush()
 
   def finish_bundle(self):
@@ -183,7 +186,7 @@ class _InsertIntoDuckDB(beam.DoFn):
   def _flush(self):
     yield from self._stored()  # a table the writer stores goes in first
     rows, origins = self._rows, self._origins
-    self._rows, self._origins = [], []
+    self._rows, self._origins, self._rows_bytes = [], [], 0
     if not rows:
       return
     # An outage (disk full, lock, I/O) is waited out here, holding the batch:

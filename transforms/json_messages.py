@@ -212,9 +212,10 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
     """A block's outputs as rows (a RowBlock), as ``outputs`` gives them,
     for a block whose rows Arrow did not take as columns; ``done``: the
     outputs given already, by position (counted: not given again)."""
-    return list(blocks_lib.gathered(
+    return list(blocks_lib.gathered((
         (done[i],) if i in done else self.outputs(message, timestamp)
-        for i, message in enumerate(blocks_lib.messages_of(block))))
+        for i, message in enumerate(blocks_lib.messages_of(block))),
+                                    blocks_lib.payload_bytes(block)))
 
   def rows_again(self, messages):
     """The rows of messages the columnar parse took, as the row path gives
@@ -421,7 +422,8 @@ class _ParseJsonBlocksFn(blocks_lib.ParseBlocksFn):
     if not self._fn.has_udf:
       return super().process(block, timestamp)
     return blocks_lib.gathered(self._fn.udf_outputs(
-        blocks_lib.messages_of(block), timestamp))
+        blocks_lib.messages_of(block), timestamp),
+                               blocks_lib.payload_bytes(block))
 
 
 class ParseJsonMessages(dead_letters.ParseMessages):
