@@ -386,7 +386,7 @@ def test_the_payloads_kept_for_dead_letters_count_in_the_sink_s_buffer(
   import threading
   db = str(tmp_path / 'w.duckdb')
   fn = sink(db)
-  fn.MAX_BUFFER_BYTES = 2500
+  fn.MAX_BUFFER_BYTES = 4000  # a padded block holds ~1,500 bytes
   released = threading.Event()
   inserts = []
   insert = fn._insert  # pylint: disable=protected-access
@@ -408,7 +408,7 @@ def test_the_payloads_kept_for_dead_letters_count_in_the_sink_s_buffer(
   refused = run_sink(fn, [padded(n) for n in range(1, 8)])
   timer.join()
   assert refused == []
-  assert inserts[:2] == [1, 3], inserts  # the third kilobyte filled it
+  assert inserts[:2] == [1, 3], inserts  # the third block filled it
   assert [n for n, _ in stored_n(db)] == list(range(1, 8))
 
 
@@ -649,15 +649,31 @@ def test_a_json_column_s_texts_are_each_value_s_text_or_its_refusal(values):
   assert outcome == expected
 
 
-def test_a_column_block_s_bytes_are_its_table_s_and_its_source_s_payloads():
+def test_a_column_block_s_bytes_are_its_table_s_and_what_its_source_holds():
+  """Its table, and its source: payloads, attributes, ids, and each
+  message's overhead once made (Pub/Sub allows ~128 KB of attributes
+  beside a payload of a few bytes)."""
+  over = blocks.MESSAGE_OVERHEAD
   table = N.to_arrow_table([{'n': 1, 'message_id': 'm1'}])
   lines = blocks.LineBlock('/x.jsonl', [b'ab', b'cde'], [1, 2])
-  assert blocks.ColumnBlock(table, lines, [0]).nbytes == table.nbytes + 5
-  records = blocks.RecordBlock([{'data': b'xy', 'message_id': 'm'}])
-  assert blocks.ColumnBlock(table, records).nbytes == table.nbytes + 2
+  column = blocks.ColumnBlock(table, lines, [0])
+  assert column.nbytes == table.nbytes + 5
+  lines.messages()
+  assert column.nbytes == table.nbytes + 5 + 2 * (over + len('/x.jsonl'))
+  records = blocks.RecordBlock([{'data': b'xy', 'message_id': 'm',
+                                 'ordering_key': '', 'publish_time': None,
+                                 'attributes': {'a' * 1000: 'b' * 2000}}])
+  held = 2 + over + 1 + 3000
+  assert blocks.ColumnBlock(table, records).nbytes == table.nbytes + held
+  records.messages()
+  assert blocks.ColumnBlock(table, records).nbytes == table.nbytes + 2 * held
+  cut, = blocks.record_blocks(records.records)
+  assert cut.nbytes == held
   messages = blocks.MessageBlock([PubsubMessage(b'abcd', {}),
                                   PubsubMessage(None, {'k': 'v'})])
-  assert blocks.ColumnBlock(table, messages).nbytes == table.nbytes + 4
+  assert blocks.ColumnBlock(table, messages).nbytes == (
+      table.nbytes + 4 + over + over + 2)
+
 
 
 def test_rows_of_large_payloads_are_stored_before_their_count_fills_the_buffer(

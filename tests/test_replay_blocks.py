@@ -169,7 +169,8 @@ def test_blocks_are_bounded_in_order_and_a_huge_message_is_alone():
   sizes = [10, 10, 10, 100, 10, 10]
   batch = [PubsubMessage(b'x' * n, {}, message_id=str(i))
            for i, n in enumerate(sizes)]
-  got = list(blocks.message_blocks(batch, max_messages=2, max_bytes=50))
+  got = list(blocks.message_blocks(  # a message holds its overhead too
+      batch, max_messages=2, max_bytes=50 + 2 * blocks.MESSAGE_OVERHEAD))
   assert [[m.message_id for m in b] for b in got] == [
       ['0', '1'], ['2'], ['3'], ['4', '5']]
   assert all(type(b) is blocks.MessageBlock for b in got)  # pylint: disable=unidiomatic-typecheck
@@ -329,3 +330,19 @@ def test_sign_ins_in_blocks_give_what_they_give_one_by_one():
   one = split([o for m in batch for o in one_fn.process(m)])
   block = split(in_blocks(signin_messages.ParseSigninFn(), batch, 3))
   assert block == one and len(one[0]) == 2 and len(one[1]) == 2
+
+
+def test_an_archive_s_blocks_are_bounded_by_what_records_hold_not_payloads():
+  """A record of a few bytes of payload may hold ~128 KB of attributes
+  (Pub/Sub's limit): blocks are cut by what each record holds."""
+  records = [{'message_id': 'm%d' % i, 'publish_time': None, 'data': b'{}',
+              'ordering_key': '', 'attributes': {'k%d' % j: 'v' * 1000
+                                                 for j in range(100)}}
+             for i in range(200)]
+  got = list(blocks.record_blocks(records))
+  assert sum(len(b) for b in got) == 200
+  assert [r['message_id'] for b in got for r in b.records] == [
+      'm%d' % i for i in range(200)]
+  assert len(got) > 4 and all(b.nbytes <= blocks.BLOCK_BYTES for b in got)
+  odd = [{'data': b'{}', 'message_id': None, 'attributes': None}]
+  assert [len(b) for b in blocks.record_blocks(odd)] == [1]

@@ -215,7 +215,7 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
     return list(blocks_lib.gathered((
         (done[i],) if i in done else self.outputs(message, timestamp)
         for i, message in enumerate(blocks_lib.messages_of(block))),
-                                    blocks_lib.payload_bytes(block)))
+                                    blocks_lib.held_bytes(block)))
 
   def rows_again(self, messages):
     """The rows of messages the columnar parse took, as the row path gives
@@ -423,7 +423,7 @@ class _ParseJsonBlocksFn(blocks_lib.ParseBlocksFn):
       return super().process(block, timestamp)
     return blocks_lib.gathered(self._fn.udf_outputs(
         blocks_lib.messages_of(block), timestamp),
-                               blocks_lib.payload_bytes(block))
+                               blocks_lib.held_bytes(block))
 
 
 class ParseJsonMessages(dead_letters.ParseMessages):
