@@ -194,9 +194,16 @@ def main(argv=None):
   in_process_fn.start_bundle()
   in_process_fn._udf_calls = InProcessCalls(identity)  # pylint: disable=protected-access
   from transforms import blocks
+  # The block cases get steps of their own: a block's parse sets its step's
+  # stamp_rows to False (a block has one timestamp), and the per-message
+  # cases above must keep stamping each row with its event time, as a
+  # stream does (sharing them measured the order without its stamp, until
+  # 2026-12-06).
   block_fns = {}
-  for name, fn in (('ours', orders_fn), ('udf', udf_fn),
-                   ('udf_in_process', in_process_fn)):
+  for name, udf in (('ours', None), ('udf', identity),
+                    ('udf_in_process', identity)):
+    fn = json_messages.ParseJsonMessageFn(
+        schema, event_time_field='placed_at', udf=udf)
     block_fns[name] = json_messages._ParseJsonBlocksFn(fn)  # pylint: disable=protected-access
     block_fns[name].setup()
     block_fns[name].start_bundle()
