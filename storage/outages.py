@@ -47,20 +47,26 @@ def needs_reconnect(error):
   return 'invalidated' in str(error).lower() or type(error).__name__ == 'FatalException'
 
 
-def wait_out(what, attempt, on_retry=None, max_delay=5.0):
+def wait_out(what, attempt, on_retry=None, max_delay=5.0, stop=None):
   """``attempt()`` until it returns; outage errors are waited out (``on_retry(
-  error)`` before each retry), any other error is raised."""
+  error)`` before each retry), any other error is raised. ``stop`` (an
+  Event): once set, the outage's error is raised instead of waited out (a
+  step torn down while its thread waits: what it held is not stored, and
+  is read or delivered again)."""
   delay = 0.2
   while True:
     try:
       result = attempt()
     except Exception as e:  # pylint: disable=broad-except
-      if not is_outage(e):
+      if not is_outage(e) or (stop is not None and stop.is_set()):
         raise
       _begin(what, e)
       if on_retry is not None:
         on_retry(e)
-      time.sleep(delay)
+      if stop is None:
+        time.sleep(delay)
+      elif stop.wait(delay):
+        raise
       delay = min(delay * 2, max_delay)
       continue
     _end(what)

@@ -712,3 +712,45 @@ def test_a_block_s_rows_carry_its_payload_bytes_even_across_a_process():
   again = coder.decode(coder.encode(rows))
   assert type(again) is blocks.RowBlock and again == rows  # pylint: disable=unidiomatic-typecheck
   assert again.nbytes == rows.nbytes
+
+
+def test_a_writer_waiting_out_an_outage_gives_up_at_teardown(tmp_path):
+  """A pipeline that fails while the writer thread waits out a full disk
+  must end: teardown stops the wait (what the batch held is not stored,
+  and a rerun stores it once)."""
+  import errno
+  import threading
+  import time
+  db = str(tmp_path / 'w.duckdb')
+  fn = sink(db)
+  attempts = []
+  outage = threading.Event()
+  outage.set()
+  insert = fn._insert  # pylint: disable=protected-access
+
+  def full_disk(con, rows):
+    attempts.append(len(rows))
+    if outage.is_set():
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    insert(con, rows)
+  fn._insert = full_disk  # pylint: disable=protected-access
+  window = beam.transforms.window.GlobalWindows.windowed_value(None)
+  block = n_block([1, 2])
+  assert list(fn.process(block, window.with_value(block))) == []
+  while not attempts:  # the writer has it, and waits the outage out
+    time.sleep(0.01)
+  future = fn._storing[0]  # pylint: disable=protected-access
+  started = time.monotonic()
+  ended = threading.Event()
+  threading.Thread(target=lambda: (fn.teardown(), ended.set()),
+                   daemon=True).start()
+  try:
+    assert ended.wait(10), 'teardown waited on the outage'
+  finally:
+    outage.clear()  # a writer that did not give up ends: no hung suite
+  assert time.monotonic() - started < 5
+  assert isinstance(future.exception(), OSError)
+  again = sink_of(db)
+  assert run_sink(again, [n_block([1, 2])]) == []
+  again.teardown()
+  assert [n for n, _ in stored_n(db)] == [1, 2]

@@ -11,6 +11,7 @@ import concurrent.futures
 import datetime
 import itertools
 import logging
+import threading
 from typing import Any, Mapping
 
 import apache_beam as beam
@@ -85,6 +86,9 @@ class _InsertIntoDuckDB(beam.DoFn):
     self._keyed = None
     self._writer = None  # the thread that stores ColumnBlocks' tables
     self._storing = None  # (its future, the blocks, their origins)
+    # Set at teardown: the writer stops waiting out an outage (a pipeline
+    # that failed meanwhile would otherwise never end).
+    self._stop = threading.Event()
 
   def start_bundle(self):
     if self._storing is not None:  # left by a bundle that failed: its retry
@@ -158,7 +162,7 @@ class _InsertIntoDuckDB(beam.DoFn):
     self._storing = (self._writer.submit(
         outages.wait_out, 'warehouse %s' % self._path,
         lambda: self._store(_TableRows(table)),
-        on_retry=self._after_outage), blocks, origins)
+        on_retry=self._after_outage, stop=self._stop), blocks, origins)
 
   def _stored(self):
     """Waits for the batch the writer thread is storing; its refused rows
@@ -180,6 +184,7 @@ class _InsertIntoDuckDB(beam.DoFn):
 
   def teardown(self):
     if self._writer is not None:
+      self._stop.set()  # an insert waiting out an outage gives up
       self._writer.shutdown(wait=True)
       self._writer = None
 
