@@ -91,11 +91,16 @@ def test_stop_while_pubsub_does_not_answer(pubsub_emulator, tmp_path):
 
 
 def test_second_signal_exits_at_once(pubsub_emulator, tmp_path):
-  subscription, ids = new_subscription(pubsub_emulator, 2000)
+  # A backlog the stream is still reading when Pub/Sub freezes, so that
+  # acknowledgements are pending and the first stop is slow (2,000 messages
+  # were all stored and acknowledged before the signal on a busy machine,
+  # the stop took 0.3 s, and the second signal met the default handler).
+  subscription, ids = new_subscription(pubsub_emulator, 20000)
   proc, db = start_and_wait(tmp_path, subscription, 200, '--drain_seconds', 60)
   with frozen(pubsub_emulator):  # so that the first stop is slow
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.5)
+    assert proc.poll() is None, 'the first stop was not slow: no test'
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
