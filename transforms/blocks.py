@@ -39,8 +39,9 @@ class MessageBlock(list, ReadBlock):
 
 class RowBlock(list):
   """Rows parsed together (dicts by column), stored together. ``nbytes``:
-  the payload bytes of the messages they came from (what a sink's buffer
-  counts for them: a row holds about what its payload said)."""
+  what the messages they came from held (``held_bytes``: payloads,
+  attributes, ids), which a sink's buffer counts for them: a row holds
+  about what its message said."""
   nbytes = 0
 
 
@@ -252,6 +253,9 @@ class BlockCoder(beam.coders.Coder):
     return False
 
   def estimate_size(self, value):
+    # The encoded size (what crosses a process): a ColumnBlock's table
+    # alone, as its source messages are not encoded; ``nbytes`` is what a
+    # block holds in memory, a different question.
     if type(value) is MessageBlock:  # pylint: disable=unidiomatic-typecheck
       return sum(len(m.data or b'') + 64 for m in value)
     if type(value) is ColumnBlock:  # pylint: disable=unidiomatic-typecheck
