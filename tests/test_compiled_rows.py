@@ -9,8 +9,10 @@ canonical message (so the fast path is the path the common message takes).
 import datetime
 import json
 
+import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.utils.timestamp import Timestamp
+import pytest
 from hypothesis import HealthCheck
 from hypothesis import given
 from hypothesis import settings
@@ -243,23 +245,39 @@ ORDERS = schemas.table_from_bigquery_schema(ORDER_FIELDS, 'orders')
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.lists(edged(ORDERS.fields) | messages(ORDERS.fields).map(
     lambda m: m[0]), min_size=1, max_size=10),
-       st.sampled_from([None, 'projects/p/subscriptions/s']))
+       st.sampled_from([None, 'projects/p/subscriptions/s']),
+       st.sampled_from(['placed_at', 'customer', None]), st.booleans())
 def test_the_parse_step_gives_the_same_rows_and_dead_letters_with_it(
-    payloads, metadata):
+    payloads, metadata, event_time_field, global_window):
+  """Rows, dead letters and each row's stamp (its kind, time and windows),
+  with the compiled paths and without them, in the global window or not."""
   batch = [PubsubMessage(p, {'k': 'v'}, message_id='m%d' % i,
                          publish_time=Timestamp(1_700_000_000 + i))
            for i, p in enumerate(payloads)]
   with_it = json_messages.ParseJsonMessageFn(
-      ORDERS, event_time_field='placed_at', metadata=metadata)
+      ORDERS, event_time_field=event_time_field, metadata=metadata)
   without = json_messages.ParseJsonMessageFn(
-      ORDERS, event_time_field='placed_at', metadata=metadata)
+      ORDERS, event_time_field=event_time_field, metadata=metadata)
+  with_it.global_window = without.global_window = global_window
   without.setup()
   without._compiled = None  # pylint: disable=protected-access
+  without._message_outputs = None  # pylint: disable=protected-access
   without.setup = lambda: None
-  a = split(per_message(with_it, batch))
-  b = split(per_message(without, batch))
+  outputs_with, outputs_without = (per_message(with_it, batch),
+                                   per_message(without, batch))
+  assert list(map(stamp_of, outputs_with)) == list(map(
+      stamp_of, outputs_without))
+  a, b = split(outputs_with), split(outputs_without)
   assert [strict(r) for r in a[0]] == [strict(r) for r in b[0]]
   assert a[1] == b[1]
+
+
+def stamp_of(output):
+  """An output's kind, time and windows (none for a dead letter)."""
+  if isinstance(output, beam.pvalue.TaggedOutput):
+    return ('dead letter',)
+  return (type(output).__name__, output.timestamp.micros,
+          tuple(getattr(output, 'windows', ())))
 
 
 def test_a_message_too_large_or_given_up_is_a_dead_letter_even_when_it_parses():
@@ -281,6 +299,32 @@ def test_the_orders_the_readme_shows_take_the_compiled_path():
   assert compiled_outcome(rows, first) is not None
   converter = json_rows.RowConverter(ORDERS.fields)
   assert compiled_outcome(rows, first) == exact_outcome(converter, first)
+
+
+@pytest.mark.parametrize('global_window', [False, True])
+def test_the_orders_the_readme_shows_take_the_one_call_message_path(
+    global_window):
+  """A stream's common order is decoded, checked, made a row and stamped
+  in one generated call (``message_outputs``), which must not fall back
+  to the slower paths on the README's orders: the same output as they."""
+  fn = json_messages.ParseJsonMessageFn(ORDERS, event_time_field='placed_at')
+  fn.global_window = global_window
+  fn.setup()
+  with open('data/orders_sample.jsonl', 'rb') as f:
+    first = f.readline().rstrip(b'\n')  # the canonical one
+  times = [b'2026-11-28T09:15:00Z', b'1970-01-01T00:00:00Z',
+           b'0001-01-01T00:00:00Z', b'9999-12-31T23:59:59.999999Z',
+           b'1969-12-31T23:59:59.999999Z', b'2026-11-28T10:15:00.500+01:00']
+  messages_ = [PubsubMessage(first.replace(times[0], t), {}, message_id=i)
+               for i, t in enumerate(times)]  # a number id too
+  fast = fn._message_outputs  # pylint: disable=protected-access
+  got = [fast(m, Timestamp(0)) for m in messages_]  # none falls back
+  kind = 'WindowedValue' if global_window else 'TimestampedValue'
+  assert {type(g).__name__ for g in got} == {kind}
+  fn._message_outputs = None  # pylint: disable=protected-access
+  slow = [out for m in messages_ for out in fn.process(m, Timestamp(0))]
+  assert [strict(g.value) for g in got] == [strict(s.value) for s in slow]
+  assert list(map(stamp_of, got)) == list(map(stamp_of, slow))
 
 
 def test_a_seventh_fractional_digit_is_refused_not_rounded():

@@ -1,6 +1,7 @@
 """The parse/validate transform alone: every reason code, every accepted date form."""
 
 import datetime
+import json
 
 import apache_beam as beam
 import pytest
@@ -284,3 +285,72 @@ def test_a_stamp_is_the_exact_microsecond_of_its_time(micros, zone):
   got = event_time.stamped('v', when)
   assert got == TimestampedValue('v', Timestamp(micros=micros))
   assert vars(got.timestamp) == vars(Timestamp(micros=micros))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.integers(-62135596800 * 10**6, 253402300799999999))
+def test_a_global_window_stamp_is_what_beam_makes_of_a_timestamped_value(
+    micros):
+  """``in_global_window`` builds what Beam's runner makes of a
+  TimestampedValue output from the global window (a WindowedValue in
+  GlobalWindows' window), every microsecond."""
+  from apache_beam.transforms.window import GlobalWindow
+  from apache_beam.transforms.window import GlobalWindows
+  from apache_beam.utils.timestamp import Timestamp
+  from apache_beam.utils.windowed_value import WindowedValue
+  when = event_time.calendar_datetime(micros)
+  got = event_time.in_global_window('v', when)
+  stamp = Timestamp(micros=micros)
+  assert got == WindowedValue('v', stamp, (GlobalWindow(),))
+  assert tuple(got.windows) == tuple(GlobalWindows().assign(None))
+  assert got.timestamp == stamp and got.timestamp.micros == micros
+  assert got.pane_info == WindowedValue('v', stamp, ()).pane_info
+
+
+ORDER_SCHEMA = [{'name': 'order_id', 'type': 'STRING', 'mode': 'REQUIRED'},
+                {'name': 'placed_at', 'type': 'TIMESTAMP', 'mode': 'REQUIRED'}]
+
+
+@pytest.mark.parametrize('windowed', [False, True])
+def test_rows_are_stamped_and_windowed_as_beam_windows_their_time(windowed):
+  """A row's stamp in a pipeline: its event time, in the global window when
+  the messages are (the parse then makes Beam's WindowedValue itself), and
+  in the window of its time when they are windowed (Beam assigns it)."""
+  from apache_beam.transforms import window
+  from apache_beam.transforms.util import Reify
+  from transforms import json_messages
+  from transforms import schemas
+  schema = schemas.table_from_bigquery_schema(ORDER_SCHEMA, 'orders')
+  times = ['2026-11-28T09:15:00.123456Z', '1970-01-01T00:00:00Z',
+           '2026-11-28T10:59:59.999999+01:00', '2017-10-17 20:57:17.338320']
+  orders = [PubsubMessage(json.dumps(
+      {'order_id': 'A-%d' % i, 'placed_at': t}).encode(), {},
+      message_id='m%d' % i) for i, t in enumerate(times)]
+  signins = [PubsubMessage(json.dumps(
+      {'userid': '%d' % i, 'date': t}).encode(), {}, message_id='s%d' % i)
+      for i, t in enumerate(times)]
+  micros = [1795857300123456, 0, 1795859999999999, 1508273837338320]
+
+  def expected(prefix):
+    return [('%s%d' % (prefix, i), m, window.IntervalWindow(
+        m // 3600_000000 * 3600, m // 3600_000000 * 3600 + 3600) if windowed
+        else window.GlobalWindow()) for i, m in enumerate(micros)]
+
+  def stamps(rows, name):
+    return rows | 'Stamps ' + name >> Reify.Window() | 'Keyed ' + name >> (
+        beam.Map(lambda r: (r[0]['message_id'], r[1].micros, r[2])))
+
+  with TestPipeline() as p:
+    inputs = []
+    for name, messages in (('orders', orders), ('signins', signins)):
+      pc = p | 'Create ' + name >> beam.Create(messages)
+      if windowed:
+        pc = pc | 'Window ' + name >> beam.WindowInto(window.FixedWindows(3600))
+      inputs.append(pc)
+    order_rows = (inputs[0] | 'Parse orders' >> json_messages.ParseJsonMessages(
+        schema, event_time_field='placed_at'))['rows']
+    signin_rows = (inputs[1] | 'Parse signins' >> pm.ParseSignins())['rows']
+    assert_that(stamps(order_rows, 'orders'), equal_to(expected('m')),
+                label='orders')
+    assert_that(stamps(signin_rows, 'signins'), equal_to(expected('s')),
+                label='signins')

@@ -17,6 +17,7 @@ import typing
 import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import dead_letters
 
@@ -372,7 +373,7 @@ def gathered(outputs_per_message, nbytes=0):
   for outputs in outputs_per_message:
     for out in outputs:
       kind = type(out)
-      if kind is TimestampedValue:
+      if kind is TimestampedValue or kind is WindowedValue:
         rows.append(out.value)
       elif kind is beam.pvalue.TaggedOutput:
         yield out

@@ -167,8 +167,12 @@ class ParseMessageFn(beam.DoFn):
   dropped.
   A subclass's ``process`` yields a row, or ``self.dead(...)``; a row
   stamped with its event time unless ``stamp_rows`` is False (blocks of
-  rows, which nothing windows)."""
+  rows, which nothing windows). ``global_window``: the input is in the
+  global window (``ParseMessages`` sets it), so a row's stamp is the
+  WindowedValue Beam would make of it (``event_time.stamper``). Both are
+  read in ``setup``."""
   stamp_rows = True
+  global_window = False
 
   def __init__(self, namespace, reasons_):
     self.messages = Metrics.counter(namespace, 'messages')
@@ -218,5 +222,8 @@ class ParseMessages(beam.PTransform):
     if self._blocks:
       from transforms import blocks
       fn = blocks.ParseBlocksFn(fn)
+    else:
+      fn.global_window = isinstance(messages.windowing.windowfn,
+                                    beam.window.GlobalWindows)
     return messages | 'ParseAndValidate' >> beam.ParDo(fn).with_outputs(
         DEAD_LETTERS, main='rows')

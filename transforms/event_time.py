@@ -1,5 +1,7 @@
 """Elements stamped with their event time, cheaply: one place that builds
-Beam's ``TimestampedValue`` from an aware datetime.
+Beam's ``TimestampedValue`` from an aware datetime, or (``in_global_window``)
+the ``WindowedValue`` Beam would make of it when the step's input is in the
+global window.
 
 Beam's public constructors validate every argument (``Timestamp(micros=)``
 plus ``TimestampedValue`` cost ~1.2 us, a third of a sign-in's parse). The
@@ -7,13 +9,22 @@ fast builder sets the same fields directly. At import it is checked against
 the public constructors on sample values; on a Beam whose fields differ it
 is not used (the public constructors are, with a warning), so a Beam upgrade
 can slow this down but never change a timestamp.
+
+A DoFn's TimestampedValue output is re-windowed by Beam (an AssignContext,
+the window function's ``assign``, a WindowedValue: ~1 us more an element,
+and a Timestamp object). Where the input is in the global window (a Pub/Sub
+read) the window is known: ``in_global_window`` makes Beam's WindowedValue
+directly, its time kept as microseconds (Beam's own WindowInto DoFn yields
+WindowedValues so; the runner passes them on as they are).
 """
 
 import datetime
 import decimal
 import logging
 
+from apache_beam.transforms.window import GlobalWindow
 from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils import windowed_value
 from apache_beam.utils.timestamp import Timestamp
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
@@ -119,3 +130,53 @@ def _stamped_public(value, when):
 
 # value -> TimestampedValue at the aware datetime ``when``.
 stamped = _stamped_fast if FAST else _stamped_public
+
+
+# The windows of an element in the global window: one tuple, shared (Beam
+# multiplies a WindowedValue's windows with *=, which a tuple rebinds).
+GLOBAL_WINDOWS = (GlobalWindow(),)
+
+
+def _in_global_window_fast(value, when, _create=windowed_value.create,
+                           _windows=GLOBAL_WINDOWS):
+  since = when - _EPOCH
+  return _create(value, (since.days * 86400 + since.seconds) * _MILLION +
+                 since.microseconds, _windows)
+
+
+def _in_global_window_public(value, when):
+  return windowed_value.WindowedValue(
+      value, Timestamp(micros=epoch_micros(when)), GLOBAL_WINDOWS)
+
+
+def _windowed_fast_is_exact():
+  try:
+    for micros in (0, 1, -1, 1508273837338320, _MIN_MICROS, _MAX_MICROS):
+      when = calendar_datetime(micros)
+      fast = _in_global_window_fast('v', when)
+      public = _in_global_window_public('v', when)
+      if (fast != public or fast.timestamp != public.timestamp or
+          fast.timestamp.micros != micros or fast.pane_info != public.pane_info
+          or type(fast) is not type(public)):
+        return False
+    return True
+  except (AttributeError, TypeError):
+    return False
+
+
+WINDOWED_FAST = _windowed_fast_is_exact()
+if not WINDOWED_FAST:
+  logging.getLogger(__name__).warning(
+      'this Beam\'s WindowedValue differs from the one event_time was checked '
+      'against: using its public constructor (slower, same values)')
+
+# value -> WindowedValue in the global window at the aware datetime ``when``:
+# what Beam makes of ``stamped(value, when)`` output from the global window.
+in_global_window = (_in_global_window_fast if WINDOWED_FAST
+                    else _in_global_window_public)
+
+
+def stamper(global_window):
+  """The stamp of a step's rows: ``in_global_window`` when its input is in
+  the global window, else ``stamped`` (Beam assigns the window)."""
+  return in_global_window if global_window else stamped

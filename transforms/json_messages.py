@@ -70,8 +70,18 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
     super().setup()
     self._convert = json_rows.RowConverter(self._data_fields, self._unknown)
     # The common JSON message in one C call; the rest on the exact path.
-    self._compiled = compiled_rows.compile_rows(self._data_fields) if (
+    compiled = compiled_rows.compile_fields(self._data_fields) if (
         self._payloads.format == 'json') else None
+    self._compiled = compiled and compiled.rows
+    self._stamp = event_time.stamper(self.global_window)
+    # A stream's common message, row to stamped output, in one generated
+    # call (not with the metadata columns, which read the message further).
+    # ``stamp_rows`` is read here: a block's parse turns it off before.
+    self._message_outputs = compiled.message_outputs(
+        self._max_bytes, self._with_id, self._event_time_field,
+        self._stamped if self.stamp_rows else None, self.global_window) if (
+            compiled is not None and self._metadata is None and
+            self._udf is None) else None
     # The UDF's calls, in worker processes started at the first call.
     self._udf_calls = udf.Calls(self._udf, self._udf_timeout) if (
         self._udf) else None
@@ -79,6 +89,15 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
   def process(self, message: PubsubMessage,
               timestamp=beam.DoFn.TimestampParam) -> Iterable[dead_letters.Row]:
     """A sequence of outputs (not a generator: ~0.3 us less a message)."""
+    fast = self._message_outputs  # the common message (``_one``, inline)
+    if fast is not None:
+      try:
+        outputs = (fast(message, timestamp),)
+        self._seen += 1
+        self._rows += 1
+        return outputs
+      except Exception:  # pylint: disable=broad-except
+        pass  # the exact path decides, and names the reason
     if self._udf_calls is not None:
       return self._through_udf(message, timestamp)
     return (self._one(message, timestamp),)
@@ -229,8 +248,16 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
   def _one(self, message, timestamp):
     """The row or the dead letter of one message (no UDF: exactly one)."""
     self._seen += 1
+    fast = self._message_outputs
+    if fast is not None:
+      try:
+        output = fast(message, timestamp)
+        self._rows += 1
+        return output
+      except Exception:  # pylint: disable=broad-except
+        pass  # the exact path decides, and names the reason
     row = None
-    if self._compiled is not None:
+    if fast is None and self._compiled is not None:
       data = message.data
       if (type(data) is bytes and len(data) <= self._max_bytes  # pylint: disable=unidiomatic-typecheck
           and getattr(message, 'given_up', None) is None):
@@ -290,7 +317,7 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
     when = row.get(self._event_time_field) if self._event_time_field else (
         dead_letters.publish_time(message))
     if isinstance(when, datetime.datetime):
-      return event_time.stamped(row, when)
+      return self._stamp(row, when)
     # No event time (a file replay without the field): the input's.
     return beam.window.TimestampedValue(row, timestamp)
 

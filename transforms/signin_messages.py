@@ -211,7 +211,8 @@ _decode_signin = msgspec.json.Decoder(_Signin).decode
 _read_rfc3339 = msgspec.convert  # (text, datetime): RFC 3339, in C
 
 
-def compiled_signin_outputs(default_tz, max_bytes, stamp_rows):
+def compiled_signin_outputs(default_tz, max_bytes, stamp_rows,
+                            stamped=event_time.stamped):
   """-> outputs(message): the one-output sequence of a common sign-in (the
   row, stamped with its date unless ``stamp_rows`` is False), in one C call
   and msgspec's RFC 3339 reader, or None (or any exception) when the exact
@@ -223,7 +224,6 @@ def compiled_signin_outputs(default_tz, max_bytes, stamp_rows):
   decode, read, datetime_type = (_decode_signin, _read_rfc3339,
                                  datetime.datetime)
   stored_id, publish_time = dead_letters.stored_id, dead_letters.publish_time
-  stamped = event_time.stamped
 
   def outputs(message):
     data = message.data
@@ -261,8 +261,9 @@ class ParseSigninFn(dead_letters.ParseMessageFn):
   def setup(self):
     super().setup()
     self._tz = resolve_timezone(self._tz_name)
+    self._stamp = event_time.stamper(self.global_window)
     self._compiled = compiled_signin_outputs(self._tz, self._max_bytes,
-                                             self.stamp_rows)
+                                             self.stamp_rows, self._stamp)
     self._dead = 0
 
   def process(self, message: PubsubMessage) -> Iterable[dead_letters.Row]:
@@ -283,7 +284,7 @@ class ParseSigninFn(dead_letters.ParseMessageFn):
       self._dead += 1
       return (self.dead(message, 'internal_error', e,
                         traceback.format_exc()),)
-    return (event_time.stamped(row, row['date']) if self.stamp_rows
+    return (self._stamp(row, row['date']) if self.stamp_rows
             else row,)
 
   def start_bundle(self):
