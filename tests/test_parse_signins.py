@@ -354,3 +354,29 @@ def test_rows_are_stamped_and_windowed_as_beam_windows_their_time(windowed):
                 label='orders')
     assert_that(stamps(signin_rows, 'signins'), equal_to(expected('s')),
                 label='signins')
+
+
+def test_one_transform_applied_to_windowed_and_global_inputs_stamps_each_as_its_own():
+  """The window choice is made per application: one ParseJsonMessages
+  applied to a windowed input and then to a global one still puts the
+  windowed input's rows in the windows of their times."""
+  from apache_beam.transforms import window
+  from apache_beam.transforms.util import Reify
+  from transforms import json_messages
+  from transforms import schemas
+  schema = schemas.table_from_bigquery_schema(ORDER_SCHEMA, 'orders')
+  parse = json_messages.ParseJsonMessages(schema, event_time_field='placed_at')
+  message = PubsubMessage(b'{"order_id": "A", "placed_at": '
+                          b'"2020-01-01T00:00:30Z"}', {}, message_id='m')
+  with TestPipeline() as p:
+    windowed = (p | 'Windowed' >> beam.Create([message])
+                | beam.WindowInto(window.FixedWindows(60)))
+    in_windows = (windowed | 'Parse windowed' >> parse)['rows']
+    in_global = (p | 'Global' >> beam.Create([message])
+                 | 'Parse global' >> parse)['rows']
+    for name, rows, expected in (
+        ('windowed', in_windows, window.IntervalWindow(1577836800, 1577836860)),
+        ('global', in_global, window.GlobalWindow())):
+      assert_that(rows | 'Windows ' + name >> Reify.Window()
+                  | 'Window ' + name >> beam.Map(lambda r: (r[1].micros, r[2])),
+                  equal_to([(1577836830 * 10**6, expected)]), label=name)

@@ -7,6 +7,7 @@ attributes, the message id, a stable ``reason`` and the error: Google's
 Pub/Sub-to-BigQuery template's error records, plus ``reason``.
 """
 
+import copy
 import datetime
 import json
 import typing
@@ -222,7 +223,8 @@ class ParseMessages(beam.PTransform):
     if self._blocks:
       from transforms import blocks
       fn = blocks.ParseBlocksFn(fn)
-    else:
+    else:  # a copy: one transform may be applied to several inputs
+      fn = copy.copy(fn)
       fn.global_window = isinstance(messages.windowing.windowfn,
                                     beam.window.GlobalWindows)
     return messages | 'ParseAndValidate' >> beam.ParDo(fn).with_outputs(

@@ -92,12 +92,15 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
     fast = self._message_outputs  # the common message (``_one``, inline)
     if fast is not None:
       try:
-        outputs = (fast(message, timestamp),)
-        self._seen += 1
-        self._rows += 1
-        return outputs
+        output = fast(message, timestamp)  # never None
       except Exception:  # pylint: disable=broad-except
-        pass  # the exact path decides, and names the reason
+        output = None  # the exact path decides (outside this handler, so
+        # that its dead letter's stack trace is its own), and names the reason
+      self._seen += 1
+      if output is not None:
+        self._rows += 1
+        return (output,)
+      return (self._exact_one(message, timestamp),)
     if self._udf_calls is not None:
       return self._through_udf(message, timestamp)
     return (self._one(message, timestamp),)
@@ -256,8 +259,13 @@ class ParseJsonMessageFn(dead_letters.ParseMessageFn):
         return output
       except Exception:  # pylint: disable=broad-except
         pass  # the exact path decides, and names the reason
+    return self._exact_one(message, timestamp)
+
+  def _exact_one(self, message, timestamp):
+    """``_one`` once the one-call path left the message (counted seen):
+    the compiled row (with the metadata columns), or the exact path."""
     row = None
-    if fast is None and self._compiled is not None:
+    if self._message_outputs is None and self._compiled is not None:
       data = message.data
       if (type(data) is bytes and len(data) <= self._max_bytes  # pylint: disable=unidiomatic-typecheck
           and getattr(message, 'given_up', None) is None):
