@@ -105,7 +105,9 @@ class CompiledRows(object):
 
   def __init__(self, fields):
     self.sources = []  # the generated functions, for a reader of this code
-    self._scope = {'timestamp': read_timestamp}
+    self._scope = {'timestamp': read_timestamp, 'NotTaken': NotTaken,
+                   'convert': msgspec.convert, 'datetime': datetime.datetime,
+                   'UTC': UTC, 'Decimal': decimal.Decimal}
     self._top = None  # the top level's (lines, {column: value expression})
     self._timestamps = {}  # a TIMESTAMP's variable: whether it may be None
     self.rows = self._record(fields, top=True)[1]
@@ -222,10 +224,34 @@ class CompiledRows(object):
       item, call = str, 'timestamp'
       if field.mode != 'REPEATED':  # a datetime, or None when nullable
         self._timestamps[v] = not required
+        # read_timestamp, inline (a call is ~0.06 us of a ~0.4 us read)
+        lines.append('  %s = %s' % (v, attribute))
+        indent = '  '
+        if not required:
+          lines.append('  if %s is not None:' % v)
+          indent = '    '
+        lines.extend(indent + line % {'v': v} for line in (
+            'if %(v)s[26:27].isdigit(): raise NotTaken',
+            '%(v)s = convert(%(v)s, datetime)',
+            'if %(v)s.tzinfo is not UTC:',
+            '  %(v)s = (%(v)s.replace(tzinfo=UTC) if %(v)s.tzinfo is None',
+            '        else %(v)s.astimezone(UTC))'))
+        return (item, _REQUIRED, v) if required else (Optional[item], None, v)
     elif field.mode == 'NULLABLE':  # decoded as exact_json decodes it
-      call = 'r' + suffix
-      self._scope[call] = _value_reader(field.type, True)
-      lines.append('  %s = %s(%s)' % (v, call, attribute))
+      # _value_reader's from_value, inline: a NUMERIC's common text to
+      # Decimal here, the rest to the type's reader.
+      read = 'r' + suffix
+      self._scope[read] = bigquery_values.value_reader(field.type)
+      lines.append('  %s = %s' % (v, attribute))
+      plain = bigquery_values.plain_decimal(field.type)
+      if plain is None:
+        lines.append('  if %s is not None: %s = %s(%s, None)' % (
+            v, v, read, v))
+      else:
+        self._scope['plain' + suffix] = plain
+        lines.append('  if %s is not None: %s = (Decimal(%s) if type(%s) is '
+                     'str and plain%s(%s) else %s(%s, None))' % (
+                         v, v, v, v, suffix, v, read, v))
       return Any, None, v
     else:  # the raw text, to the exact reader
       call = 'r' + suffix
