@@ -172,24 +172,31 @@ def main(argv=None):
   orders = [order(i) for i in range(n)]
   as_messages = lambda payloads: [  # noqa: E731
       PubsubMessage(p, {}, message_id=str(i)) for i, p in enumerate(payloads)]
+  # A stream's parse reads messages in the global window (a Pub/Sub read),
+  # which ParseMessages tells its step: the stamp is then Beam's own
+  # WindowedValue (event_time.in_global_window).
   signin_fn = signin_messages.ParseSigninFn()
+  signin_fn.global_window = True
   signin_fn.setup()
   signin_fn.start_bundle()
   schema = schemas.table_from_bigquery_schema(TEN_FIELDS, 'orders')
   orders_fn = json_messages.ParseJsonMessageFn(
       schema, event_time_field='placed_at')
+  orders_fn.global_window = True
   orders_fn.setup()
   orders_fn.start_bundle()
   from transforms import udf as udf_lib
   identity = udf_lib.Udf('identity.py:same', 'def same(order):\n  return order\n')
   udf_fn = json_messages.ParseJsonMessageFn(
       schema, event_time_field='placed_at', udf=identity)
+  udf_fn.global_window = True
   udf_fn.setup()
   udf_fn.start_bundle()
   # Before #28 the UDF ran in process, unbounded: the same parse with its
   # calls made here, for the side-by-side cost of the worker process.
   in_process_fn = json_messages.ParseJsonMessageFn(
       schema, event_time_field='placed_at', udf=identity)
+  in_process_fn.global_window = True
   in_process_fn.setup()
   in_process_fn.start_bundle()
   in_process_fn._udf_calls = InProcessCalls(identity)  # pylint: disable=protected-access
