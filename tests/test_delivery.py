@@ -469,3 +469,67 @@ def test_a_message_given_up_keeps_its_attributes_and_can_be_redriven(
       result.stdout, result.stderr)
   assert sorted(r['message_id'] for r in duckdb_dicts(
       db, 'SELECT message_id FROM signins')) == sorted([poison, fine])
+
+
+TIMED_SCHEMA = SCHEMA + [
+    {'name': 'placed_at', 'type': 'TIMESTAMP', 'mode': 'REQUIRED'}]
+
+
+def timed_order(i):
+  """The common order (the one-call parse), a key of another case (the
+  exact path, still a row), a lone surrogate and a missing time (dead
+  letters), in turn."""
+  at = '2026-12-06T10:%02d:%02d.%06dZ' % (i // 60 % 60, i % 60, i)
+  return [
+      json.dumps({'order_id': 'o%d' % i, 'qty': i, 'placed_at': at}),
+      json.dumps({'ORDER_ID': 'o%d' % i, 'qty': i, 'placed_at': at}),
+      '{"order_id": "o%d\\ud800", "qty": %d, "placed_at": "%s"}' % (i, i, at),
+      json.dumps({'order_id': 'o%d' % i, 'qty': i}),
+  ][i % 4].encode()
+
+
+def test_kill_9_amid_the_one_call_parse_then_a_restart_stores_each_once(
+    pubsub_emulator, tmp_path):
+  """Without a UDF the stream's common message is parsed, stamped and
+  windowed in one call (``CompiledRows.message_outputs``): after kill -9
+  and a restart, every message is one row (its time exact) or one dead
+  letter, and none is left unacknowledged."""
+  topic, (subscription,) = topic_and_subscriptions(pubsub_emulator)
+  db = tmp_path / 'wh.duckdb'
+  (tmp_path / 'orders.json').write_text(json.dumps(TIMED_SCHEMA))
+
+  def run(status, *flags):
+    return start_pipeline(
+        tmp_path, '--schema', tmp_path / 'orders.json', '--input_subscription',
+        subscription, '--warehouse', db, '--event_time_field', 'placed_at',
+        '--progress_seconds', '0.2', '--status_file', status, *flags,
+        name='pubsub_to_bigquery')
+  first = run(tmp_path / 'first.json', '--max_in_flight', '200')
+  wait_for_status(tmp_path / 'first.json', lambda s: 'messages_in' in s, first)
+  n = 4000
+  ids = publish(pubsub_emulator, topic, [timed_order(i) for i in range(n)])
+  wait_for_status(tmp_path / 'first.json',
+                  lambda s: s.get('messages_in', 0) >= 1000, first)
+  first.send_signal(signal.SIGKILL)
+  first.communicate(timeout=30)
+  second = run(tmp_path / 'second.json')
+  wait_for_status(tmp_path / 'second.json', lambda s: s.get(
+      'stored_total', 0) >= n and s.get('in_flight') == 0, second, timeout=120)
+  stop(second)
+  assert left_in(subscription) == 0
+  con = duckdb.connect(str(db), read_only=True)
+  stored = con.execute(
+      "SELECT message_id, order_id, qty, strftime(placed_at AT TIME ZONE "
+      "'UTC', '%Y-%m-%dT%H:%M:%S.%fZ') FROM orders").fetchall()
+  letters = con.execute(
+      'SELECT message_id, reason FROM orders_error_records').fetchall()
+  con.close()
+  index = {message_id: i for i, message_id in enumerate(ids)}
+  assert len(stored) == len({r[0] for r in stored}) == n // 2
+  assert len(letters) == len({r[0] for r in letters}) == n // 2
+  assert {index[r[0]] % 4 for r in stored} == {0, 1}
+  assert {index[r[0]] % 4 for r in letters} == {2, 3}
+  for message_id, order_id, qty, at in stored:
+    i = index[message_id]
+    assert (order_id, qty) == ('o%d' % i, i)
+    assert at == json.loads(timed_order(i))['placed_at'], (i, at)
