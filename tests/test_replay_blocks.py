@@ -346,3 +346,35 @@ def test_an_archive_s_blocks_are_bounded_by_what_records_hold_not_payloads():
   assert len(got) > 4 and all(b.nbytes <= blocks.BLOCK_BYTES for b in got)
   odd = [{'data': b'{}', 'message_id': None, 'attributes': None}]
   assert [len(b) for b in blocks.record_blocks(odd)] == [1]
+
+
+BLOW_UP = udf_lib.Udf('blow.py:blow', '''
+def blow(order):
+  return [dict(order, channel='x' * 20000, order_id='%s-%d' % (
+      order['order_id'], i)) for i in range(50)]
+''')
+
+
+def test_a_udf_blocks_rows_are_counted_and_cut_by_what_the_udf_made():
+  """A replay's memory bound counts a block's rows by what the UDF's
+  answers brought, and cuts them at BLOCK_BYTES: 10 small messages (~6 KB
+  held) fanned out into 500 rows of 20 KB (~10 MB) are two RowBlocks,
+  in order, each at most BLOCK_BYTES and one message's answer."""
+  batch = [PubsubMessage(json.dumps(ORDER_LINES[0]).encode(), {},
+                         message_id='m%d' % i) for i in range(10)]
+  fn = json_messages._ParseJsonBlocksFn(  # pylint: disable=protected-access
+      json_messages.ParseJsonMessageFn(ORDERS, udf=BLOW_UP))
+  fn.setup()
+  fn.start_bundle()
+  block = next(blocks.message_blocks(batch))
+  assert len(block) == 10 and blocks.held_bytes(block) < 10000
+  got = list(fn.process(block, Timestamp(0)))
+  assert {type(b) for b in got} == {blocks.RowBlock}
+  assert [r['message_id'] for b in got for r in b] == [
+      'm%d#%d' % (m, i) for m in range(10) for i in range(50)]
+  answer = 50 * 20000  # one message's rows
+  assert len(got) == 2  # 4 MB is passed at the fifth message
+  assert all(b.nbytes <= blocks.BLOCK_BYTES + 1.2 * answer for b in got)
+  assert 10 * answer <= sum(b.nbytes for b in got) < 1.2 * 10 * answer
+  again = list(fn.process(block, Timestamp(0)))  # each block its own count
+  assert [b.nbytes for b in again] == [b.nbytes for b in got]

@@ -456,9 +456,35 @@ class _ParseJsonBlocksFn(blocks_lib.ParseBlocksFn):
       return self._fn.column_outputs(block, timestamp, self._columns)
     if not self._fn.has_udf:
       return super().process(block, timestamp)
-    return blocks_lib.gathered(self._fn.udf_outputs(
-        blocks_lib.messages_of(block), timestamp),
-                               blocks_lib.held_bytes(block))
+    return self._udf_block(block, timestamp)
+
+  def _udf_block(self, block, timestamp):
+    """A block's outputs through the UDF: its dead letters as they come,
+    and its rows in RowBlocks cut at BLOCK_BYTES of what the UDF's answers
+    brought (a UDF that fans a small message out into many rows, or makes
+    rows larger than their messages, is counted and cut by its rows: a
+    block of small messages is not one block of a gigabyte of rows). Each
+    RowBlock's ``nbytes``: those answers, plus, in the first, what the
+    block's messages held."""
+    calls = self._fn._udf_calls  # pylint: disable=protected-access
+    held, start = blocks_lib.held_bytes(block), calls.answered_bytes
+    rows = blocks_lib.RowBlock()
+    for outputs in self._fn.udf_outputs(blocks_lib.messages_of(block),
+                                        timestamp):
+      for out in outputs:
+        kind = type(out)
+        if kind is beam.pvalue.TaggedOutput:
+          yield out
+        else:
+          rows.append(out if kind is dict else out.value)
+      made = calls.answered_bytes - start
+      if made >= blocks_lib.BLOCK_BYTES and rows:
+        rows.nbytes = held + made
+        yield rows
+        rows, held, start = blocks_lib.RowBlock(), 0, calls.answered_bytes
+    if rows:
+      rows.nbytes = held + calls.answered_bytes - start
+      yield rows
 
 
 class ParseJsonMessages(dead_letters.ParseMessages):

@@ -291,6 +291,10 @@ class Calls(object):
   def __init__(self, udf, timeout=None):
     self.udf = udf
     self.timeout = float(timeout or DEFAULT_TIMEOUT_SECONDS)
+    # The bytes of every answer received (what the UDF's objects took on
+    # the pipe): a block's rows hold about that much, whatever the message
+    # they came from held (a fan-out, a row larger than its message).
+    self.answered_bytes = 0
 
   def outcomes(self, payloads):
     """Yields one outcome per payload (bytes: a message's data), in order:
@@ -349,6 +353,7 @@ class Calls(object):
       for answered in range(len(payloads)):
         try:
           outcome = worker.receive(self.timeout)
+          self.answered_bytes += worker.answer_bytes
         except TimedOut as e:
           return answered, e.index, self._killed_at_the_limit(worker), None
         except Ended as e:
@@ -423,6 +428,7 @@ class _Worker(object):
     limit = START_SECONDS if limit is None else limit
     self.key = _key(udf)
     self.owner = os.getpid()
+    self.answer_bytes = 0  # the size of the last answer received
     self._how = None  # how it ended, once it has
     fds = []
     try:
@@ -494,6 +500,7 @@ class _Worker(object):
         if len(self._buffer) >= end:
           frame = self._buffer[self._at + 8:end]
           self._at = end
+          self.answer_bytes = size
           try:
             return pickle.loads(frame)
           except Exception as e:  # pylint: disable=broad-except
