@@ -754,3 +754,48 @@ def test_a_writer_waiting_out_an_outage_gives_up_at_teardown(tmp_path):
   assert run_sink(again, [n_block([1, 2])]) == []
   again.teardown()
   assert [n for n, _ in stored_n(db)] == [1, 2]
+
+
+EXIT_DURING_OUTAGE = '''
+import errno, sys, time
+import apache_beam as beam
+from tests.test_compiled_columns import n_block, sink
+fn = sink(sys.argv[1])
+attempts = []
+def full_disk(con, rows):
+  attempts.append(len(rows))
+  raise OSError(errno.ENOSPC, 'No space left on device')
+fn._insert = full_disk
+window = beam.transforms.window.GlobalWindows.windowed_value(None)
+block = n_block([1, 2])
+assert list(fn.process(block, window.with_value(block))) == []
+while not attempts:
+  time.sleep(0.01)
+print('waiting out the outage', flush=True)
+# no teardown: the main thread ends, as an interrupted run's does
+'''
+
+
+def test_a_process_that_ends_without_teardown_during_an_outage_exits():
+  """An interrupted run (Ctrl-C: no teardown) whose writer thread waits out
+  a full disk still exits: the interpreter's join of the writer would
+  otherwise wait for the disk for ever."""
+  import subprocess
+  import sys
+  import tempfile
+  import time
+  with tempfile.TemporaryDirectory() as tmp:
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, '-c', EXIT_DURING_OUTAGE, tmp + '/w.duckdb'],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+      out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      out, err = proc.communicate()
+      raise AssertionError('the process waited on the outage at exit: %s'
+                           % err[-2000:])
+  assert 'waiting out the outage' in out, err
+  assert proc.returncode == 0, err
+  assert time.monotonic() - started < 45

@@ -8,10 +8,15 @@ the next blocks are parsed."""
 
 import bisect
 import concurrent.futures
+# Imported before the exit hook below is registered: the interpreter runs
+# threading's exit hooks last-registered first, so ours runs before the one
+# that joins the executor's threads.
+import concurrent.futures.thread  # pylint: disable=unused-import
 import datetime
 import itertools
 import logging
 import threading
+import weakref
 from typing import Any, Mapping
 
 import apache_beam as beam
@@ -36,6 +41,20 @@ def prepare_duckdb_table(con, schema, table=None, truncate=False):
   if truncate:
     con.execute('DELETE FROM "%s"' % (table or schema.name))
 
+
+# Every sink's stop, so that a process that exits without a teardown (an
+# interrupted run: Ctrl-C) does not wait for ever on a writer thread waiting
+# out an outage: the interpreter joins the executor's threads at exit.
+_STOPS = weakref.WeakSet()
+
+
+def _stop_writers_at_exit():
+  for stop in list(_STOPS):
+    stop.set()
+
+
+if hasattr(threading, '_register_atexit'):  # CPython 3.9+
+  threading._register_atexit(_stop_writers_at_exit)  # pylint: disable=protected-access
 
 class _InsertIntoDuckDB(beam.DoFn):
   """Buffers rows per bundle and inserts them with one Arrow bulk insert.
@@ -89,6 +108,7 @@ class _InsertIntoDuckDB(beam.DoFn):
     # Set at teardown: the writer stops waiting out an outage (a pipeline
     # that failed meanwhile would otherwise never end).
     self._stop = threading.Event()
+    _STOPS.add(self._stop)
 
   def start_bundle(self):
     if self._storing is not None:  # left by a bundle that failed: its retry
