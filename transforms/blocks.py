@@ -364,12 +364,14 @@ class ParseBlocksFn(beam.DoFn):
                      for message in messages_of(block)), held)
 
 
-def gathered(outputs_per_message, nbytes=0):
+def gathered(outputs_per_message, nbytes=0, made=None):
   """Each message's parse outputs -> its dead letters (tagged outputs) as
   they come, then one RowBlock of all the rows (none when there are none),
-  of ``nbytes`` (its messages' payload bytes)."""
-  rows = RowBlock()
-  rows.nbytes = nbytes
+  of ``nbytes`` (what its messages held). With ``made`` (-> the bytes the
+  outputs have brought so far: a UDF's answers), the rows are cut into
+  RowBlocks at BLOCK_BYTES of those, each counting its own (the first
+  ``nbytes`` too): rows larger than their messages stay bounded."""
+  rows, start = RowBlock(), made() if made else 0
   for outputs in outputs_per_message:
     for out in outputs:
       kind = type(out)
@@ -379,7 +381,12 @@ def gathered(outputs_per_message, nbytes=0):
         yield out
       else:
         rows.append(out)
+    if made is not None and rows and made() - start >= BLOCK_BYTES:
+      rows.nbytes = nbytes + made() - start
+      yield rows
+      rows, nbytes, start = RowBlock(), 0, made()
   if rows:
+    rows.nbytes = nbytes + (made() - start if made else 0)
     yield rows
 
 

@@ -157,7 +157,7 @@ class CompiledRows(object):
             '1000000 + since.microseconds, GLOBAL_WINDOWS)']
       else:
         lines.append('  return stamp(row, %s)' % when)
-    scope = dict(self._scope, max_bytes=max_bytes, NotTaken=NotTaken,
+    scope = dict(self._scope, max_bytes=max_bytes,
                  stored_id=dead_letters.stored_id,
                  stamp_otherwise=stamp_otherwise,
                  stamp=event_time.stamper(global_window),

@@ -56,6 +56,7 @@ def _stop_writers_at_exit():
 if hasattr(threading, '_register_atexit'):  # CPython 3.9+
   threading._register_atexit(_stop_writers_at_exit)  # pylint: disable=protected-access
 
+
 class _InsertIntoDuckDB(beam.DoFn):
   """Buffers rows per bundle and inserts them with one Arrow bulk insert.
 

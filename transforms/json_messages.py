@@ -467,24 +467,9 @@ class _ParseJsonBlocksFn(blocks_lib.ParseBlocksFn):
     RowBlock's ``nbytes``: those answers, plus, in the first, what the
     block's messages held."""
     calls = self._fn._udf_calls  # pylint: disable=protected-access
-    held, start = blocks_lib.held_bytes(block), calls.answered_bytes
-    rows = blocks_lib.RowBlock()
-    for outputs in self._fn.udf_outputs(blocks_lib.messages_of(block),
-                                        timestamp):
-      for out in outputs:
-        kind = type(out)
-        if kind is beam.pvalue.TaggedOutput:
-          yield out
-        else:
-          rows.append(out if kind is dict else out.value)
-      made = calls.answered_bytes - start
-      if made >= blocks_lib.BLOCK_BYTES and rows:
-        rows.nbytes = held + made
-        yield rows
-        rows, held, start = blocks_lib.RowBlock(), 0, calls.answered_bytes
-    if rows:
-      rows.nbytes = held + calls.answered_bytes - start
-      yield rows
+    return blocks_lib.gathered(
+        self._fn.udf_outputs(blocks_lib.messages_of(block), timestamp),
+        blocks_lib.held_bytes(block), lambda: calls.answered_bytes)
 
 
 class ParseJsonMessages(dead_letters.ParseMessages):
