@@ -378,3 +378,28 @@ def test_a_udf_blocks_rows_are_counted_and_cut_by_what_the_udf_made():
   assert 10 * answer <= sum(b.nbytes for b in got) < 1.2 * 10 * answer
   again = list(fn.process(block, Timestamp(0)))  # each block its own count
   assert [b.nbytes for b in again] == [b.nbytes for b in got]
+
+
+def test_a_replay_s_udf_blocks_cut_amid_drops_and_fan_outs_give_what_messages_give(
+    monkeypatch):
+  """The replay's UDF block path (``_ParseJsonBlocksFn``), its rows cut at
+  a tiny BLOCK_BYTES so that cuts fall amid drops, fan-outs, UDF errors and
+  dead letters: the same rows, in order, and dead letters as message by
+  message, each message once."""
+  monkeypatch.setattr(blocks, 'BLOCK_BYTES', 1)
+  batch = [PubsubMessage(json.dumps(o).encode(), {}, message_id='m%d' % i)
+           for i, o in enumerate(ORDER_LINES * 3)] + [
+               PubsubMessage(b'not json', {}, message_id='bad')]
+  one = split(per_message(json_messages.ParseJsonMessageFn(
+      ORDERS, udf=FAN_OUT), batch))
+  fn = json_messages._ParseJsonBlocksFn(  # pylint: disable=protected-access
+      json_messages.ParseJsonMessageFn(ORDERS, udf=FAN_OUT))
+  fn.setup()
+  fn.start_bundle()
+  got = []
+  for block in blocks.message_blocks(batch, max_messages=7):
+    got.extend(fn.process(block, Timestamp(0)))
+  row_blocks = [b for b in got if type(b) is blocks.RowBlock]  # pylint: disable=unidiomatic-typecheck
+  assert len(row_blocks) > 3 and all(b.nbytes > 0 for b in row_blocks)
+  assert split(got) == one
+  assert fn._fn._dropped == 3  # pylint: disable=protected-access
